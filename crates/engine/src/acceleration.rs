@@ -1,0 +1,193 @@
+//! Acceleration options (the Python project's names) and the execution plan: for every requested
+//! option, whether it is applied on this device and, if not, why. Nothing is credited that did
+//! not run.
+use crate::error::{EngineError, Result};
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    #[default]
+    None,
+    Fp16,
+    Bf16,
+    DynamicInt8,
+    StaticInt8,
+    Int4,
+}
+
+impl Quantization {
+    pub const ALL: &'static str = "none, fp16, bf16, dynamic_int8, static_int8, int4";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| EngineError::invalid_arg("quantization", format!("\"{s}\""), &format!("one of {}", Self::ALL)))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+            Self::DynamicInt8 => "dynamic_int8",
+            Self::StaticInt8 => "static_int8",
+            Self::Int4 => "int4",
+        }
+    }
+
+    /// The runtime dtype of weights and activations, for the modes this build implements.
+    pub fn dtype(self) -> Result<DType> {
+        match self {
+            Self::None => Ok(DType::F32),
+            Self::Fp16 => Ok(DType::F16),
+            Self::Bf16 => Ok(DType::BF16),
+            other => Err(EngineError::Unsupported(format!(
+                "quantization \"{}\" is not supported yet (integer quantization is being built); supported now: none, fp16, bf16",
+                other.name()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompileMode {
+    #[default]
+    Default,
+    ReduceOverhead,
+    MaxAutotune,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccelerationConfig {
+    pub quantization: Quantization,
+    pub use_flash_attention: bool,
+    pub use_torch_compile: bool,
+    pub compile_mode: CompileMode,
+    pub use_channels_last: bool,
+    pub use_gradient_checkpointing: bool,
+    pub use_fused_kernels: bool,
+}
+
+impl Default for AccelerationConfig {
+    fn default() -> Self {
+        Self {
+            quantization: Quantization::None,
+            use_flash_attention: true,
+            use_torch_compile: false,
+            compile_mode: CompileMode::Default,
+            use_channels_last: false,
+            use_gradient_checkpointing: false,
+            use_fused_kernels: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+}
+
+impl DeviceKind {
+    /// `auto` picks the best device this build supports; asking for one it lacks is an error.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" | "cpu" => Ok(Self::Cpu),
+            s if s == "cuda" || s.starts_with("cuda:") || s == "metal" => Err(EngineError::Unsupported(format!(
+                "device \"{s}\" is not available: this build was compiled without CUDA/Metal support; available devices: cpu, auto"
+            ))),
+            s => Err(EngineError::invalid_arg("device", format!("\"{s}\""), "one of auto, cpu, cuda, cuda:N, metal")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanItem {
+    pub option: String,
+    pub requested: String,
+    pub applied: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionPlan {
+    pub device: String,
+    pub quantization: Quantization,
+    pub compute_dtype: String,
+    pub items: Vec<PlanItem>,
+    pub applied_optimizations: Vec<String>,
+    pub skipped_optimizations: Vec<String>,
+}
+
+fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> PlanItem {
+    PlanItem { option: option.into(), requested: requested.to_string(), applied, detail: detail.into() }
+}
+
+/// Decide what runs. Errors for options that cannot run at all (unknown device, quantization
+/// mode not built yet); boolean options that this device does not implement are listed as skipped.
+pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
+    let _dev = DeviceKind::parse(device)?;
+    let dtype = cfg.quantization.dtype()?;
+    let q = cfg.quantization.name();
+    let mut items = vec![match cfg.quantization {
+        Quantization::None => item("quantization", q, true, "f32 weights and f32 compute (16-bit checkpoints are upcast exactly)"),
+        _ => item("quantization", q, true, &format!("{q} weights and activations; norms, softmax and logits in f32")),
+    }];
+    let not_yet = "not implemented on CPU yet: the plain path runs instead";
+    let flag = |name: &str, on: bool, what: &str| {
+        if on {
+            item(name, true, false, &format!("{what} {not_yet}"))
+        } else {
+            item(name, false, false, "off")
+        }
+    };
+    items.push(flag("useFlashAttention", cfg.use_flash_attention, "tiled flash attention"));
+    items.push(flag("useFusedKernels", cfg.use_fused_kernels, "fused residual+RMSNorm / RoPE / SwiGLU kernels"));
+    items.push(flag("useChannelsLast", cfg.use_channels_last, "weight repacking"));
+    items.push(flag("useGradientCheckpointing", cfg.use_gradient_checkpointing, "chunked prefill"));
+    let compile = serde_json::to_value(cfg.compile_mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    items.push(if cfg.use_torch_compile {
+        item("useTorchCompile", format!("true ({compile})"), false, &format!("compile mode {compile} {not_yet}"))
+    } else {
+        item("useTorchCompile", false, false, "off")
+    });
+    let applied = items.iter().filter(|i| i.applied).map(|i| format!("{}={}", i.option, i.requested)).collect();
+    let skipped = items
+        .iter()
+        .filter(|i| !i.applied && i.detail != "off")
+        .map(|i| format!("{}: {}", i.option, i.detail))
+        .collect();
+    Ok(ExecutionPlan {
+        device: "cpu".into(),
+        quantization: cfg.quantization,
+        compute_dtype: format!("{dtype:?}").to_lowercase(),
+        items,
+        applied_optimizations: applied,
+        skipped_optimizations: skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_unbuilt_modes_are_errors() {
+        let e = Quantization::parse("int3").unwrap_err().to_string();
+        assert!(e.contains("int3") && e.contains("dynamic_int8"), "{e}");
+        let cfg = AccelerationConfig { quantization: Quantization::Int4, ..Default::default() };
+        assert!(plan(&cfg, "cpu").unwrap_err().to_string().contains("not supported yet"));
+        assert!(plan(&AccelerationConfig::default(), "cuda").is_err());
+    }
+
+    #[test]
+    fn unimplemented_flags_are_reported_not_credited() {
+        let p = plan(&AccelerationConfig::default(), "auto").unwrap();
+        assert_eq!(p.applied_optimizations, vec!["quantization=none".to_string()]);
+        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useFlashAttention")));
+    }
+}

@@ -1,0 +1,189 @@
+//! Hugging Face `config.json` / `generation_config.json` for Qwen3, in both the transformers-4
+//! (`rope_theta`) and transformers-5 (`rope_parameters`) styles.
+use crate::error::{EngineError, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+/// Sampling defaults a checkpoint ships in `generation_config.json`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub do_sample: bool,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::ModelNotFound(format!("{} does not exist", path.display()))
+        } else {
+            EngineError::Io { path: path.into(), source: e }
+        }
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::InvalidConfig { path: path.into(), reason: format!("not valid JSON: {e}") })
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_json(&read_json(path)?, path)
+    }
+
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        let bad = |reason: String| EngineError::InvalidConfig { path: path.into(), reason };
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("<missing>");
+        if model_type != "qwen3" {
+            return Err(bad(format!("model_type is \"{model_type}\"; supported: \"qwen3\"")));
+        }
+        let req = |key: &str| -> Result<usize> {
+            match v.get(key).and_then(Value::as_u64) {
+                Some(n) if n > 0 => Ok(n as usize),
+                Some(_) => Err(bad(format!("\"{key}\" must be a positive integer"))),
+                None => Err(bad(format!("required field \"{key}\" is missing or not an integer"))),
+            }
+        };
+        let hidden_size = req("hidden_size")?;
+        let num_attention_heads = req("num_attention_heads")?;
+        let num_key_value_heads = match v.get("num_key_value_heads") {
+            Some(_) => req("num_key_value_heads")?,
+            None => num_attention_heads,
+        };
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads ({num_attention_heads}) is not a multiple of num_key_value_heads ({num_key_value_heads})"
+            )));
+        }
+        let head_dim = match v.get("head_dim") {
+            Some(Value::Null) | None => hidden_size / num_attention_heads,
+            Some(_) => req("head_dim")?,
+        };
+        // transformers 5 moved rope_theta into rope_parameters.
+        let rope_theta = v
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| v.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0);
+        let rope_type = v
+            .get("rope_parameters")
+            .or_else(|| v.get("rope_scaling"))
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if rope_type != "default" {
+            return Err(bad(format!("rope_type \"{rope_type}\" is not supported; supported: \"default\"")));
+        }
+        Ok(Self {
+            vocab_size: req("vocab_size")?,
+            hidden_size,
+            intermediate_size: req("intermediate_size")?,
+            num_hidden_layers: req("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(32768)
+                as usize,
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            eos_token_ids: token_ids(v.get("eos_token_id")),
+            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+        })
+    }
+
+    /// Number of parameters, counting a tied embedding once.
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads * hd;
+        let kv = self.num_key_value_heads * hd;
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * hd;
+        let embed = self.vocab_size * h;
+        embed * if self.tie_word_embeddings { 1 } else { 2 } + self.num_hidden_layers * layer + h
+    }
+}
+
+impl GenerationDefaults {
+    /// Missing file means "no defaults", not an error: many checkpoints don't ship one.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let v = read_json(&path)?;
+        Ok(Self {
+            do_sample: v.get("do_sample").and_then(Value::as_bool).unwrap_or(false),
+            temperature: v.get("temperature").and_then(Value::as_f64),
+            top_p: v.get("top_p").and_then(Value::as_f64),
+            top_k: v.get("top_k").and_then(Value::as_u64).map(|x| x as usize),
+            min_p: v.get("min_p").and_then(Value::as_f64),
+            repetition_penalty: v.get("repetition_penalty").and_then(Value::as_f64),
+            eos_token_ids: token_ids(v.get("eos_token_id")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"model_type":"qwen3","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+               "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":4,
+               "rope_theta":5000.0,"eos_token_id":[1,2]})
+    }
+
+    #[test]
+    fn both_rope_styles_agree() {
+        let p = Path::new("config.json");
+        let v4 = ModelConfig::from_json(&base(), p).unwrap();
+        let mut v5 = base();
+        v5.as_object_mut().unwrap().remove("rope_theta");
+        v5["rope_parameters"] = json!({"rope_theta": 5000.0, "rope_type": "default"});
+        assert_eq!(v4, ModelConfig::from_json(&v5, p).unwrap());
+        assert_eq!(v4.rope_theta, 5000.0);
+        assert_eq!(v4.eos_token_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn rejects_unknown_model_type_and_missing_fields() {
+        let p = Path::new("config.json");
+        let mut v = base();
+        v["model_type"] = json!("llama");
+        let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
+        assert!(e.contains("\"llama\"") && e.contains("qwen3"), "{e}");
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+}

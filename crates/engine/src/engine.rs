@@ -1,0 +1,279 @@
+//! The engine: a loaded model with its tokenizer, chat template and plan, and the operations a
+//! runner needs. Immutable after load and `Sync`: concurrent requests each bring their own KV cache.
+use crate::acceleration::{plan, AccelerationConfig, ExecutionPlan};
+use crate::chat_template::{ChatTemplate, ChatTemplateOptions};
+use crate::config::{GenerationDefaults, ModelConfig};
+use crate::error::{EngineError, Result};
+use crate::generate::{FinishReason, GenerateOptions, StopMatcher, StopScan};
+use crate::kv_cache::KvCache;
+use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
+use crate::sampler::Sampler;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::weights::Checkpoint;
+use candle_core::Device;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: String,
+    pub acceleration: AccelerationConfig,
+    pub max_seq_length: Option<usize>,
+    pub threads: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None }
+    }
+}
+
+pub struct Engine {
+    pub model: Qwen3Model,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub generation_defaults: GenerationDefaults,
+    pub plan: ExecutionPlan,
+    pub model_dir: PathBuf,
+    pub max_seq_length: usize,
+    pub threads: usize,
+    pub load_time_ms: f64,
+    checkpoint_bytes: usize,
+    pool: rayon::ThreadPool,
+    live_kv_bytes: Arc<AtomicUsize>,
+}
+
+/// One piece of streamed output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamChunk {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prefill_tokens_per_second: f64,
+    pub decode_tokens_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateOutput {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+fn per_second(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+impl Engine {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let started = Instant::now();
+        if !dir.is_dir() {
+            return Err(EngineError::ModelNotFound(format!("{} is not a model folder", dir.display())));
+        }
+        let plan = plan(&opts.acceleration, &opts.device)?;
+        let dtype = opts.acceleration.quantization.dtype()?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let generation_defaults = GenerationDefaults::from_dir(dir)?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+        let max_seq_length = match opts.max_seq_length {
+            None => config.max_position_embeddings,
+            Some(n) if n >= 1 && n <= config.max_position_embeddings => n,
+            Some(n) => {
+                return Err(EngineError::invalid_arg(
+                    "maxSeqLength",
+                    n,
+                    &format!("1 ..= {} (max_position_embeddings)", config.max_position_embeddings),
+                ))
+            }
+        };
+        let threads = match opts.threads {
+            None => num_cpus::get_physical().max(1),
+            Some(0) => return Err(EngineError::invalid_arg("threads", 0, "an integer >= 1")),
+            Some(n) => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("nano-qwen3-{i}"))
+            .build()
+            .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let model = pool.install(|| Qwen3Model::load(&config, &checkpoint, dtype, &Device::Cpu))?;
+        Ok(Self {
+            checkpoint_bytes: checkpoint.stored_bytes(),
+            model,
+            tokenizer,
+            template,
+            generation_defaults,
+            plan,
+            model_dir: dir.to_path_buf(),
+            max_seq_length,
+            threads,
+            load_time_ms: started.elapsed().as_secs_f64() * 1000.0,
+            pool,
+            live_kv_bytes: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.model.config.num_hidden_layers, self.live_kv_bytes.clone())
+    }
+
+    pub fn apply_chat_template(&self, messages: &serde_json::Value, opts: &ChatTemplateOptions) -> Result<String> {
+        self.template
+            .as_ref()
+            .ok_or_else(|| EngineError::Template("this model's tokenizer_config.json has no chat_template".into()))?
+            .render(messages, opts)
+    }
+
+    fn check_prompt(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(EngineError::invalid_arg("prompt", "[] (empty)", "at least one token"));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(EngineError::invalid_arg("token id", bad, &format!("0 <= id < {vocab}")));
+        }
+        if ids.len() > self.max_seq_length {
+            return Err(EngineError::ContextOverflow { prompt_tokens: ids.len(), context: self.max_seq_length });
+        }
+        Ok(())
+    }
+
+    /// Logits (f32) for the last position, or for every position (row-major [n, vocab]).
+    pub fn compute_logits(&self, ids: &[u32], all_positions: bool) -> Result<Vec<f32>> {
+        self.check_prompt(ids)?;
+        let mut cache = self.new_cache();
+        let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
+        let out = self.pool.install(|| self.model.forward(&mut [SequenceInput { tokens: ids, cache: &mut cache }], which))?;
+        Ok(out[0].flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn eos_ids(&self, opts: &GenerateOptions) -> Vec<u32> {
+        let mut ids = opts.stop_token_ids.clone();
+        if !opts.ignore_eos {
+            ids.extend(&self.generation_defaults.eos_token_ids);
+            ids.extend(&self.model.config.eos_token_ids);
+        }
+        ids
+    }
+
+    /// Generate from `prompt`. `on_chunk` receives text as it becomes final (stop strings trimmed,
+    /// no split characters); `cancel` is checked before every decode step.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        cancel: &AtomicBool,
+        on_chunk: &mut dyn FnMut(StreamChunk),
+    ) -> Result<GenerateOutput> {
+        self.check_prompt(prompt)?;
+        let budget = opts.max_tokens.min(self.max_seq_length - prompt.len());
+        let stop_ids = self.eos_ids(opts);
+        let stops = StopMatcher::new(opts.stop.clone());
+        let mut sampler = Sampler::new(opts.sampling.clone(), prompt);
+        let mut decoder = StreamDecoder::new(true);
+        let mut cache = self.new_cache();
+        let (mut text, mut released, mut pending_ids) = (String::new(), 0usize, Vec::new());
+        let mut tokens = Vec::new();
+        let mut finish = FinishReason::Length;
+        let mut trimmed_at_stop_string = false;
+
+        let t0 = Instant::now();
+        let mut logits = self.step(prompt, &mut cache)?;
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let t1 = Instant::now();
+        while tokens.len() < budget {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Aborted);
+            }
+            let next = sampler.sample(&mut logits);
+            sampler.observe(next);
+            if stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(next);
+            pending_ids.push(next);
+            let from = text.len();
+            text.push_str(&decoder.push(&self.tokenizer, next)?);
+            let safe = match stops.scan(&text, from) {
+                StopScan::Hit(at) => {
+                    text.truncate(at);
+                    finish = FinishReason::Stop;
+                    trimmed_at_stop_string = true;
+                    break;
+                }
+                StopScan::SafeUpTo(s) => s,
+            };
+            if safe > released {
+                on_chunk(StreamChunk { text: text[released..safe].to_string(), token_ids: std::mem::take(&mut pending_ids) });
+                released = safe;
+            }
+            if tokens.len() < budget {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Aborted);
+                }
+                logits = self.step(&[next], &mut cache)?;
+            }
+        }
+        if !trimmed_at_stop_string {
+            text.push_str(&decoder.flush(&self.tokenizer)?);
+        }
+        if text.len() > released || !pending_ids.is_empty() {
+            on_chunk(StreamChunk { text: text.get(released..).unwrap_or("").to_string(), token_ids: pending_ids });
+        }
+        let decode_ms = t1.elapsed().as_secs_f64() * 1000.0;
+        Ok(GenerateOutput {
+            text,
+            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: tokens.len(), total_tokens: prompt.len() + tokens.len() },
+            timings: Timings {
+                prefill_ms,
+                decode_ms,
+                prefill_tokens_per_second: per_second(prompt.len(), prefill_ms),
+                // The first token comes from the prefill logits: decode produced tokens - 1 forwards.
+                decode_tokens_per_second: per_second(tokens.len().saturating_sub(1), decode_ms),
+            },
+            token_ids: tokens,
+            finish_reason: finish,
+        })
+    }
+
+    fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let out = self.pool.install(|| self.model.forward(&mut [SequenceInput { tokens, cache }], LogitsFor::LastToken))?;
+        Ok(out[0].to_vec1::<f32>()?)
+    }
+
+    pub fn live_kv_bytes(&self) -> usize {
+        self.live_kv_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn checkpoint_bytes(&self) -> usize {
+        self.checkpoint_bytes
+    }
+}

@@ -1,0 +1,165 @@
+//! Request options for generation and the stop-string logic that decides what text may be
+//! released while streaming.
+use crate::config::GenerationDefaults;
+use crate::error::{EngineError, Result};
+use crate::sampler::SamplingParams;
+use serde::{Deserialize, Serialize};
+
+/// What a caller may set; anything left out comes from generation_config.json, then built-ins.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub max_tokens: Option<f64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub seed: Option<f64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+fn whole(name: &str, v: f64, min: f64, allowed: &str) -> Result<u64> {
+    if v.is_finite() && v.fract() == 0.0 && v >= min && v <= u64::MAX as f64 {
+        Ok(v as u64)
+    } else {
+        Err(EngineError::invalid_arg(name, v, allowed))
+    }
+}
+
+impl GenerateRequest {
+    pub fn resolve(&self, defaults: &GenerationDefaults) -> Result<GenerateOptions> {
+        let sampled = defaults.do_sample;
+        let pick = |mine: Option<f64>, theirs: Option<f64>, builtin: f64| mine.or(if sampled { theirs } else { None }).unwrap_or(builtin);
+        let temperature = match self.temperature {
+            Some(t) => t,
+            None if sampled => defaults.temperature.unwrap_or(1.0),
+            None => 0.0,
+        };
+        let top_k = match self.top_k {
+            Some(k) => whole("topK", k, 0.0, "an integer >= 0 (0 = off)")? as usize,
+            None if sampled => defaults.top_k.unwrap_or(0),
+            None => 0,
+        };
+        let sampling = SamplingParams {
+            temperature,
+            top_k,
+            top_p: pick(self.top_p, defaults.top_p, 1.0),
+            min_p: pick(self.min_p, defaults.min_p, 0.0),
+            repetition_penalty: pick(self.repetition_penalty, defaults.repetition_penalty, 1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            seed: self.seed.map(|s| whole("seed", s, 0.0, "an integer >= 0")).transpose()?,
+        };
+        sampling.validate()?;
+        let max_tokens = match self.max_tokens {
+            Some(m) => whole("maxTokens", m, 1.0, "an integer >= 1")? as usize,
+            None => DEFAULT_MAX_TOKENS,
+        };
+        if let Some(s) = self.stop.iter().find(|s| s.is_empty()) {
+            return Err(EngineError::invalid_arg("stop", format!("{s:?}"), "non-empty strings"));
+        }
+        Ok(GenerateOptions {
+            sampling,
+            max_tokens,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS, a stop token id or a stop string.
+    Stop,
+    /// maxTokens or the context length was reached.
+    Length,
+}
+
+/// Finds stop strings in the generated text and tells how much text is safe to release: text that
+/// could still become the start of a stop string is held back.
+pub struct StopMatcher {
+    stops: Vec<String>,
+}
+
+pub enum StopScan {
+    /// A stop string starts at this byte offset; the output ends there.
+    Hit(usize),
+    /// No stop string; text up to this byte offset can be released.
+    SafeUpTo(usize),
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self { stops }
+    }
+
+    /// `from` is the first byte of new text; a stop may straddle it, so search a little before.
+    pub fn scan(&self, text: &str, from: usize) -> StopScan {
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let mut search_from = from.saturating_sub(longest);
+        while !text.is_char_boundary(search_from) {
+            search_from -= 1;
+        }
+        let hit = self.stops.iter().filter_map(|s| text[search_from..].find(s.as_str()).map(|i| i + search_from)).min();
+        if let Some(at) = hit {
+            return StopScan::Hit(at);
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        let mut safe = text.len();
+        for s in &self.stops {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
+                    safe = safe.min(text.len() - k);
+                    break;
+                }
+            }
+        }
+        StopScan::SafeUpTo(safe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_prefixes_held_back() {
+        let m = StopMatcher::new(vec!["###".into(), "END".into()]);
+        assert!(matches!(m.scan("hello ##", 6), StopScan::SafeUpTo(6)));
+        assert!(matches!(m.scan("hello ###x", 8), StopScan::Hit(6)));
+        assert!(matches!(m.scan("abc EN", 4), StopScan::SafeUpTo(4)));
+        assert!(matches!(m.scan("abc", 0), StopScan::SafeUpTo(3)));
+    }
+
+    #[test]
+    fn defaults_merge_and_bad_values_are_named() {
+        let d = GenerationDefaults { do_sample: true, temperature: Some(0.6), top_k: Some(20), ..Default::default() };
+        let o = GenerateRequest::default().resolve(&d).unwrap();
+        assert_eq!((o.sampling.temperature, o.sampling.top_k), (0.6, 20));
+        let greedy = GenerateRequest { temperature: Some(0.0), ..Default::default() }.resolve(&d).unwrap();
+        assert_eq!(greedy.sampling.temperature, 0.0);
+        let e = GenerateRequest { max_tokens: Some(0.0), ..Default::default() }.resolve(&d).unwrap_err();
+        assert!(e.to_string().contains("maxTokens"), "{e}");
+    }
+}

@@ -1,0 +1,196 @@
+//! Model info, measured memory, and the performance benchmark.
+use crate::engine::Engine;
+use crate::error::Result;
+use serde::Serialize;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+const MB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    pub model_path: String,
+    pub architecture: &'static str,
+    pub num_parameters: usize,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_seq_length: usize,
+    pub tie_word_embeddings: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub quantization: String,
+    pub dtype: String,
+    pub device: String,
+    pub threads: usize,
+    pub load_time_ms: f64,
+    pub has_chat_template: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryUsage {
+    /// The same parameters held in f32: what `none` costs.
+    pub base_model_size_mb: f64,
+    /// Bytes of the weights as loaded now, summed over the tensors.
+    pub accelerated_model_size_mb: f64,
+    pub memory_saved_mb: f64,
+    pub memory_reduction_percent: f64,
+    pub weight_bytes: usize,
+    pub checkpoint_bytes: usize,
+    /// KV cache currently allocated by live requests.
+    pub kv_cache_bytes: usize,
+    pub kv_cache_bytes_per_token: usize,
+    /// KV cache a single sequence of maxSeqLength tokens would need.
+    pub kv_cache_bytes_at_max_seq_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl Stats {
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+            v[idx]
+        };
+        let n = v.len().max(1) as f64;
+        Self {
+            avg: v.iter().sum::<f64>() / n,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+            p50: pct(50.0),
+            p90: pct(90.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchmarkReport {
+    pub num_iterations: usize,
+    pub warmup_iterations: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    /// Seconds per iteration (one prefill plus `decode_tokens` decode steps).
+    pub avg_inference_time: f64,
+    /// Decode tokens per second (average), the figure users usually mean.
+    pub tokens_per_second: f64,
+    pub prefill_tokens_per_second: Stats,
+    pub decode_tokens_per_second: Stats,
+    pub prefill_latency_ms: Stats,
+    pub decode_token_latency_ms: Stats,
+    pub applied_optimizations: Vec<String>,
+    pub skipped_optimizations: Vec<String>,
+    pub threads: usize,
+}
+
+impl Engine {
+    pub fn model_info(&self) -> ModelInfo {
+        let c = &self.model.config;
+        ModelInfo {
+            model_path: self.model_dir.display().to_string(),
+            architecture: "Qwen3ForCausalLM",
+            num_parameters: c.num_parameters(),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            max_seq_length: self.max_seq_length,
+            tie_word_embeddings: c.tie_word_embeddings,
+            eos_token_ids: {
+                let mut e = self.generation_defaults.eos_token_ids.clone();
+                e.extend(c.eos_token_ids.iter().filter(|x| !self.generation_defaults.eos_token_ids.contains(x)));
+                e
+            },
+            quantization: self.plan.quantization.name().into(),
+            dtype: self.plan.compute_dtype.clone(),
+            device: self.plan.device.clone(),
+            threads: self.threads,
+            load_time_ms: self.load_time_ms,
+            has_chat_template: self.template.is_some(),
+        }
+    }
+
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let base = self.model.config.num_parameters() * 4;
+        let now = self.model.weight_bytes;
+        let per_token = self.model.kv_bytes_per_token();
+        MemoryUsage {
+            base_model_size_mb: base as f64 / MB,
+            accelerated_model_size_mb: now as f64 / MB,
+            memory_saved_mb: (base as f64 - now as f64) / MB,
+            memory_reduction_percent: 100.0 * (1.0 - now as f64 / base as f64),
+            weight_bytes: now,
+            checkpoint_bytes: self.checkpoint_bytes(),
+            kv_cache_bytes: self.live_kv_bytes(),
+            kv_cache_bytes_per_token: per_token,
+            kv_cache_bytes_at_max_seq_length: per_token * self.max_seq_length,
+        }
+    }
+
+    /// Warm up once, then time `iterations` runs of: prefill `sample_text`, then greedy-decode
+    /// `decode_tokens` tokens with EOS ignored. Prefill and decode are reported separately.
+    pub fn benchmark(&self, sample_text: &str, iterations: usize, decode_tokens: usize) -> Result<BenchmarkReport> {
+        let prompt = self.tokenizer.encode(sample_text, false)?;
+        let opts = crate::generate::GenerateOptions {
+            sampling: Default::default(),
+            max_tokens: decode_tokens.max(1),
+            stop: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: true,
+        };
+        let never = AtomicBool::new(false);
+        let warmup = 1;
+        let (mut prefill_tps, mut decode_tps, mut prefill_ms, mut token_ms, mut total_s) = (vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..warmup + iterations.max(1) {
+            let t = Instant::now();
+            let out = self.generate(&prompt, &opts, &never, &mut |_| {})?;
+            if i < warmup {
+                continue;
+            }
+            total_s.push(t.elapsed().as_secs_f64());
+            prefill_tps.push(out.timings.prefill_tokens_per_second);
+            prefill_ms.push(out.timings.prefill_ms);
+            if out.usage.completion_tokens > 1 {
+                decode_tps.push(out.timings.decode_tokens_per_second);
+                token_ms.push(out.timings.decode_ms / (out.usage.completion_tokens - 1) as f64);
+            }
+        }
+        let decode = Stats::of(&decode_tps);
+        Ok(BenchmarkReport {
+            num_iterations: iterations.max(1),
+            warmup_iterations: warmup,
+            prompt_tokens: prompt.len(),
+            decode_tokens: opts.max_tokens,
+            avg_inference_time: Stats::of(&total_s).avg,
+            tokens_per_second: decode.avg,
+            prefill_tokens_per_second: Stats::of(&prefill_tps),
+            decode_tokens_per_second: decode,
+            prefill_latency_ms: Stats::of(&prefill_ms),
+            decode_token_latency_ms: Stats::of(&token_ms),
+            applied_optimizations: self.plan.applied_optimizations.clone(),
+            skipped_optimizations: self.plan.skipped_optimizations.clone(),
+            threads: self.threads,
+        })
+    }
+}

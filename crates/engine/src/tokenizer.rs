@@ -1,0 +1,78 @@
+//! Tokenizer (HF `tokenizer.json`) plus a streaming detokenizer that never splits a UTF-8 character.
+use crate::error::{EngineError, Result};
+use std::path::Path;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(EngineError::ModelNotFound(format!("tokenizer file {} does not exist", path.display())));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| EngineError::bad_file(path, format!("cannot parse tokenizer: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let vocab = self.inner.get_vocab_size(true) as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(EngineError::invalid_arg("token id", bad, &format!("0 <= id < {vocab}")));
+        }
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Turns a growing token sequence into text deltas. A delta is released only when the decoded text
+/// no longer ends in U+FFFD (an incomplete multi-byte character), and decoding restarts a few
+/// tokens back so that byte-level BPE pieces join correctly.
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+    skip_special_tokens: bool,
+}
+
+impl StreamDecoder {
+    pub fn new(skip_special_tokens: bool) -> Self {
+        Self { ids: Vec::new(), prefix_offset: 0, read_offset: 0, skip_special_tokens }
+    }
+
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            let delta = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Whatever is still held back (e.g. an incomplete character at the very end).
+    pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}

@@ -1,0 +1,127 @@
+//! The engine against HF transformers reference outputs for the tiny Qwen3 fixture.
+use nano_qwen3_engine::chat_template::ChatTemplateOptions;
+use nano_qwen3_engine::{AccelerationConfig, Engine, GenerateRequest, LoadOptions, Quantization};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap()).unwrap()
+}
+
+fn ref_logits(name: &str) -> Vec<f32> {
+    let t = candle_core::safetensors::load(fixture().join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    t[name].to_vec1::<f32>().unwrap()
+}
+
+fn load(q: Quantization) -> Engine {
+    let acceleration = AccelerationConfig { quantization: q, ..Default::default() };
+    Engine::load(&fixture(), &LoadOptions { acceleration, threads: Some(2), ..Default::default() }).unwrap()
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|x| x.is_finite()), "NaN/inf in logits");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn f32_logits_top5_and_greedy_match_transformers() {
+    let engine = load(Quantization::None);
+    let r = reference();
+    for (i, p) in r["prompts"].as_array().unwrap().iter().enumerate() {
+        let input = ids(&p["input_ids"]);
+        assert_eq!(engine.tokenizer.encode(p["text"].as_str().unwrap(), false).unwrap(), input);
+        let last = engine.compute_logits(&input, false).unwrap();
+        let err = rel_l2(&last, &ref_logits(&format!("last_logits.{i}")));
+        assert!(err < 1e-4, "prompt {i}: relative L2 {err}");
+        let all = engine.compute_logits(&input, true).unwrap();
+        let vocab = engine.model.config.vocab_size;
+        for (pos, want) in p["top5_ids"].as_array().unwrap().iter().enumerate() {
+            let row = &all[pos * vocab..(pos + 1) * vocab];
+            let mut idx: Vec<usize> = (0..vocab).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let got: Vec<u32> = idx[..5].iter().map(|&x| x as u32).collect();
+            assert_eq!(got, ids(want), "prompt {i} position {pos}");
+        }
+        let opts = GenerateRequest { max_tokens: Some(24.0), temperature: Some(0.0), ignore_eos: true, ..Default::default() }
+            .resolve(&engine.generation_defaults)
+            .unwrap();
+        let out = engine.generate(&input, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        assert_eq!(out.token_ids, ids(&p["greedy_continuation"]), "prompt {i} greedy");
+    }
+}
+
+#[test]
+fn bf16_logits_match_transformers_bf16() {
+    let engine = load(Quantization::Bf16);
+    for (i, p) in reference()["prompts"].as_array().unwrap().iter().enumerate() {
+        let last = engine.compute_logits(&ids(&p["input_ids"]), false).unwrap();
+        let err = rel_l2(&last, &ref_logits(&format!("last_logits_bf16.{i}")));
+        assert!(err < 2e-2, "prompt {i}: relative L2 {err}");
+    }
+}
+
+#[test]
+fn tokenizer_and_chat_cases_are_exact() {
+    let engine = load(Quantization::None);
+    let r = reference();
+    for c in r["tokenizer_cases"].as_array().unwrap() {
+        let got = engine.tokenizer.encode(c["text"].as_str().unwrap(), false).unwrap();
+        assert_eq!(got, ids(&c["ids"]), "{}", c["text"]);
+        assert_eq!(engine.tokenizer.decode(&got, false).unwrap(), c["decoded"].as_str().unwrap());
+    }
+    for c in r["chat_cases"].as_array().unwrap() {
+        let kw = &c["kwargs"];
+        let opts = ChatTemplateOptions {
+            add_generation_prompt: c["add_generation_prompt"].as_bool().unwrap(),
+            enable_thinking: kw.get("enable_thinking").and_then(Value::as_bool),
+            tools: kw.get("tools").cloned(),
+        };
+        let got = engine.apply_chat_template(&c["messages"], &opts).unwrap();
+        assert_eq!(got, c["text"].as_str().unwrap(), "chat case {}", c["name"]);
+    }
+}
+
+#[test]
+fn kv_cache_decode_matches_full_prefill() {
+    // Logits for the last token via prefill(n-1) + decode(1) equal a single prefill of n tokens.
+    let engine = load(Quantization::None);
+    let input = ids(&reference()["prompts"][2]["input_ids"]);
+    let full = engine.compute_logits(&input, false).unwrap();
+    let mut cache = engine.new_cache();
+    use nano_qwen3_engine::model::{LogitsFor, SequenceInput};
+    let (head, tail) = input.split_at(input.len() - 1);
+    engine.model.forward(&mut [SequenceInput { tokens: head, cache: &mut cache }], LogitsFor::LastToken).unwrap();
+    let step = engine.model.forward(&mut [SequenceInput { tokens: tail, cache: &mut cache }], LogitsFor::LastToken).unwrap();
+    assert!(rel_l2(&step[0].to_vec1::<f32>().unwrap(), &full) < 1e-5);
+}
+
+#[test]
+fn batched_forward_equals_one_by_one() {
+    let engine = load(Quantization::None);
+    let r = reference();
+    let a = ids(&r["prompts"][0]["input_ids"]);
+    let b = ids(&r["prompts"][1]["input_ids"]);
+    use nano_qwen3_engine::model::{LogitsFor, SequenceInput};
+    let (mut ca, mut cb) = (engine.new_cache(), engine.new_cache());
+    let out = engine
+        .model
+        .forward(
+            &mut [SequenceInput { tokens: &a, cache: &mut ca }, SequenceInput { tokens: &b, cache: &mut cb }],
+            LogitsFor::LastToken,
+        )
+        .unwrap();
+    assert!(rel_l2(&out[0].to_vec1::<f32>().unwrap(), &engine.compute_logits(&a, false).unwrap()) < 1e-5);
+    assert!(rel_l2(&out[1].to_vec1::<f32>().unwrap(), &engine.compute_logits(&b, false).unwrap()) < 1e-5);
+}

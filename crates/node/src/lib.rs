@@ -1,0 +1,285 @@
+//! napi-rs binding: argument conversion, work on libuv worker threads, streaming, errors.
+//! Structured values cross as JSON (`serde_json::Value`); the engine does all validation.
+#![deny(clippy::all)]
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use nano_qwen3_engine::{
+    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, GenerateRequest, LoadOptions,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Errors cross as "[CODE] message"; the TypeScript layer turns the code into `error.code`.
+fn to_napi(e: EngineError) -> Error {
+    Error::new(Status::GenericFailure, format!("[{}] {}", e.code(), e))
+}
+
+fn bad_json(what: &str, e: serde_json::Error) -> Error {
+    to_napi(EngineError::invalid_arg(what, e, "see the API reference"))
+}
+
+/// Run engine work, turning a Rust panic into a JS error instead of a crash.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(Error::new(Status::GenericFailure, format!("[INTERNAL] engine panicked: {}", msg.unwrap_or_default())))
+    })
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::from_reason(e.to_string()))
+}
+
+#[napi(object)]
+pub struct NativeLoadOptions {
+    pub device: Option<String>,
+    /// AccelerationConfig as camelCase JSON.
+    pub acceleration: Option<Value>,
+    pub max_seq_length: Option<u32>,
+    pub threads: Option<u32>,
+}
+
+fn load_options(o: NativeLoadOptions) -> Result<LoadOptions> {
+    let acceleration: AccelerationConfig = match o.acceleration {
+        Some(v) => serde_json::from_value(v).map_err(|e| bad_json("accelerationConfig", e))?,
+        None => AccelerationConfig::default(),
+    };
+    Ok(LoadOptions {
+        device: o.device.unwrap_or_else(|| "auto".into()),
+        acceleration,
+        max_seq_length: o.max_seq_length.map(|n| n as usize),
+        threads: o.threads.map(|n| n as usize),
+    })
+}
+
+/// The execution plan for a config on a device, without loading a model.
+#[napi]
+pub fn plan_acceleration(acceleration: Value, device: String) -> Result<Value> {
+    let cfg: AccelerationConfig = serde_json::from_value(acceleration).map_err(|e| bad_json("accelerationConfig", e))?;
+    to_value(&nano_qwen3_engine::plan(&cfg, &device).map_err(to_napi)?)
+}
+
+pub struct LoadTask {
+    dir: String,
+    options: LoadOptions,
+}
+
+impl Task for LoadTask {
+    type Output = Engine;
+    type JsValue = NativeEngine;
+    fn compute(&mut self) -> Result<Engine> {
+        guarded(|| Engine::load(self.dir.as_ref(), &self.options).map_err(to_napi))
+    }
+    fn resolve(&mut self, _: Env, engine: Engine) -> Result<NativeEngine> {
+        Ok(NativeEngine { engine: RwLock::new(Some(Arc::new(engine))), cancels: Default::default() })
+    }
+}
+
+/// Load a model folder on a worker thread.
+#[napi(ts_return_type = "Promise<NativeEngine>")]
+pub fn load_engine(dir: String, options: NativeLoadOptions) -> Result<AsyncTask<LoadTask>> {
+    Ok(AsyncTask::new(LoadTask { dir, options: load_options(options)? }))
+}
+
+#[napi]
+pub struct NativeEngine {
+    engine: RwLock<Option<Arc<Engine>>>,
+    cancels: Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>,
+}
+
+type ChunkCallback = ThreadsafeFunction<String, (), String, Status, false>;
+
+pub struct GenerateTask {
+    engine: Arc<Engine>,
+    prompt: Vec<u32>,
+    request: GenerateRequest,
+    cancel: Arc<AtomicBool>,
+    request_id: u32,
+    cancels: Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>,
+    on_chunk: Option<ChunkCallback>,
+}
+
+impl Task for GenerateTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<String> {
+        guarded(|| {
+            let opts = self.request.resolve(&self.engine.generation_defaults).map_err(to_napi)?;
+            let mut chunks = 0u32;
+            let cb = self.on_chunk.as_ref();
+            let out = self
+                .engine
+                .generate(&self.prompt, &opts, &self.cancel, &mut |c| {
+                    if let (Some(cb), Ok(json)) = (cb, serde_json::to_string(&c)) {
+                        chunks += 1;
+                        cb.call(json, ThreadsafeFunctionCallMode::NonBlocking);
+                    }
+                })
+                .map_err(to_napi)?;
+            let mut v = to_value(&out)?;
+            // Chunks and the promise travel separately; JS ends the stream once it has them all.
+            v["chunkCount"] = chunks.into();
+            Ok(v.to_string())
+        })
+    }
+    fn resolve(&mut self, _: Env, v: String) -> Result<String> {
+        Ok(v)
+    }
+    fn finally(self, _: Env) -> Result<()> {
+        self.cancels.lock().unwrap().remove(&self.request_id);
+        Ok(())
+    }
+}
+
+pub struct LogitsTask {
+    engine: Arc<Engine>,
+    ids: Vec<u32>,
+    all: bool,
+}
+
+impl Task for LogitsTask {
+    type Output = Vec<f32>;
+    type JsValue = Float32Array;
+    fn compute(&mut self) -> Result<Vec<f32>> {
+        guarded(|| self.engine.compute_logits(&self.ids, self.all).map_err(to_napi))
+    }
+    fn resolve(&mut self, _: Env, v: Vec<f32>) -> Result<Float32Array> {
+        Ok(Float32Array::new(v))
+    }
+}
+
+pub struct BenchTask {
+    engine: Arc<Engine>,
+    text: String,
+    iterations: u32,
+    decode_tokens: u32,
+}
+
+impl Task for BenchTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<String> {
+        guarded(|| {
+            let r = self
+                .engine
+                .benchmark(&self.text, self.iterations as usize, self.decode_tokens as usize)
+                .map_err(to_napi)?;
+            Ok(to_value(&r)?.to_string())
+        })
+    }
+    fn resolve(&mut self, _: Env, v: String) -> Result<String> {
+        Ok(v)
+    }
+}
+
+#[napi]
+impl NativeEngine {
+    fn get(&self) -> Result<Arc<Engine>> {
+        self.engine
+            .read()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::new(Status::GenericFailure, "[DISPOSED] this runner has been disposed".to_string()))
+    }
+
+    #[napi]
+    pub fn tokenize(&self, text: String, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.get()?.tokenizer.encode(&text, add_special_tokens).map_err(to_napi)
+    }
+
+    #[napi]
+    pub fn detokenize(&self, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String> {
+        self.get()?.tokenizer.decode(&ids, skip_special_tokens).map_err(to_napi)
+    }
+
+    #[napi]
+    pub fn apply_chat_template(
+        &self,
+        messages: Value,
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+        tools: Option<Value>,
+    ) -> Result<String> {
+        let opts = ChatTemplateOptions { add_generation_prompt, enable_thinking, tools };
+        self.get()?.apply_chat_template(&messages, &opts).map_err(to_napi)
+    }
+
+    #[napi(ts_return_type = "Promise<Float32Array>")]
+    pub fn compute_logits(&self, ids: Vec<u32>, all_positions: bool) -> Result<AsyncTask<LogitsTask>> {
+        Ok(AsyncTask::new(LogitsTask { engine: self.get()?, ids, all: all_positions }))
+    }
+
+    /// Generate on a worker thread. `onChunk` receives each streamed chunk as JSON text.
+    /// Resolves to the result as JSON text.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn generate(
+        &self,
+        prompt: Vec<u32>,
+        request: Value,
+        request_id: u32,
+        #[napi(ts_arg_type = "((chunkJson: string) => void) | undefined | null")] on_chunk: Option<ChunkCallback>,
+    ) -> Result<AsyncTask<GenerateTask>> {
+        let request: GenerateRequest = serde_json::from_value(request).map_err(|e| bad_json("generation params", e))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.lock().unwrap().insert(request_id, cancel.clone());
+        Ok(AsyncTask::new(GenerateTask {
+            engine: self.get()?,
+            prompt,
+            request,
+            cancel,
+            request_id,
+            cancels: self.cancels.clone(),
+            on_chunk,
+        }))
+    }
+
+    /// Ask a running generation to stop before its next token.
+    #[napi]
+    pub fn cancel(&self, request_id: u32) {
+        if let Some(c) = self.cancels.lock().unwrap().get(&request_id) {
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn benchmark(&self, sample_text: String, iterations: u32, decode_tokens: u32) -> Result<AsyncTask<BenchTask>> {
+        Ok(AsyncTask::new(BenchTask { engine: self.get()?, text: sample_text, iterations, decode_tokens }))
+    }
+
+    #[napi]
+    pub fn model_info(&self) -> Result<Value> {
+        to_value(&self.get()?.model_info())
+    }
+
+    #[napi]
+    pub fn acceleration_info(&self) -> Result<Value> {
+        to_value(&self.get()?.plan)
+    }
+
+    #[napi]
+    pub fn memory_usage(&self) -> Result<Value> {
+        to_value(&self.get()?.memory_usage())
+    }
+
+    #[napi]
+    pub fn generation_defaults(&self) -> Result<Value> {
+        let d = &self.get()?.generation_defaults;
+        Ok(serde_json::json!({
+            "doSample": d.do_sample, "temperature": d.temperature, "topP": d.top_p, "topK": d.top_k,
+            "minP": d.min_p, "repetitionPenalty": d.repetition_penalty, "eosTokenIds": d.eos_token_ids,
+        }))
+    }
+
+    /// Drop the model; running requests keep their own reference and finish first.
+    #[napi]
+    pub fn dispose(&self) {
+        for c in self.cancels.lock().unwrap().values() {
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.engine.write().unwrap().take();
+    }
+}
