@@ -4,6 +4,8 @@ use std::path::Path;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Cached: the tokenizers crate rebuilds the whole vocabulary map to answer this.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -13,7 +15,8 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| EngineError::bad_file(path, format!("cannot parse tokenizer: {e}")))?;
-        Ok(Self { inner })
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { inner, vocab_size })
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -22,7 +25,7 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let vocab = self.inner.get_vocab_size(true) as u32;
+        let vocab = self.vocab_size as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
             return Err(EngineError::invalid_arg("token id", bad, &format!("0 <= id < {vocab}")));
         }
@@ -34,7 +37,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 }
 

@@ -1,0 +1,86 @@
+// The whole JS path (tokenizer, binding, engine) against HF transformers reference outputs.
+import test from 'ava'
+import { createAccelerationConfig, ModelRunner } from '../dist/index.mjs'
+import { fixtureDir, reference, referenceLogits, relL2, topK } from './helpers.mjs'
+
+const f32 = ModelRunner.load({ modelName: fixtureDir, threads: 2 })
+const bf16 = ModelRunner.load({
+  modelName: fixtureDir,
+  threads: 2,
+  accelerationConfig: createAccelerationConfig({ quantization: 'bf16' }),
+})
+
+test('f32 last-position logits within 1e-4 relative L2 of transformers', async (t) => {
+  const runner = await f32
+  for (const [i, p] of reference.prompts.entries()) {
+    t.deepEqual(runner.tokenize(p.text), p.input_ids, `prompt ${i} tokens`)
+    const logits = await runner.computeLogits(p.input_ids)
+    const err = relL2(logits, referenceLogits(`last_logits.${i}`))
+    t.true(err < 1e-4, `prompt ${i}: relative L2 ${err}`)
+  }
+})
+
+test('f32 top-5 ids at every position match transformers', async (t) => {
+  const runner = await f32
+  for (const [i, p] of reference.prompts.entries()) {
+    const all = await runner.computeLogits(p.text, { allPositions: true })
+    const vocab = all.length / p.input_ids.length
+    t.is(vocab, 151936)
+    p.top5_ids.forEach((want, pos) => {
+      t.deepEqual(topK(all.subarray(pos * vocab, (pos + 1) * vocab), 5), want, `prompt ${i} position ${pos}`)
+    })
+  }
+})
+
+test('f32 24-token greedy continuations are exact', async (t) => {
+  const runner = await f32
+  for (const [i, p] of reference.prompts.entries()) {
+    const out = await runner.generate(p.input_ids, { maxTokens: 24, temperature: 0, ignoreEos: true })
+    t.deepEqual(out.tokenIds, p.greedy_continuation, `prompt ${i}`)
+    t.is(out.finishReason, 'length')
+    t.is(out.usage.completionTokens, 24)
+  }
+})
+
+test('bf16 logits within 2e-2 of transformers bf16', async (t) => {
+  const runner = await bf16
+  t.is(runner.getModelInfo().dtype, 'bf16')
+  for (const [i, p] of reference.prompts.entries()) {
+    const err = relL2(await runner.computeLogits(p.input_ids), referenceLogits(`last_logits_bf16.${i}`))
+    t.true(err < 2e-2, `prompt ${i}: relative L2 ${err}`)
+  }
+})
+
+test('fp16 runs for real and stays close to f32', async (t) => {
+  const runner = await ModelRunner.load({
+    modelName: fixtureDir,
+    accelerationConfig: createAccelerationConfig({ quantization: 'fp16' }),
+  })
+  t.is(runner.getModelInfo().dtype, 'f16')
+  t.is(runner.estimateMemoryUsage().weightBytes, (await f32).estimateMemoryUsage().weightBytes / 2)
+  for (const [i, p] of reference.prompts.entries()) {
+    const err = relL2(await runner.computeLogits(p.input_ids), referenceLogits(`last_logits.${i}`))
+    t.true(err < 2e-2, `prompt ${i}: relative L2 ${err}`)
+  }
+  await runner.dispose()
+})
+
+test('every tokenizer case encodes and decodes exactly', async (t) => {
+  const runner = await f32
+  for (const c of reference.tokenizer_cases) {
+    t.deepEqual(runner.tokenize(c.text), c.ids, JSON.stringify(c.text))
+    t.is(runner.detokenize(c.ids), c.decoded)
+  }
+})
+
+test('every chat case renders byte-exactly', async (t) => {
+  const runner = await f32
+  for (const c of reference.chat_cases) {
+    const text = runner.applyChatTemplate(c.messages, {
+      addGenerationPrompt: c.add_generation_prompt,
+      enableThinking: c.kwargs.enable_thinking,
+      tools: c.kwargs.tools,
+    })
+    t.is(text, c.text, c.name)
+  }
+})

@@ -1,0 +1,45 @@
+#!/usr/bin/env node
+// Builds the Rust addon from source with cargo and puts it where index.js (the napi-rs loader)
+// looks for it. Runs on `npm install`; cargo's incremental build makes a repeat run take seconds.
+// The `dev` profile is optimised (see Cargo.toml), so `cargo test` reuses the same artifacts.
+import { execFileSync } from 'node:child_process'
+import { copyFileSync, existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const suffix = {
+  'linux-x64': 'linux-x64-gnu',
+  'linux-arm64': 'linux-arm64-gnu',
+  'darwin-x64': 'darwin-x64',
+  'darwin-arm64': 'darwin-arm64',
+  'win32-x64': 'win32-x64-msvc',
+}[`${process.platform}-${process.arch}`]
+if (!suffix) {
+  console.error(`nano-qwen3-serving: no build recipe for ${process.platform}-${process.arch}`)
+  process.exit(1)
+}
+if (process.env.NANO_QWEN3_SKIP_NATIVE_BUILD) process.exit(0)
+
+try {
+  execFileSync('cargo', ['--version'], { stdio: 'ignore' })
+} catch {
+  console.error(
+    'nano-qwen3-serving: building the native addon needs Rust (cargo), which was not found.\n' +
+      'Install it from https://rustup.rs and run `npm install` again.',
+  )
+  process.exit(1)
+}
+
+console.error('nano-qwen3-serving: building the native addon (first build takes several minutes)...')
+execFileSync('cargo', ['build', '-p', 'nano-qwen3-node'], { cwd: root, stdio: 'inherit' })
+const lib = { linux: 'libnano_qwen3_node.so', darwin: 'libnano_qwen3_node.dylib', win32: 'nano_qwen3_node.dll' }[
+  process.platform
+]
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, 'target')
+const built = join(targetDir, 'debug', lib)
+if (!existsSync(built)) {
+  console.error(`nano-qwen3-serving: cargo finished but ${built} is missing`)
+  process.exit(1)
+}
+copyFileSync(built, join(root, `nano-qwen3-serving.${suffix}.node`))

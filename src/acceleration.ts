@@ -1,0 +1,85 @@
+import { z } from 'zod'
+import { native } from './errors.js'
+import { loadNative } from './native.js'
+import { parseOrThrow } from './validation.js'
+
+/** Quantization modes, with the Python project's names. */
+export const QuantizationType = {
+  NONE: 'none',
+  FP16: 'fp16',
+  BF16: 'bf16',
+  DYNAMIC_INT8: 'dynamic_int8',
+  STATIC_INT8: 'static_int8',
+  INT4: 'int4',
+} as const
+export type QuantizationType = (typeof QuantizationType)[keyof typeof QuantizationType]
+
+export const accelerationConfigSchema = z
+  .object({
+    quantization: z.enum(['none', 'fp16', 'bf16', 'dynamic_int8', 'static_int8', 'int4']).default('none'),
+    useFlashAttention: z.boolean().default(true),
+    useTorchCompile: z.boolean().default(false),
+    compileMode: z.enum(['default', 'reduce-overhead', 'max-autotune']).default('default'),
+    useChannelsLast: z.boolean().default(false),
+    useGradientCheckpointing: z.boolean().default(false),
+    useFusedKernels: z.boolean().default(true),
+  })
+  .strict()
+
+export type AccelerationConfig = Readonly<z.output<typeof accelerationConfigSchema>>
+export type AccelerationConfigInput = z.input<typeof accelerationConfigSchema>
+
+// The Python API's snake_case names are accepted too.
+const snakeToCamel: Record<string, string> = {
+  use_flash_attention: 'useFlashAttention',
+  use_torch_compile: 'useTorchCompile',
+  compile_mode: 'compileMode',
+  use_channels_last: 'useChannelsLast',
+  use_gradient_checkpointing: 'useGradientCheckpointing',
+  use_fused_kernels: 'useFusedKernels',
+}
+
+/** Validated, frozen acceleration config. Unknown keys or values throw; nothing falls back silently. */
+export function createAccelerationConfig(opts: AccelerationConfigInput = {}): AccelerationConfig {
+  const input: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(opts ?? {})) input[snakeToCamel[k] ?? k] = v
+  return Object.freeze(parseOrThrow(accelerationConfigSchema, input, 'accelerationConfig', 'INVALID_CONFIG'))
+}
+
+export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}` | 'metal'
+
+export interface PlanItem {
+  option: string
+  requested: string
+  applied: boolean
+  detail: string
+}
+
+export interface ExecutionPlan {
+  device: string
+  quantization: QuantizationType
+  computeDtype: string
+  items: PlanItem[]
+  appliedOptimizations: string[]
+  skippedOptimizations: string[]
+}
+
+/** Config + device -> the plan of what is applied and what is skipped (with the reason). */
+export class ModelAccelerator {
+  readonly config: AccelerationConfig
+  readonly device: Device
+
+  constructor(config: AccelerationConfigInput | AccelerationConfig = {}, device: Device = 'auto') {
+    this.config = createAccelerationConfig(config)
+    this.device = device
+  }
+
+  /** Throws when the config cannot run on the device at all (e.g. a mode this build lacks). */
+  plan(): ExecutionPlan {
+    return native(() => loadNative().planAcceleration(this.config, this.device))
+  }
+
+  getAppliedOptimizations(): string[] {
+    return this.plan().appliedOptimizations
+  }
+}

@@ -1,0 +1,145 @@
+/** Splitting Qwen3 output into reasoning (<think>), content and tool calls, whole or streamed. */
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | 'tool' | (string & {})
+  content: string
+  reasoning_content?: string
+  tool_calls?: ToolCall[]
+  [key: string]: unknown
+}
+
+export interface ToolCall {
+  type: 'function'
+  function: { name: string; arguments: Record<string, unknown> }
+}
+
+export interface ParsedAssistantOutput {
+  content: string
+  reasoningContent: string
+  toolCalls: ToolCall[]
+}
+
+const THINK_OPEN = '<think>'
+const THINK_CLOSE = '</think>'
+const TOOL_RE = /<tool_call>\s*([\s\S]*?)\s*<\/tool_call>/g
+
+function parseToolCall(body: string): ToolCall | undefined {
+  try {
+    const v = JSON.parse(body)
+    if (v && typeof v.name === 'string') {
+      const args = typeof v.arguments === 'string' ? JSON.parse(v.arguments) : (v.arguments ?? {})
+      return { type: 'function', function: { name: v.name, arguments: args } }
+    }
+  } catch {
+    // Not valid JSON: left in the content, where the caller can see it.
+  }
+  return undefined
+}
+
+/** Split a finished assistant message. */
+export function parseAssistantOutput(text: string): ParsedAssistantOutput {
+  let reasoningContent = ''
+  let content = text
+  const close = text.indexOf(THINK_CLOSE)
+  if (close >= 0) {
+    const before = text.slice(0, close)
+    const open = before.indexOf(THINK_OPEN)
+    reasoningContent = (open >= 0 ? before.slice(open + THINK_OPEN.length) : before).replace(/^\n+|\n+$/g, '')
+    content = text.slice(close + THINK_CLOSE.length).replace(/^\n+/, '')
+  } else if (text.trimStart().startsWith(THINK_OPEN)) {
+    // Cut off while still thinking.
+    reasoningContent = text.trimStart().slice(THINK_OPEN.length).replace(/^\n+/, '')
+    content = ''
+  }
+  const toolCalls: ToolCall[] = []
+  content = content.replace(TOOL_RE, (whole, body: string) => {
+    const call = parseToolCall(body)
+    if (!call) return whole
+    toolCalls.push(call)
+    return ''
+  })
+  return { content: toolCalls.length ? content.trim() : content, reasoningContent, toolCalls }
+}
+
+export interface ChatDelta {
+  content: string
+  reasoningContent: string
+  toolCalls: ToolCall[]
+}
+
+/** True if `text` ends with a proper prefix of `tag` (so more text may complete the tag). */
+function partialTagAt(text: string, tag: string): number {
+  for (let k = Math.min(tag.length - 1, text.length); k > 0; k--) {
+    if (text.endsWith(tag.slice(0, k))) return text.length - k
+  }
+  return -1
+}
+
+/** Incremental version of parseAssistantOutput: feed text deltas, get content/reasoning deltas. */
+export class ChatStreamSplitter {
+  private buffer = ''
+  private mode: 'start' | 'reasoning' | 'content' | 'tool' = 'start'
+
+  push(text: string): ChatDelta {
+    this.buffer += text
+    const out: ChatDelta = { content: '', reasoningContent: '', toolCalls: [] }
+    for (;;) {
+      if (this.mode === 'start') {
+        const trimmed = this.buffer.trimStart()
+        if (trimmed.startsWith(THINK_OPEN)) {
+          this.buffer = trimmed.slice(THINK_OPEN.length).replace(/^\n+/, '')
+          this.mode = 'reasoning'
+        } else if (THINK_OPEN.startsWith(trimmed)) {
+          return out // might still become <think>
+        } else {
+          this.mode = 'content'
+        }
+      } else if (this.mode === 'reasoning') {
+        const close = this.buffer.indexOf(THINK_CLOSE)
+        if (close >= 0) {
+          out.reasoningContent += this.buffer.slice(0, close).replace(/\n+$/, '')
+          this.buffer = this.buffer.slice(close + THINK_CLOSE.length).replace(/^\n+/, '')
+          this.mode = 'content'
+          continue
+        }
+        // Hold back trailing newlines (stripped before </think>) and a partial closing tag.
+        const hold = partialTagAt(this.buffer, THINK_CLOSE)
+        let cut = hold >= 0 ? hold : this.buffer.length
+        while (cut > 0 && this.buffer[cut - 1] === '\n') cut--
+        out.reasoningContent += this.buffer.slice(0, cut)
+        this.buffer = this.buffer.slice(cut)
+        return out
+      } else if (this.mode === 'content') {
+        const open = this.buffer.indexOf('<tool_call>')
+        if (open >= 0) {
+          out.content += this.buffer.slice(0, open)
+          this.buffer = this.buffer.slice(open)
+          this.mode = 'tool'
+          continue
+        }
+        const hold = partialTagAt(this.buffer, '<tool_call>')
+        const cut = hold >= 0 ? hold : this.buffer.length
+        out.content += this.buffer.slice(0, cut)
+        this.buffer = this.buffer.slice(cut)
+        return out
+      } else {
+        const end = this.buffer.indexOf('</tool_call>')
+        if (end < 0) return out
+        const block = this.buffer.slice(0, end + '</tool_call>'.length)
+        const call = parseToolCall(block.slice('<tool_call>'.length, -'</tool_call>'.length).trim())
+        if (call) out.toolCalls.push(call)
+        else out.content += block
+        this.buffer = this.buffer.slice(block.length)
+        this.mode = 'content'
+      }
+    }
+  }
+
+  /** At the end of the stream: release whatever was held back. */
+  finish(): ChatDelta {
+    const rest = this.buffer
+    this.buffer = ''
+    if (this.mode === 'reasoning') return { content: '', reasoningContent: rest, toolCalls: [] }
+    return { content: rest, reasoningContent: '', toolCalls: [] }
+  }
+}

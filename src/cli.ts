@@ -1,0 +1,143 @@
+import { createInterface } from 'node:readline'
+import { parseArgs } from 'node:util'
+import { createAccelerationConfig } from './acceleration.js'
+import type { ChatMessage } from './chat.js'
+import { NanoQwenError } from './errors.js'
+import { defaultModelDir, ModelRunner } from './model-runner.js'
+
+const HELP = `nano-qwen3-serving: run Qwen3 models locally
+
+Usage:
+  nano-qwen3-serving generate [options] <prompt>      stream a completion of <prompt>
+  nano-qwen3-serving chat [options] [message]         chat (one message, or interactive from stdin)
+  nano-qwen3-serving bench [options]                  prefill and decode tokens/s
+  nano-qwen3-serving info [options]                   model, acceleration plan and memory
+  nano-qwen3-serving <command> --help
+
+Common options:
+  --model <dir|org/name>    model folder or Hugging Face id (default: the embedded tiny model,
+                            random weights: its text is gibberish, useful to try the tool)
+  --quantization <mode>     none | fp16 | bf16 (dynamic_int8, static_int8, int4: not yet)
+  --device <device>         auto | cpu (cuda, metal: not in this build)
+  --threads <n>             CPU threads (default: physical cores)
+
+Generation options (generate, chat):
+  --max-tokens <n>  --temperature <t>  --top-p <p>  --top-k <k>  --min-p <p>
+  --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
+Chat options:   --system <text>  --no-think
+Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
+`
+
+const options = {
+  help: { type: 'boolean', short: 'h' },
+  model: { type: 'string', short: 'm' },
+  quantization: { type: 'string', short: 'q' },
+  device: { type: 'string' },
+  threads: { type: 'string' },
+  'max-tokens': { type: 'string', short: 'n' },
+  temperature: { type: 'string', short: 't' },
+  'top-p': { type: 'string' },
+  'top-k': { type: 'string' },
+  'min-p': { type: 'string' },
+  'repetition-penalty': { type: 'string' },
+  seed: { type: 'string' },
+  stop: { type: 'string', multiple: true },
+  'ignore-eos': { type: 'boolean' },
+  system: { type: 'string' },
+  'no-think': { type: 'boolean' },
+  iterations: { type: 'string' },
+  'decode-tokens': { type: 'string' },
+  'sample-text': { type: 'string' },
+} as const
+
+function num(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined
+  const n = Number(v)
+  if (!Number.isFinite(n)) throw new NanoQwenError('INVALID_ARGUMENT', `--${name} ${JSON.stringify(v)} is not a number`)
+  return n
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values: o, positionals } = parseArgs({ args: argv, options, allowPositionals: true })
+  const [command, ...rest] = positionals
+  if (!command || o.help || !['generate', 'chat', 'bench', 'info'].includes(command)) {
+    process.stdout.write(HELP)
+    return command && !o.help ? 2 : 0
+  }
+  if (!o.model) process.stderr.write('(using the embedded tiny model: random weights, so its text is gibberish; pass --model)\n')
+  const runner = await ModelRunner.load({
+    modelName: o.model ?? defaultModelDir(),
+    device: (o.device ?? 'auto') as any,
+    threads: num('threads', o.threads),
+    accelerationConfig: createAccelerationConfig({ quantization: (o.quantization ?? 'none') as any }),
+  })
+  const params = {
+    maxTokens: num('max-tokens', o['max-tokens']),
+    temperature: num('temperature', o.temperature),
+    topP: num('top-p', o['top-p']),
+    topK: num('top-k', o['top-k']),
+    minP: num('min-p', o['min-p']),
+    repetitionPenalty: num('repetition-penalty', o['repetition-penalty']),
+    seed: num('seed', o.seed),
+    stop: o.stop,
+    ignoreEos: o['ignore-eos'],
+  }
+  const clean = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined))
+  try {
+    switch (command) {
+      case 'generate': {
+        const prompt = rest.join(' ')
+        if (!prompt) throw new NanoQwenError('INVALID_ARGUMENT', 'generate needs a prompt: nano-qwen3-serving generate "Why is the sky blue?"')
+        const s = runner.stream(prompt, clean)
+        for await (const chunk of s) process.stdout.write(chunk.text)
+        const r = await s.result
+        process.stdout.write('\n')
+        process.stderr.write(
+          `[${r.finishReason}] ${r.usage.completionTokens} tokens, prefill ${r.timings.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tok/s\n`,
+        )
+        return 0
+      }
+      case 'chat': {
+        const history: ChatMessage[] = o.system ? [{ role: 'system', content: o.system }] : []
+        const turn = async (message: string) => {
+          history.push({ role: 'user', content: message })
+          const s = runner.chatStream(history, { ...clean, enableThinking: o['no-think'] ? false : undefined })
+          for await (const c of s) {
+            if (c.reasoningContent) process.stdout.write(`\x1b[2m${c.reasoningContent}\x1b[0m`)
+            if (c.content) process.stdout.write(c.content)
+          }
+          const r = await s.result
+          for (const call of r.toolCalls) process.stdout.write(`\n[tool call] ${JSON.stringify(call.function)}`)
+          process.stdout.write('\n')
+          history.push({ role: 'assistant', content: r.content })
+        }
+        if (rest.length) {
+          await turn(rest.join(' '))
+          return 0
+        }
+        const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: '> ' })
+        rl.prompt()
+        for await (const line of rl) {
+          if (line.trim()) await turn(line)
+          rl.prompt()
+        }
+        return 0
+      }
+      case 'bench': {
+        const r = await runner.benchmarkPerformance({
+          numIterations: num('iterations', o.iterations) ?? 5,
+          decodeTokens: num('decode-tokens', o['decode-tokens']) ?? 32,
+          sampleText: o['sample-text'],
+        })
+        console.log(JSON.stringify(r, null, 2))
+        return 0
+      }
+      default: {
+        console.log(JSON.stringify(runner.getModelInfo(), null, 2))
+        return 0
+      }
+    }
+  } finally {
+    await runner.dispose()
+  }
+}

@@ -1,0 +1,24 @@
+export {
+  type AccelerationConfig,
+  type AccelerationConfigInput,
+  accelerationConfigSchema,
+  createAccelerationConfig,
+  type Device,
+  type ExecutionPlan,
+  ModelAccelerator,
+  type PlanItem,
+  QuantizationType,
+} from './acceleration.js'
+export { type ChatMessage, ChatStreamSplitter, parseAssistantOutput, type ToolCall } from './chat.js'
+export { AbortError, NanoQwenError } from './errors.js'
+export { downloadFromHub, findInCache, hubCacheDir, resolveModel } from './hub.js'
+export {
+  type ApplyChatTemplateOptions,
+  type ChatParams,
+  type ChatResult,
+  type ChatStreamChunk,
+  defaultModelDir,
+  ModelRunner,
+  type ModelRunnerOptions,
+} from './model-runner.js'
+export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, Usage } from './params.js'

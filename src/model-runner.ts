@@ -1,0 +1,322 @@
+import { existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { z } from 'zod'
+import {
+  type AccelerationConfig,
+  type AccelerationConfigInput,
+  createAccelerationConfig,
+  type Device,
+  type ExecutionPlan,
+} from './acceleration.js'
+import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCall } from './chat.js'
+import { AbortError, fromNative, NanoQwenError, native } from './errors.js'
+import { resolveModel, type ResolveOptions } from './hub.js'
+import { loadNative, type NativeEngine } from './native.js'
+import { type GenerateResult, type GenerationParams, type StreamChunk, toEngineRequest } from './params.js'
+import { parseOrThrow } from './validation.js'
+
+const loadOptionsSchema = z
+  .object({
+    modelName: z.string().min(1),
+    device: z.string().regex(/^(auto|cpu|cuda|cuda:\d+|metal)$/, 'allowed: auto, cpu, cuda, cuda:N, metal').default('auto'),
+    accelerationConfig: z.any().optional(),
+    maxSeqLength: z.number().int().positive().optional(),
+    threads: z.number().int().positive().optional(),
+    revision: z.string().optional(),
+    onDownloadProgress: z.union([z.function(), z.literal(false)]).optional(),
+  })
+  .strict()
+
+export interface ModelRunnerOptions {
+  /** A model folder, or a Hugging Face id such as "Qwen/Qwen3-0.6B". */
+  modelName: string
+  device?: Device
+  accelerationConfig?: AccelerationConfig | AccelerationConfigInput
+  /** Context length; defaults to the model's max_position_embeddings. */
+  maxSeqLength?: number
+  /** CPU threads; defaults to the number of physical cores. */
+  threads?: number
+  revision?: string
+  onDownloadProgress?: ResolveOptions['onProgress']
+}
+
+export interface ChatParams extends GenerationParams {
+  enableThinking?: boolean
+  tools?: unknown[]
+}
+
+export interface ChatResult extends GenerateResult {
+  content: string
+  reasoningContent: string
+  toolCalls: ToolCall[]
+}
+
+export interface ChatStreamChunk extends StreamChunk {
+  content: string
+  reasoningContent: string
+  toolCalls: ToolCall[]
+}
+
+export interface ApplyChatTemplateOptions {
+  addGenerationPrompt?: boolean
+  enableThinking?: boolean
+  tools?: unknown[]
+}
+
+/** The package's embedded model: a tiny Qwen3 with random weights and the real tokenizer. */
+export function defaultModelDir(): string {
+  const here = dirname(fileURLToPath(import.meta.url))
+  return join(here, '..', 'fixtures', 'qwen3-tiny')
+}
+
+let nextRequestId = 1
+
+/** A loaded Qwen3 model. Create with `await ModelRunner.load(opts)` or `new ModelRunner(opts)` + `await runner.ready`. */
+export class ModelRunner {
+  readonly ready: Promise<void>
+  private engine?: NativeEngine
+  private options: ModelRunnerOptions & { device: Device }
+  private config: AccelerationConfig
+  private modelDir?: string
+  private disposed = false
+
+  constructor(options: ModelRunnerOptions) {
+    const o = parseOrThrow(loadOptionsSchema, options, 'options', 'INVALID_ARGUMENT')
+    this.config = createAccelerationConfig(o.accelerationConfig ?? {})
+    this.options = { ...options, device: o.device as Device }
+    this.ready = this.init()
+    // The caller may never await `ready`; don't let a load error become an unhandled rejection.
+    this.ready.catch(() => {})
+  }
+
+  static async load(options: ModelRunnerOptions): Promise<ModelRunner> {
+    const runner = new ModelRunner(options)
+    await runner.ready
+    return runner
+  }
+
+  private async init(): Promise<void> {
+    this.modelDir = await resolveModel(this.options.modelName, {
+      revision: this.options.revision,
+      onProgress: this.options.onDownloadProgress,
+    })
+    this.engine = await this.loadEngine(this.config)
+  }
+
+  private async loadEngine(config: AccelerationConfig): Promise<NativeEngine> {
+    if (this.modelDir && !existsSync(this.modelDir)) {
+      throw new NanoQwenError('MODEL_NOT_FOUND', `model folder ${this.modelDir} no longer exists`)
+    }
+    try {
+      return await loadNative().loadEngine(this.modelDir!, {
+        device: this.options.device,
+        acceleration: config,
+        maxSeqLength: this.options.maxSeqLength,
+        threads: this.options.threads,
+      })
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  private get native(): NativeEngine {
+    if (this.disposed) throw new NanoQwenError('DISPOSED', 'this runner has been disposed')
+    if (!this.engine) throw new NanoQwenError('NOT_READY', 'the model is still loading (or failed to load): await runner.ready first')
+    return this.engine
+  }
+
+  tokenize(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return native(() => this.native.tokenize(text, opts.addSpecialTokens ?? false))
+  }
+
+  detokenize(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    return native(() => this.native.detokenize(ids, opts.skipSpecialTokens ?? false))
+  }
+
+  /** Renders tokenizer_config.json's chat template exactly as transformers' apply_chat_template. */
+  applyChatTemplate(messages: ChatMessage[], opts: ApplyChatTemplateOptions = {}): string {
+    return native(() =>
+      this.native.applyChatTemplate(messages, opts.addGenerationPrompt ?? false, opts.enableThinking, opts.tools),
+    )
+  }
+
+  private toIds(input: string | number[]): number[] {
+    if (typeof input === 'string') return this.tokenize(input)
+    if (Array.isArray(input) && input.every((x) => Number.isInteger(x) && x >= 0)) return input
+    throw new NanoQwenError('INVALID_ARGUMENT', `invalid prompt = ${JSON.stringify(input)?.slice(0, 80)}: a string or an array of token ids`)
+  }
+
+  /** Logits of the last position ([vocab]) or, with allPositions, of every position ([n * vocab], row-major). */
+  async computeLogits(input: string | number[], opts: { allPositions?: boolean } = {}): Promise<Float32Array> {
+    const ids = this.toIds(input)
+    try {
+      return await this.native.computeLogits(ids, opts.allPositions ?? false)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /** Runs one generation; `onChunk` sees the streamed pieces. */
+  private async run(
+    prompt: string | number[],
+    params: GenerationParams | undefined,
+    onChunk?: (c: StreamChunk) => void,
+  ): Promise<GenerateResult & { chunkCount: number }> {
+    const engine = this.native
+    const { request, signal } = toEngineRequest(params)
+    const ids = this.toIds(prompt)
+    if (signal?.aborted) throw new AbortError()
+    const id = nextRequestId++
+    const abort = () => engine.cancel(id)
+    signal?.addEventListener('abort', abort, { once: true })
+    try {
+      const json = await engine.generate(ids, request, id, onChunk ? (c: string) => onChunk(JSON.parse(c)) : undefined)
+      return JSON.parse(json)
+    } catch (e) {
+      throw fromNative(e)
+    } finally {
+      signal?.removeEventListener('abort', abort)
+    }
+  }
+
+  async generate(prompt: string | number[], params?: GenerationParams): Promise<GenerateResult> {
+    const { chunkCount: _, ...result } = await this.run(prompt, params)
+    return result
+  }
+
+  /** Streams text as it is generated; text never splits a UTF-8 character and stop strings never leak. */
+  stream(prompt: string | number[], params?: GenerationParams): AsyncIterable<StreamChunk> & { result: Promise<GenerateResult> } {
+    const queue: StreamChunk[] = []
+    let wake: (() => void) | undefined
+    let settled: { ok: true; value: GenerateResult & { chunkCount: number } } | { ok: false; error: unknown } | undefined
+    // Abort our own request if the consumer stops iterating early.
+    const controller = new AbortController()
+    const userSignal = params?.signal
+    if (userSignal) userSignal.addEventListener('abort', () => controller.abort(), { once: true })
+    const signal = userSignal?.aborted ? userSignal : controller.signal
+    const result = this.run(prompt, { ...params, signal }, (c) => {
+      queue.push(c)
+      wake?.()
+    })
+    result.then(
+      (value) => ((settled = { ok: true, value }), wake?.()),
+      (error) => ((settled = { ok: false, error }), wake?.()),
+    )
+    const done = result.then(({ chunkCount: _, ...r }) => r)
+    done.catch(() => {})
+    async function* iterate(): AsyncGenerator<StreamChunk> {
+      let received = 0
+      try {
+        for (;;) {
+          if (queue.length) {
+            received++
+            yield queue.shift()!
+            continue
+          }
+          if (settled && !settled.ok) throw settled.error
+          // Chunks and the final result travel separately: stop once every chunk is in.
+          if (settled?.ok && received >= settled.value.chunkCount) return
+          await new Promise<void>((r) => (wake = r))
+          wake = undefined
+        }
+      } finally {
+        if (!settled) controller.abort()
+      }
+    }
+    return { [Symbol.asyncIterator]: iterate, result: done }
+  }
+
+  private chatPrompt(messages: ChatMessage[], params: ChatParams | undefined): [string, GenerationParams] {
+    const { enableThinking, tools, ...rest } = params ?? {}
+    return [this.applyChatTemplate(messages, { addGenerationPrompt: true, enableThinking, tools }), rest]
+  }
+
+  /** Chat completion: reasoning (<think>) and tool calls are split out of the content. */
+  async chat(messages: ChatMessage[], params?: ChatParams): Promise<ChatResult> {
+    const [prompt, rest] = this.chatPrompt(messages, params)
+    const result = await this.generate(prompt, rest)
+    return { ...result, ...parseAssistantOutput(result.text) }
+  }
+
+  chatStream(messages: ChatMessage[], params?: ChatParams): AsyncIterable<ChatStreamChunk> & { result: Promise<ChatResult> } {
+    const [prompt, rest] = this.chatPrompt(messages, params)
+    const inner = this.stream(prompt, rest)
+    const result = inner.result.then((r) => ({ ...r, ...parseAssistantOutput(r.text) }))
+    result.catch(() => {})
+    async function* iterate(): AsyncGenerator<ChatStreamChunk> {
+      const splitter = new ChatStreamSplitter()
+      for await (const chunk of inner) yield { ...chunk, ...splitter.push(chunk.text) }
+      const tail = splitter.finish()
+      if (tail.content || tail.reasoningContent) yield { text: '', tokenIds: [], ...tail }
+    }
+    return { [Symbol.asyncIterator]: iterate, result }
+  }
+
+  getAccelerationInfo(): ExecutionPlan {
+    return native(() => this.native.accelerationInfo())
+  }
+
+  getModelInfo() {
+    const info = native(() => this.native.modelInfo())
+    return {
+      ...info,
+      modelName: this.options.modelName,
+      accelerationConfig: this.config,
+      acceleration: this.getAccelerationInfo(),
+      memoryUsage: this.estimateMemoryUsage(),
+    }
+  }
+
+  /** Measured bytes: weights as loaded, KV cache allocated now, and KV cost per token. */
+  estimateMemoryUsage(): {
+    baseModelSizeMb: number
+    acceleratedModelSizeMb: number
+    memorySavedMb: number
+    memoryReductionPercent: number
+    weightBytes: number
+    checkpointBytes: number
+    kvCacheBytes: number
+    kvCacheBytesPerToken: number
+    kvCacheBytesAtMaxSeqLength: number
+  } {
+    return native(() => this.native.memoryUsage())
+  }
+
+  /** Warm-up, then `numIterations` x (prefill sampleText + decode `decodeTokens` tokens), timed separately. */
+  async benchmarkPerformance(opts: { sampleText?: string; numIterations?: number; decodeTokens?: number } = {}) {
+    const numIterations = opts.numIterations ?? 10
+    const decodeTokens = opts.decodeTokens ?? 32
+    for (const [name, v] of [['numIterations', numIterations], ['decodeTokens', decodeTokens]] as const) {
+      if (!Number.isInteger(v) || v < 1) throw new NanoQwenError('INVALID_ARGUMENT', `invalid ${name} = ${v}: an integer >= 1`)
+    }
+    try {
+      return JSON.parse(await this.native.benchmark(opts.sampleText ?? 'Hello, how are you?', numIterations, decodeTokens))
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /** Reloads the model with a new config. If that fails, the current model keeps serving. */
+  async updateAccelerationConfig(config: AccelerationConfig | AccelerationConfigInput): Promise<void> {
+    const next = createAccelerationConfig(config)
+    await this.ready
+    const old = this.native
+    const engine = await this.loadEngine(next)
+    this.engine = engine
+    this.config = next
+    old.dispose()
+  }
+
+  get accelerationConfig(): AccelerationConfig {
+    return this.config
+  }
+
+  /** Frees the model; later calls throw DISPOSED. Running generations are stopped. */
+  async dispose(): Promise<void> {
+    await this.ready.catch(() => {})
+    this.engine?.dispose()
+    this.engine = undefined
+    this.disposed = true
+  }
+}

@@ -1,0 +1,26 @@
+import type { z } from 'zod'
+import { NanoQwenError } from './errors.js'
+
+/** Turn a zod failure into one readable message: where, the bad value, what is allowed. */
+export function formatIssues(what: string, error: z.ZodError, input: unknown): string {
+  return error.issues
+    .map((issue) => {
+      const path = [what, ...issue.path].join('.')
+      const value = issue.path.reduce<any>((v, k) => (v == null ? v : v[k]), input)
+      switch (issue.code) {
+        case 'invalid_enum_value':
+          return `${path} = ${JSON.stringify(issue.received)}: allowed ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`
+        case 'unrecognized_keys':
+          return `${what} has unknown option(s) ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`
+        default:
+          return `${path} = ${JSON.stringify(value)}: ${issue.message}`
+      }
+    })
+    .join('; ')
+}
+
+export function parseOrThrow<S extends z.ZodTypeAny>(schema: S, input: unknown, what: string, code: string): z.output<S> {
+  const r = schema.safeParse(input)
+  if (!r.success) throw new NanoQwenError(code, `invalid ${formatIssues(what, r.error, input)}`)
+  return r.data
+}
