@@ -79,6 +79,8 @@ function partialTagAt(text: string, tag: string): number {
 export class ChatStreamSplitter {
   private buffer = ''
   private mode: 'start' | 'reasoning' | 'content' | 'tool' = 'start'
+  /** Nothing of the reasoning released yet: its leading newlines are still to be stripped. */
+  private reasoningStart = true
 
   push(text: string): ChatDelta {
     this.buffer += text
@@ -95,6 +97,11 @@ export class ChatStreamSplitter {
           this.mode = 'content'
         }
       } else if (this.mode === 'reasoning') {
+        if (this.reasoningStart) {
+          this.buffer = this.buffer.replace(/^\n+/, '')
+          if (!this.buffer) return out
+          this.reasoningStart = false
+        }
         const close = this.buffer.indexOf(THINK_CLOSE)
         if (close >= 0) {
           out.reasoningContent += this.buffer.slice(0, close).replace(/\n+$/, '')

@@ -125,3 +125,37 @@ fn batched_forward_equals_one_by_one() {
     assert!(rel_l2(&out[0].to_vec1::<f32>().unwrap(), &engine.compute_logits(&a, false).unwrap()) < 1e-5);
     assert!(rel_l2(&out[1].to_vec1::<f32>().unwrap(), &engine.compute_logits(&b, false).unwrap()) < 1e-5);
 }
+
+#[test]
+fn stream_decoder_never_splits_a_character() {
+    let engine = load(Quantization::None);
+    use nano_qwen3_engine::tokenizer::StreamDecoder;
+    for c in reference()["tokenizer_cases"].as_array().unwrap() {
+        let mut d = StreamDecoder::new(false);
+        let mut text = String::new();
+        for id in ids(&c["ids"]) {
+            let piece = d.push(&engine.tokenizer, id).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "split character in {:?}", c["text"]);
+            text.push_str(&piece);
+        }
+        text.push_str(&d.flush(&engine.tokenizer).unwrap());
+        assert_eq!(text, c["decoded"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn cancel_stops_within_one_token() {
+    use std::sync::atomic::Ordering;
+    let engine = load(Quantization::None);
+    let opts = GenerateRequest { max_tokens: Some(50.0), temperature: Some(0.0), ignore_eos: true, ..Default::default() }
+        .resolve(&engine.generation_defaults)
+        .unwrap();
+    let cancel = AtomicBool::new(false);
+    let mut chunks = 0;
+    let r = engine.generate(&[9707, 11], &opts, &cancel, &mut |_| {
+        chunks += 1;
+        cancel.store(true, Ordering::Relaxed);
+    });
+    assert!(matches!(r, Err(nano_qwen3_engine::EngineError::Aborted)), "{:?}", r.map(|o| o.token_ids));
+    assert_eq!(chunks, 1, "no token after the one during which cancel was asked");
+}

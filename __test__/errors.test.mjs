@@ -1,0 +1,160 @@
+// Bad input: each gives a clear error naming the problem, and a working runner keeps working.
+import test from 'ava'
+import { rmSync, truncateSync, writeFileSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { createAccelerationConfig, ModelRunner, NanoQwenError } from '../dist/index.mjs'
+import { editJson, fixtureCopy, fixtureDir, readSafetensors, reference, writeSafetensors } from './helpers.mjs'
+
+const good = ModelRunner.load({ modelName: fixtureDir, threads: 2, maxSeqLength: 64 })
+const expected = reference.prompts[0].greedy_continuation.slice(0, 8)
+
+async function stillWorks(t) {
+  const out = await (await good).generate(reference.prompts[0].input_ids, { maxTokens: 8, temperature: 0, ignoreEos: true })
+  t.deepEqual(out.tokenIds, expected, 'the runner still serves after the error')
+}
+
+async function loadFails(t, modelName, code, pattern, extra = {}) {
+  const e = await t.throwsAsync(ModelRunner.load({ modelName, ...extra }), { instanceOf: NanoQwenError })
+  t.is(e.code, code, e.message)
+  t.regex(e.message, pattern)
+  await stillWorks(t)
+}
+
+test('missing folder', (t) => loadFails(t, '/nonexistent/qwen3', 'MODEL_NOT_FOUND', /\/nonexistent\/qwen3 does not exist/))
+
+test('missing weights file and missing tokenizer', async (t) => {
+  const a = fixtureCopy()
+  rmSync(join(a, 'model.safetensors'))
+  await loadFails(t, a, 'MODEL_NOT_FOUND', /model\.safetensors does not exist/)
+  const b = fixtureCopy()
+  rmSync(join(b, 'tokenizer.json'))
+  await loadFails(t, b, 'MODEL_NOT_FOUND', /tokenizer\.json does not exist/)
+})
+
+test('config without a required field, and with an unknown model_type', async (t) => {
+  const a = fixtureCopy()
+  editJson(join(a, 'config.json'), (c) => (delete c.num_hidden_layers, c))
+  await loadFails(t, a, 'INVALID_CONFIG', /num_hidden_layers/)
+  const b = fixtureCopy()
+  editJson(join(b, 'config.json'), (c) => ({ ...c, model_type: 'llama' }))
+  await loadFails(t, b, 'INVALID_CONFIG', /model_type is "llama"; supported: "qwen3"/)
+  const c = fixtureCopy()
+  writeFileSync(join(c, 'config.json'), '{ not json')
+  await loadFails(t, c, 'INVALID_CONFIG', /not valid JSON/)
+})
+
+test('truncated and corrupt safetensors', async (t) => {
+  const a = fixtureCopy()
+  const file = join(a, 'model.safetensors')
+  truncateSync(file, statSync(file).size - 1000)
+  await loadFails(t, a, 'INVALID_MODEL_FILE', /model\.safetensors: truncated safetensors file/)
+  const b = fixtureCopy()
+  const bytes = readFileSync(join(b, 'model.safetensors'))
+  bytes.fill(0x7b, 8, 40) // garbage in the JSON header
+  writeFileSync(join(b, 'model.safetensors'), bytes)
+  await loadFails(t, b, 'INVALID_MODEL_FILE', /corrupt safetensors header/)
+  const c = fixtureCopy()
+  writeFileSync(join(c, 'model.safetensors'), Buffer.from([1, 2, 3]))
+  await loadFails(t, c, 'INVALID_MODEL_FILE', /truncated/)
+})
+
+test('a tensor of the wrong shape', async (t) => {
+  const dir = fixtureCopy()
+  const tensors = readSafetensors(join(dir, 'model.safetensors'))
+  const name = 'model.layers.1.mlp.up_proj.weight'
+  const v = tensors[name]
+  tensors[name] = { ...v, shape: [v.shape[0] / 2, v.shape[1]], data: v.data.subarray(0, v.data.length / 2) }
+  writeSafetensors(join(dir, 'model.safetensors'), tensors)
+  await loadFails(t, dir, 'INVALID_MODEL_FILE', /up_proj\.weight" has shape \[48, 32\], expected \[96, 32\]/)
+})
+
+test('a missing tensor', async (t) => {
+  const dir = fixtureCopy()
+  const tensors = readSafetensors(join(dir, 'model.safetensors'))
+  delete tensors['model.norm.weight']
+  writeSafetensors(join(dir, 'model.safetensors'), tensors)
+  await loadFails(t, dir, 'INVALID_MODEL_FILE', /"model\.norm\.weight" is missing/)
+})
+
+test('a prompt longer than the context names both numbers', async (t) => {
+  const runner = await good
+  const long = Array(65).fill(9707)
+  const e = await t.throwsAsync(runner.generate(long, { maxTokens: 4 }), { instanceOf: NanoQwenError })
+  t.is(e.code, 'CONTEXT_OVERFLOW')
+  t.regex(e.message, /prompt is 65 tokens but the context holds 64 tokens/)
+  await t.throwsAsync(runner.computeLogits(long), { message: /65 tokens .* 64 tokens/ })
+  // Up to the context the generation runs, then stops with 'length'.
+  const out = await runner.generate(Array(60).fill(9707), { maxTokens: 100, temperature: 0, ignoreEos: true })
+  t.is(out.usage.completionTokens, 4)
+  t.is(out.finishReason, 'length')
+  await stillWorks(t)
+})
+
+test('invalid sampling params', async (t) => {
+  const runner = await good
+  const cases = [
+    [{ temperature: -1 }, /temperature = -1: a number >= 0/],
+    [{ topP: 1.5 }, /topP = 1\.5: 0 < topP <= 1/],
+    [{ topP: 0 }, /topP = 0/],
+    [{ maxTokens: 0 }, /maxTokens = 0: an integer >= 1/],
+    [{ maxTokens: 2.5 }, /maxTokens = 2\.5/],
+    [{ topK: -3 }, /topK = -3/],
+    [{ minP: 2 }, /minP = 2/],
+    [{ repetitionPenalty: 0 }, /repetitionPenalty = 0/],
+    [{ stop: [''] }, /stop/],
+    [{ temperature: 'hot' }, /params\.temperature = "hot"/],
+    [{ maxTokenz: 5 }, /unknown option\(s\) "maxTokenz"/],
+  ]
+  for (const [params, pattern] of cases) {
+    const e = await t.throwsAsync(runner.generate('Hello', params), { instanceOf: NanoQwenError }, JSON.stringify(params))
+    t.true(['INVALID_ARGUMENT'].includes(e.code), e.code)
+    t.regex(e.message, pattern)
+  }
+  await t.throwsAsync(runner.generate([999999999]), { message: /token id = 999999999/ })
+  await stillWorks(t)
+})
+
+test('unknown quantization, unbuilt quantization, unavailable device', async (t) => {
+  t.throws(() => createAccelerationConfig({ quantization: 'int3' }), {
+    instanceOf: NanoQwenError,
+    message: /quantization = "int3": allowed "none", "fp16", "bf16", "dynamic_int8", "static_int8", "int4"/,
+  })
+  t.throws(() => createAccelerationConfig({ useFlashAtention: true }), { message: /unknown option\(s\) "useFlashAtention"/ })
+  t.throws(() => createAccelerationConfig({ compileMode: 'fast' }), { message: /compileMode = "fast"/ })
+  const e = await t.throwsAsync(
+    ModelRunner.load({ modelName: fixtureDir, accelerationConfig: createAccelerationConfig({ quantization: 'int4' }) }),
+  )
+  t.is(e.code, 'UNSUPPORTED')
+  t.regex(e.message, /"int4" is not supported yet.*supported now: none, fp16, bf16/)
+  const d = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'cuda' }))
+  t.regex(d.message, /device "cuda" is not available.*available devices: cpu/)
+  const bad = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'tpu' }))
+  t.regex(bad.message, /options\.device = "tpu"/)
+  await stillWorks(t)
+})
+
+test('an aborted generation rejects with AbortError and the runner goes on', async (t) => {
+  const runner = await good
+  const controller = new AbortController()
+  controller.abort()
+  await t.throwsAsync(runner.generate('Hello', { signal: controller.signal }), { name: 'AbortError' })
+  const c2 = new AbortController()
+  const s = runner.stream('Hello', { maxTokens: 50, ignoreEos: true, temperature: 0, signal: c2.signal })
+  let chunks = 0
+  const e = await t.throwsAsync(async () => {
+    for await (const _ of s) {
+      chunks++
+      c2.abort()
+    }
+  })
+  t.is(e.name, 'AbortError')
+  t.true(chunks < 50, `stopped early (${chunks} chunks)`)
+  await stillWorks(t)
+})
+
+test('calls on a disposed runner throw DISPOSED', async (t) => {
+  const runner = await ModelRunner.load({ modelName: fixtureDir })
+  await runner.dispose()
+  t.throws(() => runner.tokenize('x'), { code: 'DISPOSED' })
+  await t.throwsAsync(runner.generate('x'), { code: 'DISPOSED' })
+})
