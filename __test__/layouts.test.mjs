@@ -70,4 +70,11 @@ test('an f32 checkpoint loads too', async (t) => {
   )
   writeSafetensors(join(dir, 'model.safetensors'), f32)
   await assertSameLogits(t, dir)
+  // 'none' keeps f32 weights; 'bf16' stores them in half the bytes.
+  const none = await ModelRunner.load({ modelName: dir })
+  const bf16 = await ModelRunner.load({ modelName: dir, accelerationConfig: { quantization: 'bf16' } })
+  t.is(none.getModelInfo().dtype, 'f32')
+  t.is(bf16.getModelInfo().dtype, 'bf16')
+  t.true(bf16.estimateMemoryUsage().weightBytes < 0.51 * none.estimateMemoryUsage().weightBytes)
+  await Promise.all([none.dispose(), bf16.dispose()])
 })

@@ -112,33 +112,44 @@ test('the event loop stays responsive while a model loads and generates', async 
 
 test('updateAccelerationConfig reloads, and a failed reload keeps the old model serving', async (t) => {
   const runner = await ModelRunner.load({ modelName: fixtureDir })
-  const before = runner.estimateMemoryUsage().weightBytes
-  await runner.updateAccelerationConfig(createAccelerationConfig({ quantization: 'bf16' }))
-  t.is(runner.getAccelerationInfo().quantization, 'bf16')
-  t.is(runner.estimateMemoryUsage().weightBytes, before / 2)
+  t.is(runner.getModelInfo().dtype, 'bf16')
+  await runner.updateAccelerationConfig(createAccelerationConfig({ quantization: 'fp16' }))
+  t.is(runner.getAccelerationInfo().quantization, 'fp16')
+  t.is(runner.getModelInfo().dtype, 'f16')
   await t.throwsAsync(runner.updateAccelerationConfig({ quantization: 'int4' }), { code: 'UNSUPPORTED' })
-  t.is(runner.getAccelerationInfo().quantization, 'bf16')
-  t.is(runner.accelerationConfig.quantization, 'bf16')
+  t.is(runner.getAccelerationInfo().quantization, 'fp16')
+  t.is(runner.accelerationConfig.quantization, 'fp16')
   const out = await runner.generate('Hello', { maxTokens: 4, ...greedy })
   t.is(out.usage.completionTokens, 4)
   await runner.dispose()
 })
 
 test('estimateMemoryUsage reports measured bytes of weights and KV cache', async (t) => {
-  const runner = await shared
+  const runner = await ModelRunner.load({ modelName: fixtureDir }) // own runner: no other request's cache
   const m = runner.estimateMemoryUsage()
   const info = runner.getModelInfo()
-  // f32 weights: 4 bytes per parameter, tied embedding counted once.
-  t.is(m.weightBytes, info.numParameters * 4)
-  t.is(m.memoryReductionPercent, 0)
-  // 2 layers x K,V x 2 KV heads x head_dim 32 x 4 bytes.
+  // bf16 checkpoint, quantization 'none': matrices stay bf16 (2 bytes), norm weights are f32 (4 bytes).
+  const norms = info.numLayers * (2 * info.hiddenSize + 2 * info.headDim) + info.hiddenSize
+  t.is(m.weightBytes, (info.numParameters - norms) * 2 + norms * 4)
+  t.is(m.checkpointBytes, info.numParameters * 2)
+  t.true(Math.abs(m.baseModelSizeMb - (info.numParameters * 4) / 2 ** 20) < 1e-9)
+  t.true(m.memoryReductionPercent > 49 && m.memoryReductionPercent < 50)
+  // 2 layers x K,V x 2 KV heads x head_dim 32 x 4 bytes (f32 cache).
   t.is(m.kvCacheBytesPerToken, 2 * 2 * 2 * 32 * 4)
   t.is(m.kvCacheBytesAtMaxSeqLength, m.kvCacheBytesPerToken * 4096)
-  const bf16 = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: 'bf16' } })
-  const mb = bf16.estimateMemoryUsage()
-  t.is(mb.memoryReductionPercent, 50)
-  t.true(Math.abs(mb.memorySavedMb - m.acceleratedModelSizeMb / 2) < 1e-9)
-  await bf16.dispose()
+  // KV cache bytes are counted while a request runs, and released after it.
+  t.is(m.kvCacheBytes, 0)
+  const controller = new AbortController()
+  let during = 0
+  await t.throwsAsync(async () => {
+    for await (const _ of runner.stream('Hello', { maxTokens: 2000, ignoreEos: true, signal: controller.signal })) {
+      during = runner.estimateMemoryUsage().kvCacheBytes
+      controller.abort()
+    }
+  }, { name: 'AbortError' })
+  t.true(during >= 2 * m.kvCacheBytesPerToken, `${during} bytes during generation`)
+  t.is(runner.estimateMemoryUsage().kvCacheBytes, 0)
+  await runner.dispose()
 })
 
 test('benchmarkPerformance measures prefill and decode separately', async (t) => {
@@ -156,7 +167,8 @@ test('benchmarkPerformance measures prefill and decode separately', async (t) =>
 
 test('ModelAccelerator plans what runs and says why the rest does not', (t) => {
   const plan = new ModelAccelerator(createAccelerationConfig({ quantization: QuantizationType.BF16 }), 'cpu').plan()
-  t.is(plan.computeDtype, 'bf16')
+  t.is(plan.computeDtype, 'f32')
+  t.is(plan.weightDtype, 'bf16')
   t.deepEqual(plan.appliedOptimizations, ['quantization=bf16'])
   const flash = plan.items.find((i) => i.option === 'useFlashAttention')
   t.false(flash.applied)

@@ -36,12 +36,13 @@ impl Quantization {
         }
     }
 
-    /// The runtime dtype of weights and activations, for the modes this build implements.
-    pub fn dtype(self) -> Result<DType> {
+    /// Storage dtype of the weight matrices for the modes this build implements; `None` keeps the
+    /// checkpoint's dtype. Activations and accumulation are f32 in every mode.
+    pub fn weight_dtype(self) -> Result<Option<DType>> {
         match self {
-            Self::None => Ok(DType::F32),
-            Self::Fp16 => Ok(DType::F16),
-            Self::Bf16 => Ok(DType::BF16),
+            Self::None => Ok(None),
+            Self::Fp16 => Ok(Some(DType::F16)),
+            Self::Bf16 => Ok(Some(DType::BF16)),
             other => Err(EngineError::Unsupported(format!(
                 "quantization \"{}\" is not supported yet (integer quantization is being built); supported now: none, fp16, bf16",
                 other.name()
@@ -118,6 +119,8 @@ pub struct ExecutionPlan {
     pub device: String,
     pub quantization: Quantization,
     pub compute_dtype: String,
+    /// "checkpoint" when weights keep the checkpoint's dtype.
+    pub weight_dtype: String,
     pub items: Vec<PlanItem>,
     pub applied_optimizations: Vec<String>,
     pub skipped_optimizations: Vec<String>,
@@ -131,11 +134,11 @@ fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> 
 /// mode not built yet); boolean options that this device does not implement are listed as skipped.
 pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     let _dev = DeviceKind::parse(device)?;
-    let dtype = cfg.quantization.dtype()?;
+    let dtype = cfg.quantization.weight_dtype()?;
     let q = cfg.quantization.name();
     let mut items = vec![match cfg.quantization {
-        Quantization::None => item("quantization", q, true, "f32 weights and f32 compute (16-bit checkpoints are upcast exactly)"),
-        _ => item("quantization", q, true, &format!("{q} weights and activations; norms, softmax and logits in f32")),
+        Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
+        _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
     let not_yet = "not implemented on CPU yet: the plain path runs instead";
     let flag = |name: &str, on: bool, what: &str| {
@@ -164,7 +167,8 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     Ok(ExecutionPlan {
         device: "cpu".into(),
         quantization: cfg.quantization,
-        compute_dtype: format!("{dtype:?}").to_lowercase(),
+        compute_dtype: "f32".into(),
+        weight_dtype: dtype.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "checkpoint".into()),
         items,
         applied_optimizations: applied,
         skipped_optimizations: skipped,

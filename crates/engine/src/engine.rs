@@ -96,7 +96,7 @@ impl Engine {
             return Err(EngineError::ModelNotFound(format!("{} is not a model folder", dir.display())));
         }
         let plan = plan(&opts.acceleration, &opts.device)?;
-        let dtype = opts.acceleration.quantization.dtype()?;
+        let dtype = opts.acceleration.quantization.weight_dtype()?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let generation_defaults = GenerationDefaults::from_dir(dir)?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;

@@ -10,12 +10,13 @@ use candle_core::{DType, Device, Module, Tensor};
 use std::sync::RwLock;
 
 struct Linear {
-    weight: Tensor, // [out, in], as stored by HF
+    weight: Tensor, // [out, in] as stored by HF, in the plan's weight dtype
 }
 
 impl Linear {
+    /// f32 activations times 16- or 32-bit weights, f32 accumulation (crates/kernels).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.t()?)
+        x.contiguous()?.apply_op2_no_bwd(&self.weight, &nano_qwen3_kernels::LinearOp)
     }
 }
 
@@ -59,9 +60,10 @@ pub enum LogitsFor {
 
 pub struct Qwen3Model {
     pub config: ModelConfig,
-    pub dtype: DType,
+    /// Storage dtype of the matrices (projections, embedding); activations are always f32.
+    pub weight_dtype: DType,
     device: Device,
-    embed_tokens: Tensor,
+    embed_tokens: Linear, // [vocab, hidden]; also the lm_head when tied
     lm_head: Option<Linear>, // None when tied to the embedding
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -85,17 +87,21 @@ fn rope_tables(cfg: &ModelConfig, positions: usize, dev: &Device) -> candle_core
 }
 
 impl Qwen3Model {
-    pub fn load(cfg: &ModelConfig, ckpt: &Checkpoint, dtype: DType, dev: &Device) -> Result<Self> {
+    /// `weight_dtype`: storage for the matrices; `None` keeps each tensor's checkpoint dtype.
+    /// Norm weights (tiny) are always f32.
+    pub fn load(cfg: &ModelConfig, ckpt: &Checkpoint, weight_dtype: Option<DType>, dev: &Device) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut weight_bytes = 0usize;
         let mut load = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let dtype = if shape.len() == 1 { Some(DType::F32) } else { weight_dtype };
             let t = ckpt.load(name, shape, dtype, dev)?;
-            weight_bytes += t.elem_count() * dtype.size_in_bytes();
+            weight_bytes += t.elem_count() * t.dtype().size_in_bytes();
             Ok(t)
         };
         let eps = cfg.rms_norm_eps as f32;
-        let embed_tokens = load("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = Linear { weight: load("model.embed_tokens.weight", &[cfg.vocab_size, h])? };
+        let stored_dtype = embed_tokens.weight.dtype();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -134,7 +140,7 @@ impl Qwen3Model {
         let rope = rope_tables(cfg, 4096.min(cfg.max_position_embeddings.max(1)), dev)?;
         Ok(Self {
             config: cfg.clone(),
-            dtype,
+            weight_dtype: stored_dtype,
             device: dev.clone(),
             embed_tokens,
             lm_head,
@@ -152,7 +158,7 @@ impl Qwen3Model {
     /// Bytes one cached token costs across all layers (K and V).
     pub fn kv_bytes_per_token(&self) -> usize {
         let c = &self.config;
-        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * self.dtype.size_in_bytes()
+        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * DType::F32.size_in_bytes()
     }
 
     fn rope_slice(&self, start: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
@@ -164,8 +170,8 @@ impl Qwen3Model {
             }
         }
         let r = self.rope.read().unwrap();
-        let cos = r.0.narrow(0, start, len)?.to_dtype(self.dtype)?.contiguous()?;
-        let sin = r.1.narrow(0, start, len)?.to_dtype(self.dtype)?.contiguous()?;
+        let cos = r.0.narrow(0, start, len)?.contiguous()?;
+        let sin = r.1.narrow(0, start, len)?.contiguous()?;
         Ok((cos, sin))
     }
 
@@ -177,7 +183,7 @@ impl Qwen3Model {
         let all: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total = all.len();
         let ids = Tensor::from_vec(all, total, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?; // [T, h]
+        let mut x = self.embed_tokens.weight.index_select(&ids, 0)?.to_dtype(DType::F32)?; // [T, h]
         let ropes: Vec<(Tensor, Tensor)> =
             batch.iter().map(|s| self.rope_slice(s.cache.len(), s.tokens.len())).collect::<candle_core::Result<_>>()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -224,11 +230,7 @@ impl Qwen3Model {
         }
         let selected = Tensor::cat(&rows, 0)?;
         let h = self.norm.forward(&selected)?;
-        let logits = match &self.lm_head {
-            Some(l) => l.forward(&h)?,
-            None => h.matmul(&self.embed_tokens.t()?)?,
-        }
-        .to_dtype(DType::F32)?;
+        let logits = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).forward(&h)?;
         let mut out = Vec::with_capacity(lens.len());
         let mut offset = 0;
         for n in &lens {
@@ -244,15 +246,14 @@ impl Qwen3Model {
 
 /// Causal GQA attention for one sequence. q: [nh, n, hd] (positions start..start+n);
 /// k, v: [nkv, start+n, hd]. Each KV head is used by its whole query group in one matmul,
-/// without repeating K/V. Scores and softmax in f32, as transformers does.
+/// without repeating K/V. All in f32.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, nkv: usize, hd: usize) -> candle_core::Result<Tensor> {
     let (nh, n, _) = q.dims3()?;
     let group = nh / nkv;
     let total = start + n;
-    let dtype = q.dtype();
     let q = q.reshape((nkv, group * n, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?; // [nkv, group*n, total]
+    let scores = (q.matmul(&k.t()?)? * scale)?; // [nkv, group*n, total]
     let scores = if n > 1 {
         let mask: Vec<f32> = (0..n)
             .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
@@ -262,7 +263,7 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, nkv: usize, hd: u
     } else {
         scores
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(&v.contiguous()?)?; // [nkv, group*n, hd]
     out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 }

@@ -24,7 +24,9 @@ pub struct ModelInfo {
     pub tie_word_embeddings: bool,
     pub eos_token_ids: Vec<u32>,
     pub quantization: String,
+    /// Storage dtype of the weight matrices as loaded.
     pub dtype: String,
+    pub compute_dtype: String,
     pub device: String,
     pub threads: usize,
     pub load_time_ms: f64,
@@ -123,7 +125,8 @@ impl Engine {
                 e
             },
             quantization: self.plan.quantization.name().into(),
-            dtype: self.plan.compute_dtype.clone(),
+            dtype: format!("{:?}", self.model.weight_dtype).to_lowercase(),
+            compute_dtype: self.plan.compute_dtype.clone(),
             device: self.plan.device.clone(),
             threads: self.threads,
             load_time_ms: self.load_time_ms,

@@ -92,8 +92,8 @@ impl Checkpoint {
         self.files.tensors().iter().map(|(_, v)| v.data().len()).sum()
     }
 
-    /// Load one tensor, checking its shape and dtype, converted to `dtype`.
-    pub fn load(&self, name: &str, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+    /// Load one tensor, checking its shape and dtype, converted to `dtype` (None: as stored).
+    pub fn load(&self, name: &str, shape: &[usize], dtype: Option<DType>, dev: &Device) -> Result<Tensor> {
         let file = self.location.get(name).ok_or_else(|| {
             EngineError::bad_file(
                 self.location.values().next().cloned().unwrap_or_default(),
@@ -115,6 +115,9 @@ impl Checkpoint {
             ));
         }
         let t = view.load(dev).map_err(|e| EngineError::bad_file(file, format!("tensor \"{name}\": {e}")))?;
-        Ok(if t.dtype() == dtype { t } else { t.to_dtype(dtype)? })
+        Ok(match dtype {
+            Some(d) if d != t.dtype() => t.to_dtype(d)?,
+            _ => t,
+        })
     }
 }

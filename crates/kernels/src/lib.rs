@@ -1,1 +1,10 @@
+//! CPU kernels for nano-qwen3-serving. They know slices, dtypes and shapes, nothing about models.
+//!
+//! - [`linear`]: `y = x · Wᵀ` with f32 activations and f32 / bf16 / f16 weights (f32 accumulation),
+//!   multithreaded over output features, SIMD chosen at run time ([`simd`]).
+//! - [`LinearOp`]: the same as a candle op, so the model composes it with candle tensors.
+pub mod linear;
+pub mod simd;
 
+pub use linear::{linear, LinearOp, Weights};
+pub use simd::{active_isa, Isa};

@@ -1,0 +1,26 @@
+//! Throughput of `linear` on Qwen3-0.6B's shapes: `cargo run --example linear_bench -p nano-qwen3-kernels`
+use half::bf16;
+use nano_qwen3_kernels::{active_isa, linear, Weights};
+use std::time::Instant;
+
+fn main() {
+    let isa = active_isa();
+    for &(m, k, n) in &[(1usize, 1024usize, 3072usize), (1, 3072, 1024), (1, 1024, 151936), (128, 1024, 3072), (512, 1024, 3072)] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32((i % 5) as f32 * 0.01)).collect();
+        let mut y = vec![0f32; m * n];
+        linear(&x, Weights::Bf16(&w), m, k, n, &mut y, isa);
+        let iters = (2_000_000_000 / (m * n * k).max(1)).clamp(3, 200);
+        let t = Instant::now();
+        for _ in 0..iters {
+            linear(&x, Weights::Bf16(&w), m, k, n, &mut y, isa);
+        }
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "m={m:4} k={k:5} n={n:6}: {:8.3} ms  {:6.1} GB/s weights  {:6.1} GFLOP/s",
+            s * 1e3,
+            (n * k * 2) as f64 / s / 1e9,
+            (2 * m * n * k) as f64 / s / 1e9
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! `y[m, n] = x[m, k] · w[n, k]ᵀ`: f32 activations, f32 / bf16 / f16 weights kept in their storage
+//! format (converted to f32 in registers), f32 accumulation.
+//!
+//! Work is split over output features (`n`) across the current rayon pool. Inside a task, rows of
+//! `x` are taken in blocks that stay in L2 while a register tile of MR x-rows by NR w-rows is
+//! computed, so each loaded weight vector feeds MR multiply-adds (prefill) and decode (m = 1) streams
+//! the weights once.
+use crate::simd::Isa;
+use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Weight matrix `[n, k]`, row-major, in its storage format.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+/// A weight element that converts to f32.
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+}
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl WeightElem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+impl WeightElem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+const MR: usize = 2; // x rows per register tile (3 spills ymm registers with bf16 conversion)
+const NR: usize = 4; // w rows per register tile
+const M_BLOCK: usize = 48; // x rows kept hot in L2 (multiple of MR)
+
+/// Raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `y = x · wᵀ` with `x: [m, k]`, `w: [n, k]`, `y: [m, n]` (all row-major).
+pub fn linear(x: &[f32], w: Weights, m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
+    assert!(x.len() >= m * k && y.len() >= m * n, "linear: buffers too small for m={m} k={k} n={n}");
+    match w {
+        Weights::F32(w) => run(x, w, m, k, n, y, isa),
+        Weights::Bf16(w) => run(x, w, m, k, n, y, isa),
+        Weights::F16(w) => run(x, w, m, k, n, y, isa),
+    }
+}
+
+fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
+    assert!(w.len() >= n * k, "linear: weights too small for n={n} k={k}");
+    let threads = rayon::current_num_threads().max(1);
+    // Enough chunks for load balance, each a multiple of NR rows.
+    let chunk = (n.div_ceil(threads * 8)).next_multiple_of(NR).max(NR);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out = out;
+        let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+        for i0 in (0..m).step_by(M_BLOCK) {
+            let i1 = (i0 + M_BLOCK).min(m);
+            let mut j = j0;
+            while j < j1 {
+                let nr = (j1 - j).min(NR);
+                let mut i = i0;
+                while i < i1 {
+                    let mr = (i1 - i).min(MR);
+                    // SAFETY: tile (i..i+mr, j..j+nr) is in bounds (asserts above) and this task
+                    // alone writes columns j0..j1.
+                    unsafe { tile(isa, x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, out.0.add(i * n + j), n, mr, nr) };
+                    i += mr;
+                }
+                j += nr;
+            }
+        }
+    });
+}
+
+/// Dispatch one register tile to the ISA path with the right compile-time shape.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<W: WeightElem + simd_load::Load8>(
+    isa: Isa,
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    y: *mut f32,
+    ldy: usize,
+    mr: usize,
+    nr: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        use avx2::tile as t;
+        match (mr, nr) {
+            (3, 4) => return avx2::tile_x4::<W, 3>(x, w, k, y, ldy),
+            (2, 4) => return avx2::tile_x4::<W, 2>(x, w, k, y, ldy),
+            (1, 4) => return avx2::tile_x4::<W, 1>(x, w, k, y, ldy),
+            (3, _) => return for j in 0..nr { t::<W, 3, 1>(x, w.add(j * k), k, y.add(j), ldy) },
+            (2, _) => return for j in 0..nr { t::<W, 2, 1>(x, w.add(j * k), k, y.add(j), ldy) },
+            _ => return for j in 0..nr { t::<W, 1, 1>(x, w.add(j * k), k, y.add(j), ldy) },
+        }
+    }
+    let _ = isa;
+    portable_tile(x, w, k, y, ldy, mr, nr)
+}
+
+/// Plain Rust: eight partial sums per dot product (vectorisable), the reference for SIMD paths.
+unsafe fn portable_tile<W: WeightElem>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize, mr: usize, nr: usize) {
+    for i in 0..mr {
+        let xr = std::slice::from_raw_parts(x.add(i * k), k);
+        for j in 0..nr {
+            let wr = std::slice::from_raw_parts(w.add(j * k), k);
+            let mut acc = [0f32; 8];
+            let body = k / 8 * 8;
+            for p in (0..body).step_by(8) {
+                for l in 0..8 {
+                    acc[l] += xr[p + l] * wr[p + l].to_f32();
+                }
+            }
+            let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for p in body..k {
+                s += xr[p] * wr[p].to_f32();
+            }
+            *y.add(i * ldy + j) = s;
+        }
+    }
+}
+
+/// Loading 8 weights as f32 lanes, per storage format.
+pub mod simd_load {
+    pub trait Load8: Sized {
+        /// # Safety
+        /// `p` must point to 8 readable elements and the CPU must support AVX2+F16C.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::simd_load::Load8;
+    use super::WeightElem;
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    impl Load8 for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+    impl Load8 for bf16 {
+        // bf16 is the top half of an f32: widen to 32 bits and shift.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+    impl Load8 for f16 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Dot product tail (k not a multiple of 8) plus the horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish<W: WeightElem>(acc: __m256, x: *const f32, w: *const W, body: usize, k: usize) -> f32 {
+        let mut s = hsum(acc);
+        for q in body..k {
+            s += *x.add(q) * (*w.add(q)).to_f32();
+        }
+        s
+    }
+
+    /// The hot tile: M (1..=3) x-rows by 4 w-rows, twelve named accumulators so that they stay
+    /// in the sixteen ymm registers (arrays of __m256 get spilled).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_x4<W: WeightElem + Load8, const M: usize>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize) {
+        let (w0, w1, w2, w3) = (w, w.add(k), w.add(2 * k), w.add(3 * k));
+        let x0 = x;
+        let x1 = if M > 1 { x.add(k) } else { x };
+        let x2 = if M > 2 { x.add(2 * k) } else { x };
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+        let body = k / 8 * 8;
+        let mut p = 0;
+        while p < body {
+            let v0 = _mm256_loadu_ps(x0.add(p));
+            let v1 = if M > 1 { _mm256_loadu_ps(x1.add(p)) } else { z };
+            let v2 = if M > 2 { _mm256_loadu_ps(x2.add(p)) } else { z };
+            let b = W::load8(w0.add(p));
+            a00 = _mm256_fmadd_ps(v0, b, a00);
+            if M > 1 { a10 = _mm256_fmadd_ps(v1, b, a10) }
+            if M > 2 { a20 = _mm256_fmadd_ps(v2, b, a20) }
+            let b = W::load8(w1.add(p));
+            a01 = _mm256_fmadd_ps(v0, b, a01);
+            if M > 1 { a11 = _mm256_fmadd_ps(v1, b, a11) }
+            if M > 2 { a21 = _mm256_fmadd_ps(v2, b, a21) }
+            let b = W::load8(w2.add(p));
+            a02 = _mm256_fmadd_ps(v0, b, a02);
+            if M > 1 { a12 = _mm256_fmadd_ps(v1, b, a12) }
+            if M > 2 { a22 = _mm256_fmadd_ps(v2, b, a22) }
+            let b = W::load8(w3.add(p));
+            a03 = _mm256_fmadd_ps(v0, b, a03);
+            if M > 1 { a13 = _mm256_fmadd_ps(v1, b, a13) }
+            if M > 2 { a23 = _mm256_fmadd_ps(v2, b, a23) }
+            p += 8;
+        }
+        let rows = [(x0, [a00, a01, a02, a03]), (x1, [a10, a11, a12, a13]), (x2, [a20, a21, a22, a23])];
+        for (i, (xr, acc)) in rows.iter().take(M).enumerate() {
+            for (j, wr) in [w0, w1, w2, w3].iter().enumerate() {
+                *y.add(i * ldy + j) = finish(acc[j], *xr, *wr, body, k);
+            }
+        }
+    }
+
+    /// General MR x NR tile, used for the few leftover columns.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<W: WeightElem + Load8, const M: usize, const N: usize>(
+        x: *const f32,
+        w: *const W,
+        k: usize,
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); N]; M];
+        let body = k / 8 * 8;
+        let mut p = 0;
+        while p < body {
+            let mut xv = [_mm256_setzero_ps(); M];
+            for (i, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(x.add(i * k + p));
+            }
+            for j in 0..N {
+                let wv = W::load8(w.add(j * k + p));
+                for i in 0..M {
+                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                }
+            }
+            p += 8;
+        }
+        for i in 0..M {
+            for j in 0..N {
+                *y.add(i * ldy + j) = finish(acc[i][j], x.add(i * k), w.add(j * k), body, k);
+            }
+        }
+    }
+}
+
+/// [`linear`] as a candle op: `x [.., k]` (f32) with `w [n, k]` (f32 / bf16 / f16) -> `[.., n]` f32.
+pub struct LinearOp;
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "nano-qwen3-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("linear: x and w must be contiguous")
+        };
+        let CpuStorage::F32(x) = s1 else { bail!("linear: activations must be f32, got {:?}", s1.dtype()) };
+        let x = &x[xa..xb];
+        let dims = l1.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        let (n, wk) = l2.shape().dims2()?;
+        if k != wk || k == 0 {
+            bail!("linear: x has {k} features but w is [{n}, {wk}]")
+        }
+        let w = match s2 {
+            CpuStorage::F32(v) => Weights::F32(&v[wa..wb]),
+            CpuStorage::BF16(v) => Weights::Bf16(&v[wa..wb]),
+            CpuStorage::F16(v) => Weights::F16(&v[wa..wb]),
+            other => bail!("linear: weights of dtype {:?} are not supported", other.dtype()),
+        };
+        let m = x.len() / k;
+        let mut y = vec![0f32; m * n];
+        linear(x, w, m, k, n, &mut y, crate::simd::active_isa());
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// f64 reference.
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-6);
+        got.iter().zip(want).map(|(g, w)| if g.is_nan() { f32::INFINITY } else { (g - w).abs() / scale }).fold(0.0, f32::max)
+    }
+
+    // Awkward shapes: odd k (SIMD tail), n not a multiple of NR, m not a multiple of MR or M_BLOCK.
+    const SHAPES: [(usize, usize, usize); 7] = [(1, 8, 4), (1, 13, 7), (2, 64, 5), (3, 31, 9), (5, 100, 33), (50, 72, 18), (97, 257, 41)];
+
+    #[test]
+    fn every_dtype_and_isa_matches_the_f64_reference() {
+        let isas: Vec<Isa> = [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.supported()).collect();
+        for (seed, &(m, k, n)) in SHAPES.iter().enumerate() {
+            let x = fill(m * k, seed as u64);
+            let w32 = fill(n * k, 100 + seed as u64);
+            let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            // Reference on the exactly-rounded weights, so only accumulation error remains.
+            let cases: [(Weights, Vec<f32>); 3] = [
+                (Weights::F32(&w32), w32.clone()),
+                (Weights::Bf16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
+                (Weights::F16(&wh), wh.iter().map(|v| v.to_f32()).collect()),
+            ];
+            for (w, wf) in cases.iter() {
+                let want = reference(&x, wf, m, k, n);
+                for &isa in &isas {
+                    let mut y = vec![f32::NAN; m * n];
+                    linear(&x, *w, m, k, n, &mut y, isa);
+                    let err = max_rel_err(&y, &want);
+                    assert!(err < 1e-5, "{isa:?} m={m} k={k} n={n}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_path_agrees_with_portable_path() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        let (m, k, n) = (37, 1024, 70);
+        let x = fill(m * k, 7);
+        let w: Vec<bf16> = fill(n * k, 8).iter().map(|&v| bf16::from_f32(v)).collect();
+        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+        linear(&x, Weights::Bf16(&w), m, k, n, &mut a, Isa::Portable);
+        linear(&x, Weights::Bf16(&w), m, k, n, &mut b, Isa::Avx2);
+        assert!(max_rel_err(&b, &a) < 1e-6);
+    }
+
+    #[test]
+    fn candle_op_matches_matmul() {
+        use candle_core::{DType, Device, Tensor};
+        let x = Tensor::from_vec(fill(2 * 3 * 40, 1), (2, 3, 40), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(fill(24 * 40, 2), (24, 40), &Device::Cpu).unwrap();
+        let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let wd = w.to_dtype(dt).unwrap();
+            let got = x.apply_op2_no_bwd(&wd, &LinearOp).unwrap();
+            assert_eq!(got.dims(), &[2, 3, 24]);
+            let want = x.broadcast_matmul(&wd.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{dt:?}: {diff}");
+        }
+        let _ = want;
+    }
+}
