@@ -4,6 +4,7 @@ use nano_qwen3_kernels::{active_isa, linear, Weights};
 use std::time::Instant;
 
 fn main() {
+    decode_step_upper_bound();
     let isa = active_isa();
     for &(m, k, n) in &[(1usize, 1024usize, 3072usize), (1, 3072, 1024), (1, 1024, 151936), (128, 1024, 3072), (512, 1024, 3072)] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -23,4 +24,37 @@ fn main() {
             (2 * m * n * k) as f64 / s / 1e9
         );
     }
+}
+
+/// All matmuls of one Qwen3-0.6B decode step (bf16 weights), as the model issues them.
+#[allow(dead_code)]
+pub fn decode_step_upper_bound() {
+    let shapes: Vec<(usize, usize)> = (0..28)
+        .flat_map(|_| [(2048, 1024), (1024, 1024), (1024, 1024), (1024, 2048), (3072, 1024), (3072, 1024), (1024, 3072)])
+        .chain([(151936, 1024)])
+        .collect();
+    let ws: Vec<Vec<bf16>> = shapes.iter().map(|&(n, k)| vec![bf16::from_f32(0.01); n * k]).collect();
+    let x = vec![0.5f32; 3072];
+    let mut y = vec![0f32; 151936];
+    let isa = active_isa();
+    let t = Instant::now();
+    let steps = 10;
+    for _ in 0..steps {
+        for (w, &(n, k)) in ws.iter().zip(&shapes) {
+            linear(&x[..k], Weights::Bf16(w), 1, k, n, &mut y[..n], isa);
+        }
+    }
+    let s = t.elapsed().as_secs_f64() / steps as f64;
+    let bytes: usize = shapes.iter().map(|(n, k)| n * k * 2).sum();
+    println!("decode step, matmuls only: {:.1} ms = {:.1} tok/s, {:.1} GB/s", s * 1e3, 1.0 / s, bytes as f64 / s / 1e9);
+    drop(ws);
+    let wf: Vec<Vec<f32>> = shapes.iter().map(|&(n, k)| vec![0.01f32; n * k]).collect();
+    let t = Instant::now();
+    for _ in 0..steps {
+        for (w, &(n, k)) in wf.iter().zip(&shapes) {
+            linear(&x[..k], Weights::F32(w), 1, k, n, &mut y[..n], isa);
+        }
+    }
+    let s = t.elapsed().as_secs_f64() / steps as f64;
+    println!("decode step, f32 weights: {:.1} ms = {:.1} tok/s, {:.1} GB/s", s * 1e3, 1.0 / s, 2.0 * bytes as f64 / s / 1e9);
 }
