@@ -1,60 +1,100 @@
-//! Safetensors checkpoints (single file or sharded with `model.safetensors.index.json`),
-//! memory-mapped: each tensor is converted straight from the mapping into its runtime dtype.
+//! Safetensors checkpoints (single file or sharded with `model.safetensors.index.json`).
+//!
+//! Files are memory-mapped and their headers checked against the file sizes before any tensor is
+//! read. Each tensor is copied once, straight from the mapping into its tensor, and the mapped
+//! pages are then released, so peak memory stays near the size of the loaded weights instead of
+//! weights + mapped file.
 use crate::error::{EngineError, Result};
-use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
 use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub struct Checkpoint {
-    files: MmapedSafetensors,
-    /// tensor name -> file it lives in, for error messages.
-    location: HashMap<String, PathBuf>,
+struct Entry {
+    file: usize,
+    dtype: String,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: usize,
+    end: usize,
 }
 
-/// Returns the tensor names in the file.
-fn validate_file(path: &Path) -> Result<Vec<String>> {
-    // Check the header against the file size ourselves: a truncated file must be reported as
-    // such, naming the file, before anything is mapped.
-    let bytes = std::fs::metadata(path).map_err(|e| EngineError::Io { path: path.into(), source: e })?.len();
-    let mut f = std::fs::File::open(path).map_err(|e| EngineError::Io { path: path.into(), source: e })?;
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, Entry>,
+}
+
+fn dtype_of(name: &str) -> Option<DType> {
+    match name {
+        "BF16" => Some(DType::BF16),
+        "F16" => Some(DType::F16),
+        "F32" => Some(DType::F32),
+        _ => None,
+    }
+}
+
+/// Read and check one file's header: every tensor's byte range must lie inside the file and match
+/// its shape, so a truncated or corrupt file is reported by name before anything is loaded.
+fn read_header(path: &Path, file: usize, out: &mut HashMap<String, Entry>) -> Result<()> {
+    let io = |e| EngineError::Io { path: path.into(), source: e };
+    let bytes = std::fs::metadata(path).map_err(io)?.len() as usize;
+    let mut f = std::fs::File::open(path).map_err(io)?;
     let mut len = [0u8; 8];
-    use std::io::Read;
     if bytes < 8 || f.read_exact(&mut len).is_err() {
         return Err(EngineError::bad_file(path, format!("truncated safetensors file ({bytes} bytes, no header)")));
     }
-    let header_len = u64::from_le_bytes(len);
+    let header_len = u64::from_le_bytes(len) as usize;
     if header_len > bytes - 8 || header_len > 100_000_000 {
         return Err(EngineError::bad_file(
             path,
             format!("corrupt safetensors header: header length {header_len} but file has {bytes} bytes"),
         ));
     }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| EngineError::Io { path: path.into(), source: e })?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
+    let mut header = vec![0u8; header_len];
+    f.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| EngineError::bad_file(path, format!("corrupt safetensors header: {e}")))?;
-    let data_end = header
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.values())
-        .filter_map(|t| t.get("data_offsets")?.as_array()?.get(1)?.as_u64())
-        .max()
-        .unwrap_or(0);
-    let available = bytes - 8 - header_len;
-    if data_end > available {
-        return Err(EngineError::bad_file(
-            path,
-            format!("truncated safetensors file: tensors need {data_end} data bytes, file holds {available}"),
-        ));
+    let data_start = 8 + header_len;
+    for (name, t) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |what: &str| EngineError::bad_file(path, format!("corrupt safetensors header: tensor \"{name}\" {what}"));
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("has no dtype"))?.to_string();
+        let shape: Vec<usize> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad("has no valid shape"))?;
+        let offsets: Vec<usize> = t
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .filter(|o: &Vec<usize>| o.len() == 2 && o[0] <= o[1])
+            .ok_or_else(|| bad("has no valid data_offsets"))?;
+        let (start, end) = (data_start + offsets[0], data_start + offsets[1]);
+        if end > bytes {
+            return Err(EngineError::bad_file(
+                path,
+                format!("truncated safetensors file: tensor \"{name}\" needs bytes up to {end}, file holds {bytes}"),
+            ));
+        }
+        if let Some(dt) = dtype_of(&dtype) {
+            let want = shape.iter().product::<usize>() * dt.size_in_bytes();
+            if end - start != want {
+                return Err(bad(&format!("has {} bytes for shape {shape:?} {dtype} ({want} expected)", end - start)));
+            }
+        }
+        out.insert(name, Entry { file, dtype, shape, start, end });
     }
-    Ok(header.as_object().into_iter().flat_map(|m| m.keys()).filter(|k| *k != "__metadata__").cloned().collect())
+    Ok(())
 }
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
+        let paths: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| EngineError::Io { path: index.clone(), source: e })?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| EngineError::bad_file(&index, format!("not valid JSON: {e}")))?;
@@ -67,57 +107,66 @@ impl Checkpoint {
         } else {
             vec![dir.join("model.safetensors")]
         };
-        let mut location = HashMap::new();
-        for f in &files {
-            if !f.exists() {
-                return Err(EngineError::ModelNotFound(format!("weights file {} does not exist", f.display())));
+        let mut tensors = HashMap::new();
+        let mut files = Vec::with_capacity(paths.len());
+        for (i, path) in paths.into_iter().enumerate() {
+            if !path.exists() {
+                return Err(EngineError::ModelNotFound(format!("weights file {} does not exist", path.display())));
             }
-            for name in validate_file(f)? {
-                location.insert(name, f.clone());
-            }
+            read_header(&path, i, &mut tensors)?;
+            let file = std::fs::File::open(&path).map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
+            // SAFETY: mapped read-only; like any mmap the file must not be truncated while loading.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
+            files.push((path, map));
         }
-        // SAFETY: the files are opened read-only; like every mmap, they must not be truncated
-        // while mapped, which is the usual contract for model files.
-        let mapped = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| EngineError::bad_file(&files[0], format!("cannot read safetensors: {e}")))?;
-        Ok(Self { files: mapped, location })
+        Ok(Self { files, tensors })
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
     /// Total bytes of all tensors as stored in the checkpoint.
     pub fn stored_bytes(&self) -> usize {
-        self.files.tensors().iter().map(|(_, v)| v.data().len()).sum()
+        self.tensors.values().map(|e| e.end - e.start).sum()
     }
 
     /// Load one tensor, checking its shape and dtype, converted to `dtype` (None: as stored).
     pub fn load(&self, name: &str, shape: &[usize], dtype: Option<DType>, dev: &Device) -> Result<Tensor> {
-        let file = self.location.get(name).ok_or_else(|| {
+        let e = self.tensors.get(name).ok_or_else(|| {
             EngineError::bad_file(
-                self.location.values().next().cloned().unwrap_or_default(),
+                self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
                 format!("required tensor \"{name}\" is missing from the checkpoint"),
             )
         })?;
-        let view = self.files.get(name).map_err(|e| EngineError::bad_file(file, e.to_string()))?;
-        if view.shape() != shape {
+        let (path, map) = &self.files[e.file];
+        if e.shape != shape {
             return Err(EngineError::bad_file(
-                file,
-                format!("tensor \"{name}\" has shape {:?}, expected {:?} from config.json", view.shape(), shape),
+                path,
+                format!("tensor \"{name}\" has shape {:?}, expected {:?} from config.json", e.shape, shape),
             ));
         }
-        use safetensors::Dtype as S;
-        if !matches!(view.dtype(), S::BF16 | S::F16 | S::F32) {
-            return Err(EngineError::bad_file(
-                file,
-                format!("tensor \"{name}\" has dtype {:?}; supported: BF16, F16, F32", view.dtype()),
-            ));
-        }
-        let t = view.load(dev).map_err(|e| EngineError::bad_file(file, format!("tensor \"{name}\": {e}")))?;
+        let stored = dtype_of(&e.dtype).ok_or_else(|| {
+            EngineError::bad_file(path, format!("tensor \"{name}\" has dtype {}; supported: BF16, F16, F32", e.dtype))
+        })?;
+        let t = Tensor::from_raw_buffer(&map[e.start..e.end], stored, shape, dev)?;
+        release_pages(map, e.start, e.end - e.start);
         Ok(match dtype {
-            Some(d) if d != t.dtype() => t.to_dtype(d)?,
+            Some(d) if d != stored => t.to_dtype(d)?,
             _ => t,
         })
     }
+}
+
+/// Drop the mapped pages of a tensor that has been copied out: they are file-backed and would
+/// otherwise count towards this process's memory until the whole file is unmapped.
+fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the pages belong to a read-only private file mapping; after DONTNEED a later read
+    // would fault them in again from the file, so no data is lost.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
 }
