@@ -125,7 +125,7 @@ test('unknown quantization, unbuilt quantization, unavailable device', async (t)
     ModelRunner.load({ modelName: fixtureDir, accelerationConfig: createAccelerationConfig({ quantization: 'int4' }) }),
   )
   t.is(e.code, 'UNSUPPORTED')
-  t.regex(e.message, /"int4" is not supported yet.*supported now: none, fp16, bf16/)
+  t.regex(e.message, /"int4" is not supported yet.*supported now: none, fp16, bf16, dynamic_int8/)
   const d = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'cuda' }))
   t.regex(d.message, /device "cuda" is not available.*available devices: cpu/)
   const bad = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'tpu' }))

@@ -66,6 +66,25 @@ test('fp16 runs for real and stays close to f32', async (t) => {
   await runner.dispose()
 })
 
+test('dynamic_int8: int8 weights and activations, logits within 5e-2 of f32 transformers', async (t) => {
+  // W8A8 with blocks of 32: each 8-bit rounding adds ~0.5% relative noise to a matmul's operands,
+  // and 7 matmuls per layer plus the lm_head compound it; 5e-2 leaves room above the 1.5-3%
+  // measured on this fixture while still catching a wrong scale or a dropped block.
+  const runner = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: 'dynamic_int8' } })
+  const info = runner.getModelInfo()
+  t.is(info.dtype, 'q8_0')
+  t.deepEqual(info.unquantizedTensors, [])
+  for (const [i, p] of reference.prompts.entries()) {
+    const err = relL2(await runner.computeLogits(p.input_ids), referenceLogits(`last_logits.${i}`))
+    t.true(err < 5e-2, `prompt ${i}: relative L2 ${err}`)
+    t.true(err > 1e-4, 'the int8 path really ran (not the exact f32 path)')
+  }
+  // Q8_0 blocks: 34 bytes per 32 weights, norms in f32.
+  const norms = info.numLayers * (2 * info.hiddenSize + 2 * info.headDim) + info.hiddenSize
+  t.is(runner.estimateMemoryUsage().weightBytes, ((info.numParameters - norms) / 32) * 34 + norms * 4)
+  await runner.dispose()
+})
+
 test('every tokenizer case encodes and decodes exactly', async (t) => {
   const runner = await f32
   for (const c of reference.tokenizer_cases) {

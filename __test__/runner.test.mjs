@@ -173,7 +173,8 @@ test('ModelAccelerator plans what runs and says why the rest does not', (t) => {
   const flash = plan.items.find((i) => i.option === 'useFlashAttention')
   t.false(flash.applied)
   t.regex(flash.detail, /not implemented/)
-  t.throws(() => new ModelAccelerator({ quantization: 'dynamic_int8' }).plan(), { code: 'UNSUPPORTED' })
+  t.throws(() => new ModelAccelerator({ quantization: 'static_int8' }).plan(), { code: 'UNSUPPORTED' })
+  t.is(new ModelAccelerator({ quantization: 'dynamic_int8' }).plan().weightDtype, 'q8_0')
   // Python-style names are accepted.
   t.is(createAccelerationConfig({ use_flash_attention: false }).useFlashAttention, false)
 })

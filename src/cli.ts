@@ -17,7 +17,7 @@ Usage:
 Common options:
   --model <dir|org/name>    model folder or Hugging Face id (default: the embedded tiny model,
                             random weights: its text is gibberish, useful to try the tool)
-  --quantization <mode>     none | fp16 | bf16 (dynamic_int8, static_int8, int4: not yet)
+  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 (static_int8, int4: not yet)
   --device <device>         auto | cpu (cuda, metal: not in this build)
   --threads <n>             CPU threads (default: physical cores)
 

@@ -2,6 +2,7 @@
 //! option, whether it is applied on this device and, if not, why. Nothing is credited that did
 //! not run.
 use crate::error::{EngineError, Result};
+use crate::model::WeightFormat;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
@@ -36,15 +37,16 @@ impl Quantization {
         }
     }
 
-    /// Storage dtype of the weight matrices for the modes this build implements; `None` keeps the
-    /// checkpoint's dtype. Activations and accumulation are f32 in every mode.
-    pub fn weight_dtype(self) -> Result<Option<DType>> {
+    /// How weight matrices are stored, for the modes this build implements. Activations are f32
+    /// in every mode.
+    pub fn weight_format(self) -> Result<WeightFormat> {
         match self {
-            Self::None => Ok(None),
-            Self::Fp16 => Ok(Some(DType::F16)),
-            Self::Bf16 => Ok(Some(DType::BF16)),
+            Self::None => Ok(WeightFormat::Checkpoint),
+            Self::Fp16 => Ok(WeightFormat::Dense(DType::F16)),
+            Self::Bf16 => Ok(WeightFormat::Dense(DType::BF16)),
+            Self::DynamicInt8 => Ok(WeightFormat::Q8),
             other => Err(EngineError::Unsupported(format!(
-                "quantization \"{}\" is not supported yet (integer quantization is being built); supported now: none, fp16, bf16",
+                "quantization \"{}\" is not supported yet; supported now: none, fp16, bf16, dynamic_int8",
                 other.name()
             ))),
         }
@@ -134,10 +136,16 @@ fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> 
 /// mode not built yet); boolean options that this device does not implement are listed as skipped.
 pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     let _dev = DeviceKind::parse(device)?;
-    let dtype = cfg.quantization.weight_dtype()?;
+    let format = cfg.quantization.weight_format()?;
     let q = cfg.quantization.name();
     let mut items = vec![match cfg.quantization {
         Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
+        Quantization::DynamicInt8 => item(
+            "quantization",
+            q,
+            true,
+            "int8 weights in blocks of 32 with f16 scales (Q8_0 layout); activations quantized per token and block at run time; exact int8 dot products, f32 scale application",
+        ),
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
     let not_yet = "not implemented on CPU yet: the plain path runs instead";
@@ -168,7 +176,11 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
         device: "cpu".into(),
         quantization: cfg.quantization,
         compute_dtype: "f32".into(),
-        weight_dtype: dtype.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "checkpoint".into()),
+        weight_dtype: match format {
+            WeightFormat::Checkpoint => "checkpoint".into(),
+            WeightFormat::Dense(d) => format!("{d:?}").to_lowercase(),
+            WeightFormat::Q8 => "q8_0".into(),
+        },
         items,
         applied_optimizations: applied,
         skipped_optimizations: skipped,
@@ -184,6 +196,7 @@ mod tests {
         let e = Quantization::parse("int3").unwrap_err().to_string();
         assert!(e.contains("int3") && e.contains("dynamic_int8"), "{e}");
         let cfg = AccelerationConfig { quantization: Quantization::Int4, ..Default::default() };
+        assert!(plan(&AccelerationConfig { quantization: Quantization::DynamicInt8, ..Default::default() }, "cpu").is_ok());
         assert!(plan(&cfg, "cpu").unwrap_err().to_string().contains("not supported yet"));
         assert!(plan(&AccelerationConfig::default(), "cuda").is_err());
     }

@@ -96,7 +96,7 @@ impl Engine {
             return Err(EngineError::ModelNotFound(format!("{} is not a model folder", dir.display())));
         }
         let plan = plan(&opts.acceleration, &opts.device)?;
-        let dtype = opts.acceleration.quantization.weight_dtype()?;
+        let format = opts.acceleration.quantization.weight_format()?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let generation_defaults = GenerationDefaults::from_dir(dir)?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -123,7 +123,7 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
         let checkpoint = Checkpoint::open(dir)?;
-        let model = pool.install(|| Qwen3Model::load(&config, &checkpoint, dtype, &Device::Cpu))?;
+        let model = pool.install(|| Qwen3Model::load(&config, &checkpoint, format, &Device::Cpu))?;
         Ok(Self {
             checkpoint_bytes: checkpoint.stored_bytes(),
             model,

@@ -7,17 +7,63 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::weights::Checkpoint;
 use candle_core::{DType, Device, Module, Tensor};
-use std::sync::RwLock;
+use nano_qwen3_kernels::{Q8LinearOp, Q8Matrix};
+use std::sync::{Arc, RwLock};
 
-struct Linear {
-    weight: Tensor, // [out, in] as stored by HF, in the plan's weight dtype
+/// A weight matrix [out, in] (HF layout) in the plan's format.
+enum Linear {
+    /// f32 / bf16 / f16 weights, f32 activations and accumulation.
+    Dense(Tensor),
+    /// Q8_0 blocks, activations quantized per token at run time.
+    Q8(Arc<Q8Matrix>),
 }
 
 impl Linear {
-    /// f32 activations times 16- or 32-bit weights, f32 accumulation (crates/kernels).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op2_no_bwd(&self.weight, &nano_qwen3_kernels::LinearOp)
+        let x = x.contiguous()?;
+        match self {
+            Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
+            Linear::Q8(q) => x.apply_op1_no_bwd(&Q8LinearOp(q.clone())),
+        }
     }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Linear::Q8(q) => q.bytes(),
+        }
+    }
+
+    fn format(&self) -> String {
+        match self {
+            Linear::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
+            Linear::Q8(_) => "q8_0".into(),
+        }
+    }
+
+    /// Rows `ids` as f32 [ids.len(), in]: the embedding lookup (dequantizes only those rows).
+    fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
+            Linear::Q8(q) => {
+                let mut out = vec![0f32; ids.len() * q.k];
+                for (row, &id) in out.chunks_exact_mut(q.k).zip(ids) {
+                    q.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), q.k), dev)
+            }
+        }
+    }
+}
+
+/// How matrices are stored after loading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Each tensor as the checkpoint stores it (f32, bf16 or f16).
+    Checkpoint,
+    Dense(DType),
+    /// Q8_0 blocks; a matrix whose row length is not a multiple of 32 stays in the checkpoint dtype.
+    Q8,
 }
 
 struct RmsNorm {
@@ -60,8 +106,10 @@ pub enum LogitsFor {
 
 pub struct Qwen3Model {
     pub config: ModelConfig,
-    /// Storage dtype of the matrices (projections, embedding); activations are always f32.
-    pub weight_dtype: DType,
+    /// Storage format of the embedding matrix ("bf16", "q8_0", ...); activations are always f32.
+    pub weight_format: String,
+    /// Matrices kept in the checkpoint dtype because their shape does not fit the format, and why.
+    pub unquantized: Vec<String>,
     device: Device,
     embed_tokens: Linear, // [vocab, hidden]; also the lm_head when tied
     lm_head: Option<Linear>, // None when tied to the embedding
@@ -87,60 +135,76 @@ fn rope_tables(cfg: &ModelConfig, positions: usize, dev: &Device) -> candle_core
 }
 
 impl Qwen3Model {
-    /// `weight_dtype`: storage for the matrices; `None` keeps each tensor's checkpoint dtype.
-    /// Norm weights (tiny) are always f32.
-    pub fn load(cfg: &ModelConfig, ckpt: &Checkpoint, weight_dtype: Option<DType>, dev: &Device) -> Result<Self> {
+    /// Norm weights (tiny) are always f32; matrices follow `format`.
+    pub fn load(cfg: &ModelConfig, ckpt: &Checkpoint, format: WeightFormat, dev: &Device) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut weight_bytes = 0usize;
-        let mut load = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let dtype = if shape.len() == 1 { Some(DType::F32) } else { weight_dtype };
-            let t = ckpt.load(name, shape, dtype, dev)?;
-            weight_bytes += t.elem_count() * t.dtype().size_in_bytes();
-            Ok(t)
-        };
+        let mut unquantized = Vec::new();
         let eps = cfg.rms_norm_eps as f32;
-        let embed_tokens = Linear { weight: load("model.embed_tokens.weight", &[cfg.vocab_size, h])? };
-        let stored_dtype = embed_tokens.weight.dtype();
+        let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
+            let l = match format {
+                WeightFormat::Checkpoint => Linear::Dense(ckpt.load(name, &shape, None, dev)?),
+                WeightFormat::Dense(d) => Linear::Dense(ckpt.load(name, &shape, Some(d), dev)?),
+                WeightFormat::Q8 if shape[1] % nano_qwen3_kernels::q8::QK8 == 0 => {
+                    let w = ckpt.load(name, &shape, Some(DType::F32), dev)?.flatten_all()?.to_vec1::<f32>()?;
+                    Linear::Q8(Arc::new(Q8Matrix::quantize(&w, shape[0], shape[1])))
+                }
+                WeightFormat::Q8 => {
+                    unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
+                    Linear::Dense(ckpt.load(name, &shape, None, dev)?)
+                }
+            };
+            weight_bytes += l.bytes();
+            Ok(l)
+        };
+        let embed_tokens = lin("model.embed_tokens.weight", [cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut lin = |n: &str, shape: &[usize]| -> Result<Linear> { Ok(Linear { weight: load(&format!("{p}.{n}.weight"), shape)? }) };
-            let q_proj = lin("self_attn.q_proj", &[nq, h])?;
-            let k_proj = lin("self_attn.k_proj", &[nkv, h])?;
-            let v_proj = lin("self_attn.v_proj", &[nkv, h])?;
-            let o_proj = lin("self_attn.o_proj", &[h, nq])?;
-            let gate_proj = lin("mlp.gate_proj", &[cfg.intermediate_size, h])?;
-            let up_proj = lin("mlp.up_proj", &[cfg.intermediate_size, h])?;
-            let down_proj = lin("mlp.down_proj", &[h, cfg.intermediate_size])?;
-            let mut norm = |n: &str, size: usize| -> Result<RmsNorm> {
-                Ok(RmsNorm { weight: load(&format!("{p}.{n}.weight"), &[size])?, eps })
-            };
-            layers.push(Layer {
-                input_norm: norm("input_layernorm", h)?,
-                q_norm: norm("self_attn.q_norm", hd)?,
-                k_norm: norm("self_attn.k_norm", hd)?,
-                post_attention_norm: norm("post_attention_layernorm", h)?,
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                gate_proj,
-                up_proj,
-                down_proj,
-            });
+            let mut l = |n: &str, shape: [usize; 2]| lin(&format!("{p}.{n}.weight"), shape);
+            let q_proj = l("self_attn.q_proj", [nq, h])?;
+            let k_proj = l("self_attn.k_proj", [nkv, h])?;
+            let v_proj = l("self_attn.v_proj", [nkv, h])?;
+            let o_proj = l("self_attn.o_proj", [h, nq])?;
+            let gate_proj = l("mlp.gate_proj", [cfg.intermediate_size, h])?;
+            let up_proj = l("mlp.up_proj", [cfg.intermediate_size, h])?;
+            let down_proj = l("mlp.down_proj", [h, cfg.intermediate_size])?;
+            layers.push((q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj));
         }
-        let norm = RmsNorm { weight: load("model.norm.weight", &[h])?, eps };
         // Some checkpoints say tied but still ship lm_head.weight; the flag decides, as in transformers.
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(Linear { weight: load("lm_head.weight", &[cfg.vocab_size, h])? })
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin("lm_head.weight", [cfg.vocab_size, h])?) };
+        let mut norm = |name: String, size: usize| -> Result<RmsNorm> {
+            let weight = ckpt.load(&name, &[size], Some(DType::F32), dev)?;
+            weight_bytes += size * 4;
+            Ok(RmsNorm { weight, eps })
         };
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj))| {
+                let p = format!("model.layers.{i}");
+                Ok(Layer {
+                    input_norm: norm(format!("{p}.input_layernorm.weight"), h)?,
+                    q_norm: norm(format!("{p}.self_attn.q_norm.weight"), hd)?,
+                    k_norm: norm(format!("{p}.self_attn.k_norm.weight"), hd)?,
+                    post_attention_norm: norm(format!("{p}.post_attention_layernorm.weight"), h)?,
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = norm("model.norm.weight".into(), h)?;
         let rope = rope_tables(cfg, 4096.min(cfg.max_position_embeddings.max(1)), dev)?;
         Ok(Self {
             config: cfg.clone(),
-            weight_dtype: stored_dtype,
+            weight_format: embed_tokens.format(),
+            unquantized,
             device: dev.clone(),
             embed_tokens,
             lm_head,
@@ -182,8 +246,7 @@ impl Qwen3Model {
         let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
         let all: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total = all.len();
-        let ids = Tensor::from_vec(all, total, &self.device)?;
-        let mut x = self.embed_tokens.weight.index_select(&ids, 0)?.to_dtype(DType::F32)?; // [T, h]
+        let mut x = self.embed_tokens.rows(&all, &self.device)?; // [T, h]
         let ropes: Vec<(Tensor, Tensor)> =
             batch.iter().map(|s| self.rope_slice(s.cache.len(), s.tokens.len())).collect::<candle_core::Result<_>>()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);

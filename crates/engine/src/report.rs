@@ -24,8 +24,10 @@ pub struct ModelInfo {
     pub tie_word_embeddings: bool,
     pub eos_token_ids: Vec<u32>,
     pub quantization: String,
-    /// Storage dtype of the weight matrices as loaded.
+    /// Storage format of the weight matrices as loaded ("bf16", "q8_0", ...).
     pub dtype: String,
+    /// Matrices left in the checkpoint dtype by the quantization mode, with the reason.
+    pub unquantized_tensors: Vec<String>,
     pub compute_dtype: String,
     pub device: String,
     pub threads: usize,
@@ -125,7 +127,8 @@ impl Engine {
                 e
             },
             quantization: self.plan.quantization.name().into(),
-            dtype: format!("{:?}", self.model.weight_dtype).to_lowercase(),
+            dtype: self.model.weight_format.clone(),
+            unquantized_tensors: self.model.unquantized.clone(),
             compute_dtype: self.plan.compute_dtype.clone(),
             device: self.plan.device.clone(),
             threads: self.threads,

@@ -4,6 +4,7 @@ use nano_qwen3_kernels::{active_isa, linear, Weights};
 use std::time::Instant;
 
 fn main() {
+    q8_bench();
     decode_step_upper_bound();
     let isa = active_isa();
     for &(m, k, n) in &[(1usize, 1024usize, 3072usize), (1, 3072, 1024), (1, 1024, 151936), (128, 1024, 3072), (512, 1024, 3072)] {
@@ -57,4 +58,23 @@ pub fn decode_step_upper_bound() {
     }
     let s = t.elapsed().as_secs_f64() / steps as f64;
     println!("decode step, f32 weights: {:.1} ms = {:.1} tok/s, {:.1} GB/s", s * 1e3, 1.0 / s, 2.0 * bytes as f64 / s / 1e9);
+}
+
+/// Q8 (dynamic_int8) throughput on decode and prefill shapes.
+#[allow(dead_code)]
+pub fn q8_bench() {
+    use nano_qwen3_kernels::Q8Matrix;
+    for &(m, k, n) in &[(1usize, 1024usize, 3072usize), (512, 1024, 3072)] {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let q = Q8Matrix::quantize(&w, n, k);
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0f32; m * n];
+        let iters = (2_000_000_000 / (m * n * k)).clamp(3, 200);
+        let t = Instant::now();
+        for _ in 0..iters {
+            q.linear(&x, m, &mut y, active_isa());
+        }
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        println!("q8 m={m:4} k={k} n={n}: {:.3} ms, {:.1} GOP/s", s * 1e3, (2 * m * n * k) as f64 / s / 1e9);
+    }
 }

@@ -3,8 +3,11 @@
 //! - [`linear`]: `y = x · Wᵀ` with f32 activations and f32 / bf16 / f16 weights (f32 accumulation),
 //!   multithreaded over output features, SIMD chosen at run time ([`simd`]).
 //! - [`LinearOp`]: the same as a candle op, so the model composes it with candle tensors.
+//! - [`q8`]: W8A8 in Q8_0-layout blocks (32 int8 + f16 scale), integer dot products.
 pub mod linear;
+pub mod q8;
 pub mod simd;
 
 pub use linear::{linear, LinearOp, Weights};
+pub use q8::{BlockQ8, Q8LinearOp, Q8Matrix};
 pub use simd::{active_isa, Isa};

@@ -78,7 +78,7 @@ fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize,
 
 /// Split output columns across the pool; each task sweeps x in L2-sized row blocks and calls
 /// `tile(i, j, mr, nr, &mut y[i, j])` for MR x NR tiles.
-fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
+pub(crate) fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks for load balance, each a multiple of NR rows.
     let chunk = (n.div_ceil(threads * 8)).next_multiple_of(NR).max(NR);

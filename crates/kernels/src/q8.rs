@@ -1,0 +1,281 @@
+//! W8A8 with 8-bit blocks: weights and activations in blocks of 32 int8 values with one f16 scale
+//! each. The block is llama.cpp's Q8_0 byte for byte (`d: f16`, `qs: [i8; 32]`, 34 bytes), so a
+//! quantized model can later be written to GGUF without conversion.
+//!
+//! `y = x · Wᵀ`: each x row is quantized at run time (per token, per block, abs-max), then every
+//! output is `Σ_blocks d_x · d_w · Σ_i qx_i · qw_i`, the inner sum in exact integer arithmetic.
+use crate::linear::drive;
+use crate::simd::Isa;
+use half::f16;
+
+pub const QK8: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8 {
+    pub d: f16,
+    pub qs: [i8; QK8],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8>() == 34);
+
+/// A `[n, k]` matrix as `n * k / 32` blocks, row-major.
+pub struct Q8Matrix {
+    pub n: usize,
+    pub k: usize,
+    pub blocks: Vec<BlockQ8>,
+}
+
+/// Abs-max quantization of one block: scale = max|x| / 127, q = round(x / scale).
+pub fn quantize_block(x: &[f32]) -> BlockQ8 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK8];
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    BlockQ8 { d: f16::from_f32(d), qs }
+}
+
+/// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows.
+pub fn quantize_rows(x: &[f32], k: usize) -> Vec<BlockQ8> {
+    use rayon::prelude::*;
+    assert!(k % QK8 == 0, "q8: row length {k} is not a multiple of {QK8}");
+    let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
+    out.par_chunks_mut(k / QK8).zip(x.par_chunks(k)).for_each(|(blocks, row)| {
+        for (b, chunk) in blocks.iter_mut().zip(row.chunks_exact(QK8)) {
+            *b = quantize_block(chunk);
+        }
+    });
+    out
+}
+
+impl Q8Matrix {
+    /// Quantize `w: [n, k]` (f32). `k` must be a multiple of 32.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k);
+        Self { n, k, blocks: quantize_rows(w, k) }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<BlockQ8>()
+    }
+
+    /// Dequantize row `j` into `out` (len k): the embedding lookup of a quantized tied matrix.
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let bpr = self.k / QK8;
+        for (b, chunk) in self.blocks[j * bpr..(j + 1) * bpr].iter().zip(out.chunks_exact_mut(QK8)) {
+            let d = b.d.to_f32();
+            for (o, q) in chunk.iter_mut().zip(b.qs) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+
+    /// `y[m, n] = x[m, k] · Wᵀ` with x quantized per row at run time.
+    pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
+        let xq = quantize_rows(&x[..m * k], k);
+        let bpr = k / QK8;
+        let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
+        drive(m, n, y, |i, j, mr, nr, out| unsafe {
+            let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ8);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
+                let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
+                return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
+            }
+            for a in 0..mr {
+                for b in 0..nr {
+                    let xr = xb.add((i + a) * bpr);
+                    let wr = wb.add((j + b) * bpr);
+                    *out.add(a * n + b) = dot(isa, xr, wr, bpr);
+                }
+            }
+        });
+    }
+}
+
+unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return avx2::dot(x, w, blocks);
+    }
+    let _ = isa;
+    portable_dot(x, w, blocks)
+}
+
+/// Plain Rust reference: exact integer block sums, f32 scale application.
+unsafe fn portable_dot(x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f32 {
+    let mut acc = 0f32;
+    for b in 0..blocks {
+        let (xb, wb) = (&*x.add(b), &*w.add(b));
+        let s: i32 = xb.qs.iter().zip(&wb.qs).map(|(&a, &c)| a as i32 * c as i32).sum();
+        acc += s as f32 * (xb.d.to_f32() * wb.d.to_f32());
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::BlockQ8;
+    use std::arch::x86_64::*;
+
+    /// 32 int8 products per instruction pair: |x| (unsigned) times w carrying x's sign, summed
+    /// pairwise to i16 by maddubs (|127·127·2| fits), then to i32 by madd with ones.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let (xb, wb) = (x.add(b), w.add(b));
+            let xv = _mm256_loadu_si256((*xb).qs.as_ptr() as *const __m256i);
+            let wv = _mm256_loadu_si256((*wb).qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(xv, xv);
+            let sw = _mm256_sign_epi8(wv, xv);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale(xb) * scale(wb)), acc);
+        }
+        hsum(acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// f16 scale to f32 with the F16C instruction (the `half` crate falls back to software here).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(b: *const BlockQ8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((*b).d.to_bits() as i32)))
+    }
+
+    /// M (1 or 2) activation rows by 4 weight rows: each loaded weight block feeds M dot products,
+    /// each activation block (and its absolute value) feeds 4.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const M: usize>(x: *const BlockQ8, w: *const BlockQ8, blocks: usize, y: *mut f32, ldy: usize) {
+        let ones = _mm256_set1_epi16(1);
+        let z = _mm256_setzero_ps();
+        let mut acc = [[z; 4]; M];
+        for b in 0..blocks {
+            let mut xv = [_mm256_setzero_si256(); M];
+            let mut ax = [_mm256_setzero_si256(); M];
+            let mut dx = [0f32; M];
+            for i in 0..M {
+                let xb = x.add(i * blocks + b);
+                xv[i] = _mm256_loadu_si256((*xb).qs.as_ptr() as *const __m256i);
+                ax[i] = _mm256_sign_epi8(xv[i], xv[i]);
+                dx[i] = scale(xb);
+            }
+            for j in 0..4 {
+                let wb = w.add(j * blocks + b);
+                let wv = _mm256_loadu_si256((*wb).qs.as_ptr() as *const __m256i);
+                let dw = scale(wb);
+                for i in 0..M {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[i], _mm256_sign_epi8(wv, xv[i])), ones);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx[i] * dw), acc[i][j]);
+                }
+            }
+        }
+        for i in 0..M {
+            for j in 0..4 {
+                *y.add(i * ldy + j) = hsum(acc[i][j]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_error_is_at_most_half_a_step() {
+        let x = fill(64 * 32, 3);
+        let q = Q8Matrix::quantize(&x, 64, 32);
+        let mut row = vec![0f32; 32];
+        for j in 0..64 {
+            q.dequantize_row(j, &mut row);
+            let d = q.blocks[j].d.to_f32();
+            for (a, b) in row.iter().zip(&x[j * 32..(j + 1) * 32]) {
+                // half a step, plus the f16 rounding of the scale (relative 2^-11 of |x| <= 127 d)
+                assert!((a - b).abs() <= d * 0.5 + 127.0 * d * 1e-3, "{a} vs {b}");
+            }
+        }
+        // An all-zero block stays zero (no division by zero).
+        assert!(quantize_block(&[0.0; 32]).qs.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn matmul_matches_f32_reference_and_paths_agree() {
+        for &(m, k, n) in &[(1usize, 32usize, 1usize), (1, 1024, 37), (3, 96, 9), (50, 256, 33)] {
+            let x = fill(m * k, 1);
+            let w = fill(n * k, 2);
+            let q = Q8Matrix::quantize(&w, n, k);
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                }
+            }
+            let scale = (k as f64).sqrt(); // random ±1 inputs: outputs grow like sqrt(k)
+            let mut portable = vec![0f32; m * n];
+            q.linear(&x, m, &mut portable, Isa::Portable);
+            for (g, r) in portable.iter().zip(&want) {
+                // W8A8 error: two 8-bit roundings per product, ~1% of the output's natural size.
+                assert!(((*g as f64) - r).abs() < 0.02 * scale, "m={m} k={k} n={n}: {g} vs {r}");
+            }
+            if Isa::Avx2.supported() {
+                let mut simd = vec![0f32; m * n];
+                q.linear(&x, m, &mut simd, Isa::Avx2);
+                for (a, b) in simd.iter().zip(&portable) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "avx2 {a} vs portable {b}");
+                }
+            }
+        }
+    }
+}
+
+/// [`Q8Matrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.
+pub struct Q8LinearOp(pub std::sync::Arc<Q8Matrix>);
+
+impl candle_core::CustomOp1 for Q8LinearOp {
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q8-linear"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::{bail, CpuStorage, Shape};
+        let Some((a, b)) = l.contiguous_offsets() else { bail!("q8 linear: x must be contiguous") };
+        let CpuStorage::F32(x) = s else { bail!("q8 linear: activations must be f32") };
+        let dims = l.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.0.k {
+            bail!("q8 linear: x has {k} features, weights expect {}", self.0.k)
+        }
+        let m = (b - a) / k;
+        let mut y = vec![0f32; m * self.0.n];
+        self.0.linear(&x[a..b], m, &mut y, crate::simd::active_isa());
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = self.0.n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
