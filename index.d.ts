@@ -13,6 +13,8 @@ export declare class NativeEngine {
   /** Ask a running generation to stop before its next token. */
   cancel(requestId: number): void
   benchmark(sampleText: string, iterations: number, decodeTokens: number): Promise<string>
+  /** Write the loaded model as GGUF; resolves to the bytes written. */
+  exportGguf(path: string): Promise<number>
   modelInfo(): any
   accelerationInfo(): any
   memoryUsage(): any

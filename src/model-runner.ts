@@ -297,6 +297,19 @@ export class ModelRunner {
     }
   }
 
+  /**
+   * Writes the model as loaded (with its quantization) to a GGUF file that llama.cpp-based tools
+   * read: f32/bf16/f16 as is, dynamic_int8 as Q8_0. Returns the bytes written.
+   */
+  async export(path: string): Promise<number> {
+    if (!path.endsWith('.gguf')) throw new NanoQwenError('INVALID_ARGUMENT', `invalid export path = ${JSON.stringify(path)}: a file name ending in .gguf`)
+    try {
+      return await this.native.exportGguf(path)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
   /** Reloads the model with a new config. If that fails, the current model keeps serving. */
   async updateAccelerationConfig(config: AccelerationConfig | AccelerationConfigInput): Promise<void> {
     const next = createAccelerationConfig(config)

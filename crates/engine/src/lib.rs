@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gguf_export;
 pub mod kv_cache;
 pub mod model;
 pub mod report;

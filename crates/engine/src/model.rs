@@ -56,6 +56,13 @@ impl Linear {
     }
 }
 
+/// A loaded tensor as `export` sees it: llama.cpp's name and the data in its current format.
+pub enum ExportData<'a> {
+    /// f32 / bf16 / f16 tensor, HF shape.
+    Dense(&'a Tensor),
+    Q8(&'a Q8Matrix),
+}
+
 /// How matrices are stored after loading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -217,6 +224,36 @@ impl Qwen3Model {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Every tensor under llama.cpp's `qwen3` names, in a stable order.
+    pub fn export_tensors(&self) -> Vec<(String, ExportData<'_>)> {
+        fn lin(l: &Linear) -> ExportData<'_> {
+            match l {
+                Linear::Dense(t) => ExportData::Dense(t),
+                Linear::Q8(q) => ExportData::Q8(q),
+            }
+        }
+        let mut out = vec![("token_embd.weight".to_string(), lin(&self.embed_tokens))];
+        for (i, l) in self.layers.iter().enumerate() {
+            let b = |n: &str| format!("blk.{i}.{n}.weight");
+            out.push((b("attn_norm"), ExportData::Dense(&l.input_norm.weight)));
+            out.push((b("attn_q"), lin(&l.q_proj)));
+            out.push((b("attn_k"), lin(&l.k_proj)));
+            out.push((b("attn_v"), lin(&l.v_proj)));
+            out.push((b("attn_output"), lin(&l.o_proj)));
+            out.push((b("attn_q_norm"), ExportData::Dense(&l.q_norm.weight)));
+            out.push((b("attn_k_norm"), ExportData::Dense(&l.k_norm.weight)));
+            out.push((b("ffn_norm"), ExportData::Dense(&l.post_attention_norm.weight)));
+            out.push((b("ffn_gate"), lin(&l.gate_proj)));
+            out.push((b("ffn_up"), lin(&l.up_proj)));
+            out.push((b("ffn_down"), lin(&l.down_proj)));
+        }
+        out.push(("output_norm.weight".into(), ExportData::Dense(&self.norm.weight)));
+        if let Some(h) = &self.lm_head {
+            out.push(("output.weight".into(), lin(h)));
+        }
+        out
     }
 
     /// Bytes one cached token costs across all layers (K and V).

@@ -152,6 +152,22 @@ impl Task for LogitsTask {
     }
 }
 
+pub struct ExportTask {
+    engine: Arc<Engine>,
+    path: String,
+}
+
+impl Task for ExportTask {
+    type Output = f64;
+    type JsValue = f64;
+    fn compute(&mut self) -> Result<f64> {
+        guarded(|| self.engine.export_gguf(self.path.as_ref()).map(|n| n as f64).map_err(to_napi))
+    }
+    fn resolve(&mut self, _: Env, n: f64) -> Result<f64> {
+        Ok(n)
+    }
+}
+
 pub struct BenchTask {
     engine: Arc<Engine>,
     text: String,
@@ -248,6 +264,12 @@ impl NativeEngine {
     #[napi(ts_return_type = "Promise<string>")]
     pub fn benchmark(&self, sample_text: String, iterations: u32, decode_tokens: u32) -> Result<AsyncTask<BenchTask>> {
         Ok(AsyncTask::new(BenchTask { engine: self.get()?, text: sample_text, iterations, decode_tokens }))
+    }
+
+    /// Write the loaded model as GGUF; resolves to the bytes written.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn export_gguf(&self, path: String) -> Result<AsyncTask<ExportTask>> {
+        Ok(AsyncTask::new(ExportTask { engine: self.get()?, path }))
     }
 
     #[napi]
