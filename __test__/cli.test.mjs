@@ -1,6 +1,8 @@
 // The CLI, run as a user would.
 import test from 'ava'
 import { execFile } from 'node:child_process'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { root } from './helpers.mjs'
@@ -9,7 +11,7 @@ const run = (...args) => promisify(execFile)(process.execPath, [join(root, 'bin'
 
 test('--help lists the commands', async (t) => {
   const { stdout } = await run('--help')
-  for (const c of ['generate', 'chat', 'bench', 'info']) t.true(stdout.includes(`nano-qwen3-serving ${c}`), c)
+  for (const c of ['generate', 'chat', 'bench', 'info', 'quantize']) t.true(stdout.includes(`nano-qwen3-serving ${c}`), c)
 })
 
 test('generate streams text from the embedded model', async (t) => {
@@ -26,6 +28,13 @@ test('chat, info and bench run', async (t) => {
   t.is(info.quantization, 'bf16')
   const bench = JSON.parse((await run('bench', '--iterations', '1', '--decode-tokens', '4')).stdout)
   t.true(bench.decodeTokensPerSecond.avg > 0)
+})
+
+test('quantize writes a GGUF file', async (t) => {
+  const out = join(mkdtempSync(join(tmpdir(), 'nq3-cli-')), 'tiny-q8.gguf')
+  const { stderr } = await run('quantize', '--quantization', 'dynamic_int8', '-o', out)
+  t.regex(stderr, /wrote .*tiny-q8\.gguf .* q8_0 weights/)
+  t.is(readFileSync(out).subarray(0, 4).toString(), 'GGUF')
 })
 
 test('bad options fail with a clear message', async (t) => {

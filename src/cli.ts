@@ -12,6 +12,7 @@ Usage:
   nano-qwen3-serving chat [options] [message]         chat (one message, or interactive from stdin)
   nano-qwen3-serving bench [options]                  prefill and decode tokens/s
   nano-qwen3-serving info [options]                   model, acceleration plan and memory
+  nano-qwen3-serving quantize [options] -o out.gguf   write the model, as loaded, to GGUF (llama.cpp's format)
   nano-qwen3-serving <command> --help
 
 Common options:
@@ -26,6 +27,7 @@ Generation options (generate, chat):
   --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
 Chat options:   --system <text>  --no-think
 Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
+Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 -> Q8_0, none -> the checkpoint's dtype)
 `
 
 const options = {
@@ -48,6 +50,7 @@ const options = {
   iterations: { type: 'string' },
   'decode-tokens': { type: 'string' },
   'sample-text': { type: 'string' },
+  output: { type: 'string', short: 'o' },
 } as const
 
 function num(name: string, v: string | undefined): number | undefined {
@@ -60,7 +63,7 @@ function num(name: string, v: string | undefined): number | undefined {
 export async function main(argv: string[]): Promise<number> {
   const { values: o, positionals } = parseArgs({ args: argv, options, allowPositionals: true })
   const [command, ...rest] = positionals
-  if (!command || o.help || !['generate', 'chat', 'bench', 'info'].includes(command)) {
+  if (!command || o.help || !['generate', 'chat', 'bench', 'info', 'quantize'].includes(command)) {
     process.stdout.write(HELP)
     return command && !o.help ? 2 : 0
   }
@@ -130,6 +133,12 @@ export async function main(argv: string[]): Promise<number> {
           sampleText: o['sample-text'],
         })
         console.log(JSON.stringify(r, null, 2))
+        return 0
+      }
+      case 'quantize': {
+        if (!o.output) throw new NanoQwenError('INVALID_ARGUMENT', 'quantize needs an output file: -o model.gguf')
+        const bytes = await runner.export(o.output)
+        process.stderr.write(`wrote ${o.output} (${(bytes / 2 ** 20).toFixed(1)} MB, ${runner.getModelInfo().dtype} weights)\n`)
         return 0
       }
       default: {

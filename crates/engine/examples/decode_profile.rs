@@ -5,7 +5,11 @@ use std::sync::atomic::AtomicBool;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: decode_profile DIR [tokens]")?;
     let tokens: f64 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(32.0);
-    let engine = Engine::load(dir.as_ref(), &LoadOptions { threads: Some(2), ..Default::default() })?;
+    let mut load = LoadOptions { threads: Some(2), ..Default::default() };
+    if let Ok(q) = std::env::var("QUANTIZATION") {
+        load.acceleration.quantization = nano_qwen3_engine::Quantization::parse(&q)?;
+    }
+    let engine = Engine::load(dir.as_ref(), &load)?;
     let opts = GenerateRequest { max_tokens: Some(tokens), temperature: Some(0.0), ignore_eos: true, ..Default::default() }
         .resolve(&engine.generation_defaults)?;
     let prompt: Vec<u32> = (0..32).map(|i| 1000 + i * 37).collect();
