@@ -122,10 +122,6 @@ impl Checkpoint {
         Ok(Self { files, tensors })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
     /// Total bytes of all tensors as stored in the checkpoint.
     pub fn stored_bytes(&self) -> usize {
         self.tensors.values().map(|e| e.end - e.start).sum()
