@@ -122,10 +122,10 @@ test('unknown quantization, unbuilt quantization, unavailable device', async (t)
   t.throws(() => createAccelerationConfig({ useFlashAtention: true }), { message: /unknown option\(s\) "useFlashAtention"/ })
   t.throws(() => createAccelerationConfig({ compileMode: 'fast' }), { message: /compileMode = "fast"/ })
   const e = await t.throwsAsync(
-    ModelRunner.load({ modelName: fixtureDir, accelerationConfig: createAccelerationConfig({ quantization: 'int4' }) }),
+    ModelRunner.load({ modelName: fixtureDir, accelerationConfig: createAccelerationConfig({ quantization: 'static_int8' }) }),
   )
   t.is(e.code, 'UNSUPPORTED')
-  t.regex(e.message, /"int4" is not supported yet.*supported now: none, fp16, bf16, dynamic_int8/)
+  t.regex(e.message, /"static_int8" is not supported yet.*supported now: none, fp16, bf16, dynamic_int8, int4/)
   const d = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'cuda' }))
   t.regex(d.message, /device "cuda" is not available.*available devices: cpu/)
   const bad = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'tpu' }))

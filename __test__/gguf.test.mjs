@@ -60,6 +60,21 @@ test('Q8_0 export (dynamic_int8): llama.cpp loads the int8 blocks as they are', 
   await Promise.all([runner.dispose(), f16.runner.dispose()])
 })
 
+test('Q4_0 export (int4): llama.cpp loads the 4-bit blocks as they are', async (t) => {
+  const { runner, file, bytes } = await exportAs('int4')
+  const p = reference.prompts[0]
+  const theirs = await llamaGreedy(file, p.input_ids, 8)
+  const ours = await runner.generate(p.input_ids, { maxTokens: 8, temperature: 0, ignoreEos: true })
+  t.is(theirs.out.length, 8)
+  // The first token comes from the same 4-bit weights in both engines.
+  t.is(theirs.out[0], ours.tokenIds[0])
+  // Same tokenizer metadata in both files; the weights shrink from 16 to 4.5 bits.
+  const f16 = await exportAs('fp16')
+  const weightsF16 = f16.runner.estimateMemoryUsage().weightBytes
+  t.true(f16.bytes - bytes > 0.6 * weightsF16, `Q4_0 ${bytes} vs F16 ${f16.bytes} bytes`)
+  await Promise.all([runner.dispose(), f16.runner.dispose()])
+})
+
 test('a bad export path is a clear error and leaves no file', async (t) => {
   const runner = await ModelRunner.load({ modelName: fixtureDir })
   await t.throwsAsync(runner.export(join(dir, 'model.bin')), { instanceOf: NanoQwenError, message: /ending in \.gguf/ })

@@ -116,7 +116,7 @@ test('updateAccelerationConfig reloads, and a failed reload keeps the old model 
   await runner.updateAccelerationConfig(createAccelerationConfig({ quantization: 'fp16' }))
   t.is(runner.getAccelerationInfo().quantization, 'fp16')
   t.is(runner.getModelInfo().dtype, 'f16')
-  await t.throwsAsync(runner.updateAccelerationConfig({ quantization: 'int4' }), { code: 'UNSUPPORTED' })
+  await t.throwsAsync(runner.updateAccelerationConfig({ quantization: 'static_int8' }), { code: 'UNSUPPORTED' })
   t.is(runner.getAccelerationInfo().quantization, 'fp16')
   t.is(runner.accelerationConfig.quantization, 'fp16')
   const out = await runner.generate('Hello', { maxTokens: 4, ...greedy })

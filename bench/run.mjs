@@ -1,8 +1,8 @@
 // `npm run bench`: builds the synthetic Qwen3-0.6B-shaped checkpoint if missing, exports it as GGUF
-// (F16, Q8_0) with this engine, then measures each engine configuration and its llama.cpp peer
+// (F16, Q8_0, Q4_0) with this engine, then measures each engine configuration and its llama.cpp peer
 // (node-llama-cpp on the GGUF of the same weights) in separate processes, in one run.
 // Prints a table with ratios; writes bench/results/latest.json.
-//   BENCH_MODES=none,bf16,fp16,dynamic_int8  BENCH_THREADS=2  BENCH_ITERATIONS=2  BENCH_PEER=0 (skip llama.cpp)
+//   BENCH_MODES=none,bf16,fp16,dynamic_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2  BENCH_PEER=0 (skip llama.cpp)
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
@@ -13,12 +13,12 @@ import { makeSyntheticCheckpoint } from '../scripts/make-synthetic-checkpoint.mj
 
 const here = dirname(fileURLToPath(import.meta.url))
 const model = process.env.BENCH_MODEL ?? makeSyntheticCheckpoint()
-const modes = (process.env.BENCH_MODES ?? 'none,bf16,fp16,dynamic_int8').split(',')
+const modes = (process.env.BENCH_MODES ?? 'none,bf16,fp16,dynamic_int8,int4').split(',')
 const threads = process.env.BENCH_THREADS ?? '2'
 const iterations = process.env.BENCH_ITERATIONS ?? '2'
 const withPeer = process.env.BENCH_PEER !== '0'
 // Our mode -> the llama.cpp type of the same weights.
-const peerType = { fp16: 'F16', dynamic_int8: 'Q8_0' }
+const peerType = { fp16: 'F16', dynamic_int8: 'Q8_0', int4: 'Q4_0' }
 
 function measure(script, args) {
   const out = execFileSync(process.execPath, [join(here, script), ...args, '--threads', threads, '--iterations', iterations], {

@@ -18,7 +18,7 @@ Usage:
 Common options:
   --model <dir|org/name>    model folder or Hugging Face id (default: the embedded tiny model,
                             random weights: its text is gibberish, useful to try the tool)
-  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 (static_int8, int4: not yet)
+  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 | int4 (static_int8: not yet)
   --device <device>         auto | cpu (cuda, metal: not in this build)
   --threads <n>             CPU threads (default: physical cores)
 
@@ -27,7 +27,7 @@ Generation options (generate, chat):
   --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
 Chat options:   --system <text>  --no-think
 Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
-Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 -> Q8_0, none -> the checkpoint's dtype)
+Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 -> Q8_0, int4 -> Q4_0, none -> the checkpoint's dtype)
 `
 
 const options = {

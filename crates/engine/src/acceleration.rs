@@ -45,8 +45,9 @@ impl Quantization {
             Self::Fp16 => Ok(WeightFormat::Dense(DType::F16)),
             Self::Bf16 => Ok(WeightFormat::Dense(DType::BF16)),
             Self::DynamicInt8 => Ok(WeightFormat::Q8),
+            Self::Int4 => Ok(WeightFormat::Q4),
             other => Err(EngineError::Unsupported(format!(
-                "quantization \"{}\" is not supported yet; supported now: none, fp16, bf16, dynamic_int8",
+                "quantization \"{}\" is not supported yet; supported now: none, fp16, bf16, dynamic_int8, int4",
                 other.name()
             ))),
         }
@@ -146,6 +147,12 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             true,
             "int8 weights in blocks of 32 with f16 scales (Q8_0 layout); activations quantized per token and block at run time; exact int8 dot products, f32 scale application",
         ),
+        Quantization::Int4 => item(
+            "quantization",
+            q,
+            true,
+            "4-bit weights in blocks of 32 with f16 scales (Q4_0 layout), scales chosen to minimise each block's squared error; int8 activations at run time, int8 dot products",
+        ),
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
     let not_yet = "not implemented on CPU yet: the plain path runs instead";
@@ -180,6 +187,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             WeightFormat::Checkpoint => "checkpoint".into(),
             WeightFormat::Dense(d) => format!("{d:?}").to_lowercase(),
             WeightFormat::Q8 => "q8_0".into(),
+            WeightFormat::Q4 => "q4_0".into(),
         },
         items,
         applied_optimizations: applied,
@@ -195,7 +203,7 @@ mod tests {
     fn unknown_and_unbuilt_modes_are_errors() {
         let e = Quantization::parse("int3").unwrap_err().to_string();
         assert!(e.contains("int3") && e.contains("dynamic_int8"), "{e}");
-        let cfg = AccelerationConfig { quantization: Quantization::Int4, ..Default::default() };
+        let cfg = AccelerationConfig { quantization: Quantization::StaticInt8, ..Default::default() };
         assert!(plan(&AccelerationConfig { quantization: Quantization::DynamicInt8, ..Default::default() }, "cpu").is_ok());
         assert!(plan(&cfg, "cpu").unwrap_err().to_string().contains("not supported yet"));
         assert!(plan(&AccelerationConfig::default(), "cuda").is_err());

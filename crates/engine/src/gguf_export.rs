@@ -1,6 +1,6 @@
 //! Writes the loaded (possibly quantized) model as GGUF v3 with llama.cpp's `qwen3` metadata,
 //! tensor names and tokenizer, so llama.cpp-based tools can run the same weights.
-//! Q8 weights are written as Q8_0 unchanged: our block layout is Q8_0's, byte for byte.
+//! Q8 / Q4 weights are written as Q8_0 / Q4_0 unchanged: our block layouts are theirs, byte for byte.
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::model::ExportData;
@@ -22,6 +22,7 @@ const T_ARRAY: u32 = 9;
 // ggml tensor types.
 const GGML_F32: u32 = 0;
 const GGML_F16: u32 = 1;
+const GGML_Q4_0: u32 = 2;
 const GGML_Q8_0: u32 = 8;
 const GGML_BF16: u32 = 30;
 
@@ -199,6 +200,7 @@ impl Engine {
                     (t.dims().iter().rev().copied().collect(), ty, t.elem_count() * t.dtype().size_in_bytes())
                 }
                 ExportData::Q8(q) => (vec![q.k, q.n], GGML_Q8_0, q.bytes()),
+                ExportData::Q4(q) => (vec![q.k, q.n], GGML_Q4_0, q.bytes()),
             };
             infos.str(name);
             infos.u32(dims.len() as u32);
@@ -228,11 +230,9 @@ impl Engine {
                 f.write_all(&vec![0u8; start - pos])?;
                 let bytes: Vec<u8> = match data {
                     ExportData::Dense(t) => dense_bytes(t).map_err(std::io::Error::other)?,
-                    ExportData::Q8(q) => {
-                        // SAFETY: BlockQ8 is repr(C), 34 bytes, no padding (asserted in kernels).
-                        let raw = unsafe { std::slice::from_raw_parts(q.blocks.as_ptr() as *const u8, q.bytes()) };
-                        raw.to_vec()
-                    }
+                    // SAFETY: the blocks are repr(C) with no padding (sizes asserted in kernels).
+                    ExportData::Q8(q) => unsafe { std::slice::from_raw_parts(q.blocks.as_ptr() as *const u8, q.bytes()) }.to_vec(),
+                    ExportData::Q4(q) => unsafe { std::slice::from_raw_parts(q.blocks.as_ptr() as *const u8, q.bytes()) }.to_vec(),
                 };
                 f.write_all(&bytes)?;
                 pos = start + bytes.len();

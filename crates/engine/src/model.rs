@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::weights::Checkpoint;
 use candle_core::{DType, Device, Module, Tensor};
-use nano_qwen3_kernels::{Q8LinearOp, Q8Matrix};
+use nano_qwen3_kernels::{Q4LinearOp, Q4Matrix, Q8LinearOp, Q8Matrix};
 use std::sync::{Arc, RwLock};
 
 /// A weight matrix [out, in] (HF layout) in the plan's format.
@@ -16,6 +16,8 @@ enum Linear {
     Dense(Tensor),
     /// Q8_0 blocks, activations quantized per token at run time.
     Q8(Arc<Q8Matrix>),
+    /// Q4_0 blocks (error-minimising scales), int8 activations at run time.
+    Q4(Arc<Q4Matrix>),
 }
 
 impl Linear {
@@ -24,6 +26,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
             Linear::Q8(q) => x.apply_op1_no_bwd(&Q8LinearOp(q.clone())),
+            Linear::Q4(q) => x.apply_op1_no_bwd(&Q4LinearOp(q.clone())),
         }
     }
 
@@ -31,6 +34,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Q8(q) => q.bytes(),
+            Linear::Q4(q) => q.bytes(),
         }
     }
 
@@ -38,6 +42,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
             Linear::Q8(_) => "q8_0".into(),
+            Linear::Q4(_) => "q4_0".into(),
         }
     }
 
@@ -46,6 +51,13 @@ impl Linear {
         match self {
             Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
             Linear::Q8(q) => {
+                let mut out = vec![0f32; ids.len() * q.k];
+                for (row, &id) in out.chunks_exact_mut(q.k).zip(ids) {
+                    q.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), q.k), dev)
+            }
+            Linear::Q4(q) => {
                 let mut out = vec![0f32; ids.len() * q.k];
                 for (row, &id) in out.chunks_exact_mut(q.k).zip(ids) {
                     q.dequantize_row(id as usize, row);
@@ -61,6 +73,7 @@ pub enum ExportData<'a> {
     /// f32 / bf16 / f16 tensor, HF shape.
     Dense(&'a Tensor),
     Q8(&'a Q8Matrix),
+    Q4(&'a Q4Matrix),
 }
 
 /// How matrices are stored after loading.
@@ -71,6 +84,8 @@ pub enum WeightFormat {
     Dense(DType),
     /// Q8_0 blocks; a matrix whose row length is not a multiple of 32 stays in the checkpoint dtype.
     Q8,
+    /// Q4_0 blocks, same rule for shapes.
+    Q4,
 }
 
 struct RmsNorm {
@@ -157,7 +172,11 @@ impl Qwen3Model {
                     let w = ckpt.load(name, &shape, Some(DType::F32), dev)?.flatten_all()?.to_vec1::<f32>()?;
                     Linear::Q8(Arc::new(Q8Matrix::quantize(&w, shape[0], shape[1])))
                 }
-                WeightFormat::Q8 => {
+                WeightFormat::Q4 if shape[1] % nano_qwen3_kernels::q4::QK4 == 0 => {
+                    let w = ckpt.load(name, &shape, Some(DType::F32), dev)?.flatten_all()?.to_vec1::<f32>()?;
+                    Linear::Q4(Arc::new(Q4Matrix::quantize(&w, shape[0], shape[1])))
+                }
+                WeightFormat::Q8 | WeightFormat::Q4 => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
                     Linear::Dense(ckpt.load(name, &shape, None, dev)?)
                 }
@@ -232,6 +251,7 @@ impl Qwen3Model {
             match l {
                 Linear::Dense(t) => ExportData::Dense(t),
                 Linear::Q8(q) => ExportData::Q8(q),
+                Linear::Q4(q) => ExportData::Q4(q),
             }
         }
         let mut out = vec![("token_embd.weight".to_string(), lin(&self.embed_tokens))];

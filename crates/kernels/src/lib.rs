@@ -4,10 +4,13 @@
 //!   multithreaded over output features, SIMD chosen at run time ([`simd`]).
 //! - [`LinearOp`]: the same as a candle op, so the model composes it with candle tensors.
 //! - [`q8`]: W8A8 in Q8_0-layout blocks (32 int8 + f16 scale), integer dot products.
+//! - [`q4`]: 4-bit weights in Q4_0-layout blocks with error-minimising scales, int8 activations.
 pub mod linear;
+pub mod q4;
 pub mod q8;
 pub mod simd;
 
 pub use linear::{linear, LinearOp, Weights};
+pub use q4::{BlockQ4, Q4LinearOp, Q4Matrix};
 pub use q8::{BlockQ8, Q8LinearOp, Q8Matrix};
 pub use simd::{active_isa, Isa};

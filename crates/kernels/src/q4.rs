@@ -1,0 +1,289 @@
+//! 4-bit weights in blocks of 32 with one f16 scale: llama.cpp's Q4_0 layout byte for byte
+//! (`d: f16`, 16 bytes of nibbles; element i in the low nibble of byte i, element i+16 in the high
+//! nibble; value = (q - 8) * d). Activations are int8 blocks ([`crate::q8`]) at run time.
+//!
+//! Unlike plain Q4_0 (scale fixed by the largest value), each block's scale is chosen to minimise
+//! the block's squared reconstruction error: a few candidate scales around the abs-max one are
+//! tried, each refined by least squares for its rounding, and the best is kept.
+use crate::linear::drive;
+use crate::q8::{quantize_rows, BlockQ8, QK8};
+use crate::simd::Isa;
+use half::f16;
+
+pub const QK4: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4 {
+    pub d: f16,
+    pub qs: [u8; QK4 / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4>() == 18);
+
+fn encode(x: &[f32], d: f32) -> [i8; QK4] {
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i8; QK4];
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round().clamp(-8.0, 7.0) as i8;
+    }
+    q
+}
+
+fn sq_error(x: &[f32], q: &[i8; QK4], d: f32) -> f32 {
+    x.iter().zip(q).map(|(v, &q)| (v - q as f32 * d).powi(2)).sum()
+}
+
+fn pack(q: &[i8; QK4], d: f32) -> BlockQ4 {
+    let mut qs = [0u8; QK4 / 2];
+    for (i, b) in qs.iter_mut().enumerate() {
+        *b = ((q[i] + 8) as u8) | (((q[i + 16] + 8) as u8) << 4);
+    }
+    BlockQ4 { d: f16::from_f32(d), qs }
+}
+
+/// llama.cpp's own Q4_0 rule (scale = the signed extreme / -8), kept as the baseline to beat.
+pub fn quantize_block_absmax(x: &[f32]) -> BlockQ4 {
+    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let d = m / -8.0;
+    pack(&encode(x, d), d)
+}
+
+/// Error-minimising block quantization (see the module docs).
+pub fn quantize_block(x: &[f32]) -> BlockQ4 {
+    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    if m == 0.0 {
+        return pack(&[0; QK4], 0.0);
+    }
+    let mut best = (f32::INFINITY, [0i8; QK4], 0f32);
+    // Candidate scales: the extreme mapped to -8 (as Q4_0) or to +7, and slightly smaller ones
+    // that clip the extreme but resolve the bulk of the values more finely.
+    for steps in [-8.5f32, -8.25, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, 7.5, 7.25, 7.0, 6.75, 6.5, 6.0] {
+        let d0 = m / steps;
+        let q = encode(x, d0);
+        // Least-squares scale for this rounding, then re-round once with it.
+        let (num, den) = x.iter().zip(&q).fold((0f32, 0f32), |(a, b), (v, &q)| (a + v * q as f32, b + (q as f32).powi(2)));
+        for d in [d0, if den > 0.0 { num / den } else { d0 }] {
+            let q = encode(x, d);
+            let d16 = f16::from_f32(d).to_f32(); // the scale as it will be stored
+            let e = sq_error(x, &q, d16);
+            if e < best.0 {
+                best = (e, q, d);
+            }
+        }
+    }
+    pack(&best.1, best.2)
+}
+
+/// A `[n, k]` matrix as Q4_0 blocks, row-major.
+pub struct Q4Matrix {
+    pub n: usize,
+    pub k: usize,
+    pub blocks: Vec<BlockQ4>,
+}
+
+impl Q4Matrix {
+    /// Quantize `w: [n, k]` (f32), `k` a multiple of 32, in parallel over rows.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        use rayon::prelude::*;
+        assert!(k % QK4 == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}]");
+        let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
+        blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
+            for (b, x) in bs.iter_mut().zip(row.chunks_exact(QK4)) {
+                *b = quantize_block(x);
+            }
+        });
+        Self { n, k, blocks }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<BlockQ4>()
+    }
+
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let bpr = self.k / QK4;
+        for (b, chunk) in self.blocks[j * bpr..(j + 1) * bpr].iter().zip(out.chunks_exact_mut(QK4)) {
+            let d = b.d.to_f32();
+            for i in 0..16 {
+                chunk[i] = ((b.qs[i] & 0xF) as i32 - 8) as f32 * d;
+                chunk[i + 16] = ((b.qs[i] >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+    }
+
+    /// `y[m, n] = x[m, k] · Wᵀ`, x quantized to int8 blocks per row at run time.
+    pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q4 linear: buffers too small");
+        let xq = quantize_rows(&x[..m * k], k);
+        let bpr = k / QK8;
+        let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
+        drive(m, n, y, |i, j, mr, nr, out| unsafe {
+            let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ4);
+            for a in 0..mr {
+                for b in 0..nr {
+                    *out.add(a * n + b) = dot(isa, xb.add((i + a) * bpr), wb.add((j + b) * bpr), bpr);
+                }
+            }
+        });
+    }
+}
+
+unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return avx2::dot(x, w, blocks);
+    }
+    let _ = isa;
+    let mut acc = 0f32;
+    for b in 0..blocks {
+        let (xb, wb) = (&*x.add(b), &*w.add(b));
+        let mut s = 0i32;
+        for i in 0..16 {
+            s += xb.qs[i] as i32 * ((wb.qs[i] & 0xF) as i32 - 8);
+            s += xb.qs[i + 16] as i32 * ((wb.qs[i] >> 4) as i32 - 8);
+        }
+        acc += s as f32 * (xb.d.to_f32() * wb.d.to_f32());
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ4, BlockQ8};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_to_f32(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Nibbles widened to int8 in [-8, 7] (low nibbles are elements 0..16, high 16..32), then the
+    /// same signed int8 dot product as Q8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm_set1_epi8(0xF);
+        let eight = _mm256_set1_epi8(8);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let (xb, wb) = (&*x.add(b), &*w.add(b));
+            let packed = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+            let lo = _mm_and_si128(packed, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+            let wv = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv)), ones);
+            let d = f16_to_f32(xb.d.to_bits()) * f16_to_f32(wb.d.to_bits());
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc);
+        }
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+}
+
+/// [`Q4Matrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.
+pub struct Q4LinearOp(pub std::sync::Arc<Q4Matrix>);
+
+impl candle_core::CustomOp1 for Q4LinearOp {
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q4-linear"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::{bail, CpuStorage, Shape};
+        let Some((a, b)) = l.contiguous_offsets() else { bail!("q4 linear: x must be contiguous") };
+        let CpuStorage::F32(x) = s else { bail!("q4 linear: activations must be f32") };
+        let dims = l.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.0.k {
+            bail!("q4 linear: x has {k} features, weights expect {}", self.0.k)
+        }
+        let m = (b - a) / k;
+        let mut y = vec![0f32; m * self.0.n];
+        self.0.linear(&x[a..b], m, &mut y, crate::simd::active_isa());
+        let mut out = dims.to_vec();
+        *out.last_mut().unwrap() = self.0.n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // roughly bell-shaped, like trained weights: sum of three uniforms
+                ((s >> 40) as f32 / (1u64 << 24) as f32 + ((s >> 20) & 0xFFFFF) as f32 / (1u64 << 20) as f32 + (s & 0xFFFFF) as f32 / (1u64 << 20) as f32) / 3.0 - 0.5
+            })
+            .collect()
+    }
+
+    fn rmse(x: &[f32], b: &BlockQ4) -> f32 {
+        let m = Q4Matrix { n: 1, k: 32, blocks: vec![*b] };
+        let mut out = [0f32; 32];
+        m.dequantize_row(0, &mut out);
+        (x.iter().zip(&out).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / 32.0).sqrt()
+    }
+
+    #[test]
+    fn error_minimising_scales_beat_plain_q4_0() {
+        let x = fill(32 * 2000, 5);
+        let (mut ours, mut plain) = (0f64, 0f64);
+        for block in x.chunks_exact(32) {
+            let (a, b) = (rmse(block, &quantize_block(block)), rmse(block, &quantize_block_absmax(block)));
+            assert!(a <= b * 1.0001, "never worse than Q4_0's rule: {a} > {b}");
+            ours += a as f64;
+            plain += b as f64;
+        }
+        assert!(ours < 0.95 * plain, "mean RMSE {ours} vs Q4_0 {plain}");
+    }
+
+    #[test]
+    fn layout_is_q4_0() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+        let b = quantize_block_absmax(&x);
+        // extreme -16 -> d = 2, q(-16) = -8 -> nibble 0; element 16 (value 0) -> nibble 8 in the high half
+        assert_eq!(b.d.to_f32(), 2.0);
+        assert_eq!(b.qs[0] & 0xF, 0);
+        assert_eq!(b.qs[0] >> 4, 8);
+    }
+
+    #[test]
+    fn matmul_matches_reference_and_paths_agree() {
+        for &(m, k, n) in &[(1usize, 32usize, 1usize), (1, 1024, 37), (3, 96, 9), (50, 256, 33)] {
+            let x = fill(m * k, 1);
+            let w = fill(n * k, 2);
+            let q = Q4Matrix::quantize(&w, n, k);
+            // Reference: f64 products of the dequantized weights with the exact activations.
+            let mut wd = vec![0f32; n * k];
+            for j in 0..n {
+                q.dequantize_row(j, &mut wd[j * k..(j + 1) * k]);
+            }
+            let mut portable = vec![0f32; m * n];
+            q.linear(&x, m, &mut portable, Isa::Portable);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|p| x[i * k + p] as f64 * wd[j * k + p] as f64).sum();
+                    let norm: f64 = (0..k).map(|p| (x[i * k + p] as f64 * wd[j * k + p] as f64).abs()).sum();
+                    // Only the int8 activation rounding remains: < 1% of the sum of |products|.
+                    assert!((portable[i * n + j] as f64 - want).abs() <= 0.01 * norm + 1e-6, "m={m} k={k} n={n}");
+                }
+            }
+            if Isa::Avx2.supported() {
+                let mut simd = vec![0f32; m * n];
+                q.linear(&x, m, &mut simd, Isa::Avx2);
+                for (a, b) in simd.iter().zip(&portable) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "avx2 {a} vs portable {b}");
+                }
+            }
+        }
+    }
+}
