@@ -4,6 +4,7 @@ use nano_qwen3_kernels::{active_isa, linear, Weights};
 use std::time::Instant;
 
 fn main() {
+    quantize_speed();
     q8_bench();
     decode_step_upper_bound();
     let isa = active_isa();
@@ -77,4 +78,19 @@ pub fn q8_bench() {
         let s = t.elapsed().as_secs_f64() / iters as f64;
         println!("q8 m={m:4} k={k} n={n}: {:.3} ms, {:.1} GOP/s", s * 1e3, (2 * m * n * k) as f64 / s / 1e9);
     }
+}
+
+/// Quantization speed (weights per second) for the load path.
+#[allow(dead_code)]
+pub fn quantize_speed() {
+    use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
+    let (n, k) = (3072, 1024);
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-4).collect();
+    let t = Instant::now();
+    let _ = Q4Matrix::quantize(&w, n, k);
+    let q4 = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let _ = Q8Matrix::quantize(&w, n, k);
+    let q8 = t.elapsed().as_secs_f64();
+    println!("quantize: q4 {:.0} M weights/s, q8 {:.0} M weights/s", (n * k) as f64 / q4 / 1e6, (n * k) as f64 / q8 / 1e6);
 }

@@ -21,17 +21,30 @@ pub struct BlockQ4 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ4>() == 18);
 
+/// Round to the nearest level in [-8, 7] as llama.cpp's Q4_0 does (`(int)(x/d + 8.5)`, clamped):
+/// a truncating conversion of a positive value, which vectorises (unlike `f32::round`).
 fn encode(x: &[f32], d: f32) -> [i8; QK4] {
     let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut q = [0i8; QK4];
     for (q, v) in q.iter_mut().zip(x) {
-        *q = (v * inv).round().clamp(-8.0, 7.0) as i8;
+        *q = ((v * inv + 8.5).max(0.0) as i32).min(15) as i8 - 8;
     }
     q
 }
 
-fn sq_error(x: &[f32], q: &[i8; QK4], d: f32) -> f32 {
-    x.iter().zip(q).map(|(v, &q)| (v - q as f32 * d).powi(2)).sum()
+/// Squared error of rounding `x` with scale `d`, plus the least-squares statistics (Σ x·q, Σ q²)
+/// of that rounding. Eight partial sums so that the loop vectorises.
+fn evaluate(x: &[f32; QK4], d: f32) -> (f32, f32, f32) {
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let (mut err, mut num, mut den) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    for i in 0..QK4 {
+        let q = ((x[i] * inv + 8.5).clamp(0.0, 15.0) as i32 - 8) as f32;
+        let e = x[i] - q * d;
+        err[i % 8] += e * e;
+        num[i % 8] += x[i] * q;
+        den[i % 8] += q * q;
+    }
+    (err.iter().sum(), num.iter().sum(), den.iter().sum())
 }
 
 fn pack(q: &[i8; QK4], d: f32) -> BlockQ4 {
@@ -51,28 +64,40 @@ pub fn quantize_block_absmax(x: &[f32]) -> BlockQ4 {
 
 /// Error-minimising block quantization (see the module docs).
 pub fn quantize_block(x: &[f32]) -> BlockQ4 {
+    let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
     let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
     if m == 0.0 {
         return pack(&[0; QK4], 0.0);
     }
-    let mut best = (f32::INFINITY, [0i8; QK4], 0f32);
     // Candidate scales: the extreme mapped to -8 (as Q4_0) or to +7, and slightly smaller ones
-    // that clip the extreme but resolve the bulk of the values more finely.
+    // that clip the extreme but resolve the bulk of the values more finely. Each candidate's
+    // rounding also gives its least-squares scale, which is tried too.
+    let evaluate = |x: &[f32; QK4], d: f32| {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::active_isa() == Isa::Avx2 {
+            // SAFETY: AVX2+FMA support checked by active_isa.
+            return unsafe { avx2::evaluate(x, d) };
+        }
+        evaluate(x, d)
+    };
+    let mut best = (f32::INFINITY, 0f32);
     for steps in [-8.5f32, -8.25, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, 7.5, 7.25, 7.0, 6.75, 6.5, 6.0] {
         let d0 = m / steps;
-        let q = encode(x, d0);
-        // Least-squares scale for this rounding, then re-round once with it.
-        let (num, den) = x.iter().zip(&q).fold((0f32, 0f32), |(a, b), (v, &q)| (a + v * q as f32, b + (q as f32).powi(2)));
-        for d in [d0, if den > 0.0 { num / den } else { d0 }] {
-            let q = encode(x, d);
-            let d16 = f16::from_f32(d).to_f32(); // the scale as it will be stored
-            let e = sq_error(x, &q, d16);
-            if e < best.0 {
-                best = (e, q, d);
+        let (e0, num, den) = evaluate(x, d0);
+        if e0 < best.0 {
+            best = (e0, d0);
+        }
+        if den > 0.0 {
+            let d1 = num / den;
+            let (e1, _, _) = evaluate(x, d1);
+            if e1 < best.0 {
+                best = (e1, d1);
             }
         }
     }
-    pack(&best.1, best.2)
+    // Store the scale as f16 and round with the stored value, so the decoder sees what we scored.
+    let d = f16::from_f32(best.1).to_f32();
+    pack(&encode(x, d), d)
 }
 
 /// A `[n, k]` matrix as Q4_0 blocks, row-major.
@@ -150,8 +175,35 @@ unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BlockQ4, BlockQ8};
+    use super::{BlockQ4, BlockQ8, QK4};
     use std::arch::x86_64::*;
+
+    /// [`super::evaluate`] eight lanes at a time (same rounding: clamp to [0, 15], truncate).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn evaluate(x: &[f32; QK4], d: f32) -> (f32, f32, f32) {
+        let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let dv = _mm256_set1_ps(d);
+        let (zero, fifteen, half, eight) = (_mm256_setzero_ps(), _mm256_set1_ps(15.0), _mm256_set1_ps(8.5), _mm256_set1_ps(8.0));
+        let (mut err, mut num, mut den) = (zero, zero, zero);
+        for c in 0..QK4 / 8 {
+            let v = _mm256_loadu_ps(x.as_ptr().add(c * 8));
+            let t = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(v, inv, half), zero), fifteen);
+            let q = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(t)), eight);
+            let e = _mm256_fnmadd_ps(q, dv, v);
+            err = _mm256_fmadd_ps(e, e, err);
+            num = _mm256_fmadd_ps(v, q, num);
+            den = _mm256_fmadd_ps(q, q, den);
+        }
+        (hsum(err), hsum(num), hsum(den))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16_to_f32(bits: u16) -> f32 {
@@ -177,9 +229,7 @@ mod avx2 {
             let d = f16_to_f32(xb.d.to_bits()) * f16_to_f32(wb.d.to_bits());
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc);
         }
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        hsum(acc)
     }
 }
 

@@ -33,7 +33,9 @@ pub fn quantize_block(x: &[f32]) -> BlockQ8 {
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK8];
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        // Round half away from zero without a libm call (this runs on every activation).
+        let r = v * inv;
+        *q = (r + 0.5f32.copysign(r)) as i32 as i8;
     }
     BlockQ8 { d: f16::from_f32(d), qs }
 }
