@@ -4,6 +4,7 @@
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::model::ExportData;
+use nano_qwen3_kernels::QuantMatrix;
 use candle_core::DType;
 use serde_json::Value;
 use std::io::{BufWriter, Write};

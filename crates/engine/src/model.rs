@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::weights::Checkpoint;
 use candle_core::{DType, Device, Module, Tensor};
-use nano_qwen3_kernels::{Q4LinearOp, Q4Matrix, Q8LinearOp, Q8Matrix};
+use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix};
 use std::sync::{Arc, RwLock};
 
 /// A weight matrix [out, in] (HF layout) in the plan's format.
@@ -25,8 +25,8 @@ impl Linear {
         let x = x.contiguous()?;
         match self {
             Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
-            Linear::Q8(q) => x.apply_op1_no_bwd(&Q8LinearOp(q.clone())),
-            Linear::Q4(q) => x.apply_op1_no_bwd(&Q4LinearOp(q.clone())),
+            Linear::Q8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+            Linear::Q4(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
         }
     }
 
@@ -50,22 +50,18 @@ impl Linear {
     fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
         match self {
             Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
-            Linear::Q8(q) => {
-                let mut out = vec![0f32; ids.len() * q.k];
-                for (row, &id) in out.chunks_exact_mut(q.k).zip(ids) {
-                    q.dequantize_row(id as usize, row);
-                }
-                Tensor::from_vec(out, (ids.len(), q.k), dev)
-            }
-            Linear::Q4(q) => {
-                let mut out = vec![0f32; ids.len() * q.k];
-                for (row, &id) in out.chunks_exact_mut(q.k).zip(ids) {
-                    q.dequantize_row(id as usize, row);
-                }
-                Tensor::from_vec(out, (ids.len(), q.k), dev)
-            }
+            Linear::Q8(q) => dequantized_rows(q.as_ref(), ids, dev),
+            Linear::Q4(q) => dequantized_rows(q.as_ref(), ids, dev),
         }
     }
+}
+
+fn dequantized_rows(q: &impl QuantMatrix, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
+    let mut out = vec![0f32; ids.len() * q.k()];
+    for (row, &id) in out.chunks_exact_mut(q.k()).zip(ids) {
+        q.dequantize_row(id as usize, row);
+    }
+    Tensor::from_vec(out, (ids.len(), q.k()), dev)
 }
 
 /// A loaded tensor as `export` sees it: llama.cpp's name and the data in its current format.

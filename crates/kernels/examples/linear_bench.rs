@@ -64,7 +64,7 @@ pub fn decode_step_upper_bound() {
 /// Q8 (dynamic_int8) throughput on decode and prefill shapes.
 #[allow(dead_code)]
 pub fn q8_bench() {
-    use nano_qwen3_kernels::Q8Matrix;
+    use nano_qwen3_kernels::{Q8Matrix, QuantMatrix};
     for &(m, k, n) in &[(1usize, 1024usize, 3072usize), (512, 1024, 3072)] {
         let w: Vec<f32> = (0..n * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
         let q = Q8Matrix::quantize(&w, n, k);

@@ -8,9 +8,11 @@
 pub mod linear;
 pub mod q4;
 pub mod q8;
+pub mod quant;
 pub mod simd;
 
 pub use linear::{linear, LinearOp, Weights};
-pub use q4::{BlockQ4, Q4LinearOp, Q4Matrix};
-pub use q8::{BlockQ8, Q8LinearOp, Q8Matrix};
+pub use q4::{BlockQ4, Q4Matrix};
+pub use q8::{BlockQ8, Q8Matrix};
+pub use quant::{QuantLinearOp, QuantMatrix};
 pub use simd::{active_isa, Isa};

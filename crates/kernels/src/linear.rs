@@ -170,6 +170,7 @@ pub mod simd_load {
 mod avx2 {
     use super::simd_load::Load8;
     use super::WeightElem;
+    use crate::simd::x86::hsum;
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -201,14 +202,6 @@ mod avx2 {
     /// How far ahead of the current weight position to prefetch (measured best on Zen 4).
     const PREFETCH_BYTES: usize = 512;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 
     /// Dot product tail (k not a multiple of 8) plus the horizontal sum.
     #[inline]
@@ -411,18 +404,7 @@ impl CustomOp2 for LinearOp {
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::quant::test_data as fill;
 
     /// f64 reference.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {

@@ -7,6 +7,7 @@
 //! tried, each refined by least squares for its rounding, and the best is kept.
 use crate::linear::drive;
 use crate::q8::{quantize_rows, BlockQ8, QK8};
+use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
 
@@ -121,11 +122,24 @@ impl Q4Matrix {
         Self { n, k, blocks }
     }
 
-    pub fn bytes(&self) -> usize {
+}
+
+impl QuantMatrix for Q4Matrix {
+    const NAME: &'static str = "nano-qwen3-q4-linear";
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<BlockQ4>()
     }
 
-    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         let bpr = self.k / QK4;
         for (b, chunk) in self.blocks[j * bpr..(j + 1) * bpr].iter().zip(out.chunks_exact_mut(QK4)) {
             let d = b.d.to_f32();
@@ -136,8 +150,8 @@ impl Q4Matrix {
         }
     }
 
-    /// `y[m, n] = x[m, k] · Wᵀ`, x quantized to int8 blocks per row at run time.
-    pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+    /// x is quantized to int8 blocks per row at run time.
+    fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4 linear: buffers too small");
         let xq = quantize_rows(&x[..m * k], k);
@@ -176,6 +190,7 @@ unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockQ4, BlockQ8, QK4};
+    use crate::simd::x86::{f16_to_f32, hsum};
     use std::arch::x86_64::*;
 
     /// [`super::evaluate`] eight lanes at a time (same rounding: clamp to [0, 15], truncate).
@@ -197,18 +212,7 @@ mod avx2 {
         (hsum(err), hsum(num), hsum(den))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(acc: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_to_f32(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
 
     /// Nibbles widened to int8 in [-8, 7] (low nibbles are elements 0..16, high 16..32), then the
     /// same signed int8 dot product as Q8.
@@ -226,36 +230,10 @@ mod avx2 {
             let wv = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
             let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv)), ones);
-            let d = f16_to_f32(xb.d.to_bits()) * f16_to_f32(wb.d.to_bits());
+            let d = f16_to_f32(xb.d) * f16_to_f32(wb.d);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc);
         }
         hsum(acc)
-    }
-}
-
-/// [`Q4Matrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.
-pub struct Q4LinearOp(pub std::sync::Arc<Q4Matrix>);
-
-impl candle_core::CustomOp1 for Q4LinearOp {
-    fn name(&self) -> &'static str {
-        "nano-qwen3-q4-linear"
-    }
-
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::{bail, CpuStorage, Shape};
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("q4 linear: x must be contiguous") };
-        let CpuStorage::F32(x) = s else { bail!("q4 linear: activations must be f32") };
-        let dims = l.shape().dims();
-        let k = *dims.last().unwrap_or(&0);
-        if k != self.0.k {
-            bail!("q4 linear: x has {k} features, weights expect {}", self.0.k)
-        }
-        let m = (b - a) / k;
-        let mut y = vec![0f32; m * self.0.n];
-        self.0.linear(&x[a..b], m, &mut y, crate::simd::active_isa());
-        let mut out = dims.to_vec();
-        *out.last_mut().unwrap() = self.0.n;
-        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 }
 

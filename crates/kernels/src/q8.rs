@@ -5,6 +5,7 @@
 //! `y = x · Wᵀ`: each x row is quantized at run time (per token, per block, abs-max), then every
 //! output is `Σ_blocks d_x · d_w · Σ_i qx_i · qw_i`, the inner sum in exact integer arithmetic.
 use crate::linear::drive;
+use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
 
@@ -60,12 +61,24 @@ impl Q8Matrix {
         Self { n, k, blocks: quantize_rows(w, k) }
     }
 
-    pub fn bytes(&self) -> usize {
+}
+
+impl QuantMatrix for Q8Matrix {
+    const NAME: &'static str = "nano-qwen3-q8-linear";
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<BlockQ8>()
     }
 
-    /// Dequantize row `j` into `out` (len k): the embedding lookup of a quantized tied matrix.
-    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         let bpr = self.k / QK8;
         for (b, chunk) in self.blocks[j * bpr..(j + 1) * bpr].iter().zip(out.chunks_exact_mut(QK8)) {
             let d = b.d.to_f32();
@@ -75,8 +88,8 @@ impl Q8Matrix {
         }
     }
 
-    /// `y[m, n] = x[m, k] · Wᵀ` with x quantized per row at run time.
-    pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+    /// x is quantized per row at run time.
+    fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
         let xq = quantize_rows(&x[..m * k], k);
@@ -123,6 +136,7 @@ unsafe fn portable_dot(x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::BlockQ8;
+    use crate::simd::x86::{f16_to_f32, hsum};
     use std::arch::x86_64::*;
 
     /// 32 int8 products per instruction pair: |x| (unsigned) times w carrying x's sign, summed
@@ -143,19 +157,11 @@ mod avx2 {
         hsum(acc)
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(acc: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
 
-    /// f16 scale to f32 with the F16C instruction (the `half` crate falls back to software here).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scale(b: *const BlockQ8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((*b).d.to_bits() as i32)))
+        f16_to_f32((*b).d)
     }
 
     /// M (1 or 2) activation rows by 4 weight rows: each loaded weight block feeds M dot products,
@@ -197,17 +203,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::quant::test_data as fill;
 
     #[test]
     fn round_trip_error_is_at_most_half_a_step() {
@@ -253,31 +249,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-/// [`Q8Matrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.
-pub struct Q8LinearOp(pub std::sync::Arc<Q8Matrix>);
-
-impl candle_core::CustomOp1 for Q8LinearOp {
-    fn name(&self) -> &'static str {
-        "nano-qwen3-q8-linear"
-    }
-
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::{bail, CpuStorage, Shape};
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("q8 linear: x must be contiguous") };
-        let CpuStorage::F32(x) = s else { bail!("q8 linear: activations must be f32") };
-        let dims = l.shape().dims();
-        let k = *dims.last().unwrap_or(&0);
-        if k != self.0.k {
-            bail!("q8 linear: x has {k} features, weights expect {}", self.0.k)
-        }
-        let m = (b - a) / k;
-        let mut y = vec![0f32; m * self.0.n];
-        self.0.linear(&x[a..b], m, &mut y, crate::simd::active_isa());
-        let mut out = dims.to_vec();
-        *out.last_mut().unwrap() = self.0.n;
-        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 }
