@@ -159,6 +159,11 @@ impl QuantMatrix for Q4Matrix {
         let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
         drive(m, n, y, |i, j, mr, nr, out| unsafe {
             let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ4);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
+                let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
+                return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
+            }
             for a in 0..mr {
                 for b in 0..nr {
                     *out.add(a * n + b) = dot(isa, xb.add((i + a) * bpr), wb.add((j + b) * bpr), bpr);
@@ -214,20 +219,58 @@ mod avx2 {
 
 
 
-    /// Nibbles widened to int8 in [-8, 7] (low nibbles are elements 0..16, high 16..32), then the
-    /// same signed int8 dot product as Q8.
+    /// Nibbles widened to int8 in [-8, 7]: low nibbles are elements 0..16, high 16..32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &BlockQ4) -> __m256i {
+        let packed = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
+        let low = _mm_set1_epi8(0xF);
+        let lo = _mm_and_si128(packed, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+
+    /// M (1 or 2) activation rows by 4 weight rows: each block is unpacked once and feeds M dot
+    /// products; each activation block (and its absolute value) feeds 4.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const M: usize>(x: *const BlockQ8, w: *const BlockQ4, blocks: usize, y: *mut f32, ldy: usize) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 4]; M];
+        for b in 0..blocks {
+            let mut xv = [_mm256_setzero_si256(); M];
+            let mut ax = [_mm256_setzero_si256(); M];
+            let mut dx = [0f32; M];
+            for i in 0..M {
+                let xb = &*x.add(i * blocks + b);
+                xv[i] = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                ax[i] = _mm256_sign_epi8(xv[i], xv[i]);
+                dx[i] = f16_to_f32(xb.d);
+            }
+            for j in 0..4 {
+                let wb = &*w.add(j * blocks + b);
+                let wv = unpack(wb);
+                let dw = f16_to_f32(wb.d);
+                for i in 0..M {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[i], _mm256_sign_epi8(wv, xv[i])), ones);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx[i] * dw), acc[i][j]);
+                }
+            }
+        }
+        for i in 0..M {
+            for j in 0..4 {
+                *y.add(i * ldy + j) = hsum(acc[i][j]);
+            }
+        }
+    }
+
+    /// The same signed int8 dot product as Q8, on unpacked nibbles.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> f32 {
         let ones = _mm256_set1_epi16(1);
-        let low = _mm_set1_epi8(0xF);
-        let eight = _mm256_set1_epi8(8);
         let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
             let (xb, wb) = (&*x.add(b), &*w.add(b));
-            let packed = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
-            let lo = _mm_and_si128(packed, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-            let wv = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+            let wv = unpack(wb);
             let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv)), ones);
             let d = f16_to_f32(xb.d) * f16_to_f32(wb.d);
