@@ -380,6 +380,7 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, nkv: usize, hd: u
         scores
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v.contiguous()?)?; // [nkv, group*n, hd]
+    // v is a view of the cache ([nkv, len, hd] with the cache's row stride): no copy needed.
+    let out = probs.matmul(v)?; // [nkv, group*n, hd]
     out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 }
