@@ -243,7 +243,13 @@ impl Engine {
             }
         }
         if !trimmed_at_stop_string {
+            // Text held back for an incomplete character can still complete a stop string.
+            let from = text.len();
             text.push_str(&decoder.flush(&self.tokenizer)?);
+            if let StopScan::Hit(at) = stops.scan(&text, from) {
+                text.truncate(at.max(released));
+                finish = FinishReason::Stop;
+            }
         }
         if text.len() > released || !pending_ids.is_empty() {
             on_chunk(StreamChunk { text: text.get(released..).unwrap_or("").to_string(), token_ids: pending_ids });

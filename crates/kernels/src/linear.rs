@@ -121,10 +121,8 @@ unsafe fn tile<W: WeightElem + simd_load::Load8>(
     if isa == Isa::Avx2 {
         use avx2::tile as t;
         match (mr, nr) {
-            (3, 4) => return avx2::tile_x4::<W, 3>(x, w, k, y, ldy),
             (2, 4) => return avx2::tile_x4::<W, 2>(x, w, k, y, ldy),
             (1, 4) => return avx2::tile_x4::<W, 1>(x, w, k, y, ldy),
-            (3, _) => return for j in 0..nr { t::<W, 3, 1>(x, w.add(j * k), k, y.add(j), ldy) },
             (2, _) => return for j in 0..nr { t::<W, 2, 1>(x, w.add(j * k), k, y.add(j), ldy) },
             _ => return for j in 0..nr { t::<W, 1, 1>(x, w.add(j * k), k, y.add(j), ldy) },
         }
@@ -199,9 +197,6 @@ mod avx2 {
         }
     }
 
-    /// How far ahead of the current weight position to prefetch (measured best on Zen 4).
-    const PREFETCH_BYTES: usize = 512;
-
 
     /// Dot product tail (k not a multiple of 8) plus the horizontal sum.
     #[inline]
@@ -214,50 +209,36 @@ mod avx2 {
         s
     }
 
-    /// The hot tile: M (1..=3) x-rows by 4 w-rows, twelve named accumulators so that they stay
-    /// in the sixteen ymm registers (arrays of __m256 get spilled).
+    /// The hot tile: M (1 or 2) x-rows by 4 w-rows, named accumulators so that they stay in ymm
+    /// registers (arrays of __m256 got spilled).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile_x4<W: WeightElem + Load8, const M: usize>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize) {
         let (w0, w1, w2, w3) = (w, w.add(k), w.add(2 * k), w.add(3 * k));
         let x0 = x;
         let x1 = if M > 1 { x.add(k) } else { x };
-        let x2 = if M > 2 { x.add(2 * k) } else { x };
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
         let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
         let body = k / 8 * 8;
         let mut p = 0;
         while p < body {
-            let line = 64 / std::mem::size_of::<W>();
-            if p % line == 0 {
-                // Decode streams weights from DRAM: ask for each row's cache lines early.
-                for wr in [w0, w1, w2, w3] {
-                    _mm_prefetch::<_MM_HINT_T0>((wr.add(p) as *const i8).add(PREFETCH_BYTES));
-                }
-            }
             let v0 = _mm256_loadu_ps(x0.add(p));
             let v1 = if M > 1 { _mm256_loadu_ps(x1.add(p)) } else { z };
-            let v2 = if M > 2 { _mm256_loadu_ps(x2.add(p)) } else { z };
             let b = W::load8(w0.add(p));
             a00 = _mm256_fmadd_ps(v0, b, a00);
             if M > 1 { a10 = _mm256_fmadd_ps(v1, b, a10) }
-            if M > 2 { a20 = _mm256_fmadd_ps(v2, b, a20) }
             let b = W::load8(w1.add(p));
             a01 = _mm256_fmadd_ps(v0, b, a01);
             if M > 1 { a11 = _mm256_fmadd_ps(v1, b, a11) }
-            if M > 2 { a21 = _mm256_fmadd_ps(v2, b, a21) }
             let b = W::load8(w2.add(p));
             a02 = _mm256_fmadd_ps(v0, b, a02);
             if M > 1 { a12 = _mm256_fmadd_ps(v1, b, a12) }
-            if M > 2 { a22 = _mm256_fmadd_ps(v2, b, a22) }
             let b = W::load8(w3.add(p));
             a03 = _mm256_fmadd_ps(v0, b, a03);
             if M > 1 { a13 = _mm256_fmadd_ps(v1, b, a13) }
-            if M > 2 { a23 = _mm256_fmadd_ps(v2, b, a23) }
             p += 8;
         }
-        let rows = [(x0, [a00, a01, a02, a03]), (x1, [a10, a11, a12, a13]), (x2, [a20, a21, a22, a23])];
+        let rows = [(x0, [a00, a01, a02, a03]), (x1, [a10, a11, a12, a13])];
         for (i, (xr, acc)) in rows.iter().take(M).enumerate() {
             for (j, wr) in [w0, w1, w2, w3].iter().enumerate() {
                 *y.add(i * ldy + j) = finish(acc[j], *xr, *wr, body, k);
@@ -280,14 +261,13 @@ mod avx2 {
         out
     }
 
-    /// bf16 weights, MR (1..=3) x NR (1..=4) tile. One 256-bit load brings 16 weights: shifting
+    /// bf16 weights, MR (1..=2) x NR (1..=4) tile. One 256-bit load brings 16 weights: shifting
     /// left by 16 gives the even ones as f32, masking the low half gives the odd ones, matched by
     /// the even/odd halves of `xp`. No widening shuffles, one load per 16 weights.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn tile_bf16(x: *const f32, xp: *const f32, w: *const u16, k: usize, y: *mut f32, ldy: usize, mr: usize, nr: usize) {
         match (mr, nr) {
-            (3, 4) => bf16_tile::<3, 4>(x, xp, w, k, y, ldy),
             (2, 4) => bf16_tile::<2, 4>(x, xp, w, k, y, ldy),
             (1, 4) => bf16_tile::<1, 4>(x, xp, w, k, y, ldy),
             _ => {

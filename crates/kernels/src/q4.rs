@@ -284,17 +284,10 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    /// Roughly bell-shaped, like trained weights: the mean of three uniform streams, in [-1, 1).
     fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                // roughly bell-shaped, like trained weights: sum of three uniforms
-                ((s >> 40) as f32 / (1u64 << 24) as f32 + ((s >> 20) & 0xFFFFF) as f32 / (1u64 << 20) as f32 + (s & 0xFFFFF) as f32 / (1u64 << 20) as f32) / 3.0 - 0.5
-            })
-            .collect()
+        let [a, b, c] = [0, 1, 2].map(|i| crate::quant::test_data(len, seed * 3 + i));
+        (0..len).map(|i| (a[i] + b[i] + c[i]) / 3.0).collect()
     }
 
     fn rmse(x: &[f32], b: &BlockQ4) -> f32 {
