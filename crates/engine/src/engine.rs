@@ -2,17 +2,17 @@
 //! runner needs. Immutable after load and `Sync`: concurrent requests each bring their own KV cache.
 use crate::acceleration::{plan, AccelerationConfig, ExecutionPlan};
 use crate::chat_template::{ChatTemplate, ChatTemplateOptions};
-use crate::config::{GenerationDefaults, ModelConfig};
+use crate::config::GenerationDefaults;
 use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateOptions, StopMatcher, StopScan};
 use crate::kv_cache::KvCache;
 use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-use crate::weights::Checkpoint;
+use crate::source::ModelFiles;
 use candle_core::Device;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,7 +37,8 @@ pub struct Engine {
     pub template: Option<ChatTemplate>,
     pub generation_defaults: GenerationDefaults,
     pub plan: ExecutionPlan,
-    pub model_dir: PathBuf,
+    /// Where the model was loaded from.
+    pub files: ModelFiles,
     pub max_seq_length: usize,
     pub threads: usize,
     pub load_time_ms: f64,
@@ -90,17 +91,13 @@ fn per_second(n: usize, ms: f64) -> f64 {
 }
 
 impl Engine {
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+    /// Load a Hugging Face model folder or a `.gguf` file.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let started = Instant::now();
-        if !dir.is_dir() {
-            return Err(EngineError::ModelNotFound(format!("{} is not a model folder", dir.display())));
-        }
         let plan = plan(&opts.acceleration, &opts.device)?;
         let format = opts.acceleration.quantization.weight_format()?;
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let generation_defaults = GenerationDefaults::from_dir(dir)?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+        let opened = crate::source::open(path)?;
+        let config = opened.config;
         let max_seq_length = match opts.max_seq_length {
             None => config.max_position_embeddings,
             Some(n) if n >= 1 && n <= config.max_position_embeddings => n,
@@ -122,16 +119,16 @@ impl Engine {
             .thread_name(|i| format!("nano-qwen3-{i}"))
             .build()
             .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
-        let checkpoint = Checkpoint::open(dir)?;
-        let model = pool.install(|| Qwen3Model::load(&config, &checkpoint, format, &Device::Cpu))?;
+        let tensors = opened.tensors;
+        let model = pool.install(|| Qwen3Model::load(&config, tensors.as_ref(), format, &Device::Cpu))?;
         Ok(Self {
-            checkpoint_bytes: checkpoint.stored_bytes(),
+            checkpoint_bytes: tensors.stored_bytes(),
             model,
-            tokenizer,
-            template,
-            generation_defaults,
+            tokenizer: opened.tokenizer,
+            template: opened.template,
+            generation_defaults: opened.generation_defaults,
             plan,
-            model_dir: dir.to_path_buf(),
+            files: opened.files,
             max_seq_length,
             threads,
             load_time_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -147,7 +144,7 @@ impl Engine {
     pub fn apply_chat_template(&self, messages: &serde_json::Value, opts: &ChatTemplateOptions) -> Result<String> {
         self.template
             .as_ref()
-            .ok_or_else(|| EngineError::Template("this model's tokenizer_config.json has no chat_template".into()))?
+            .ok_or_else(|| EngineError::Template("this model has no chat template (none in tokenizer_config.json or the GGUF metadata)".into()))?
             .render(messages, opts)
     }
 

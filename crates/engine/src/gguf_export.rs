@@ -3,7 +3,9 @@
 //! Q8 / Q4 weights are written as Q8_0 / Q4_0 unchanged: our block layouts are theirs, byte for byte.
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
 use crate::model::ExportData;
+use crate::source::ModelFiles;
 use nano_qwen3_kernels::QuantMatrix;
 use candle_core::DType;
 use serde_json::Value;
@@ -133,18 +135,29 @@ impl Engine {
         let cfg = &self.model.config;
         let mut h = Enc::default();
         let tensors = self.model.export_tensors();
-        let (tokens, types, merges) = tokenizer_metadata(&self.model_dir.join("tokenizer.json"), cfg.vocab_size)?;
-        let tc: Value = std::fs::read_to_string(self.model_dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
-        let template = tc["chat_template"].as_str();
+        // The tokenizer and template as the source stored them.
+        let (tokens, types, merges, template, name) = match &self.files {
+            ModelFiles::HfFolder(dir) => {
+                let (tokens, types, merges) = tokenizer_metadata(&dir.join("tokenizer.json"), cfg.vocab_size)?;
+                let tc: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or(Value::Null);
+                (tokens, types, merges, tc["chat_template"].as_str().map(str::to_string), self.files.name())
+            }
+            ModelFiles::Gguf(path) => {
+                let g = GgufFile::open(path)?;
+                let (tokens, types, merges) = g.tokenizer_arrays()?;
+                let name = g.meta("general.name").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| self.files.name());
+                (tokens, types, merges, g.chat_template().map(str::to_string), name)
+            }
+        };
 
         let mut kv = Enc::default();
         let mut n_kv = 0u64;
         kv.kv_str("general.architecture", "qwen3");
         n_kv += 1;
-        kv.kv_str("general.name", &self.model_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        kv.kv_str("general.name", &name);
         n_kv += 1;
         kv.kv_u32("general.alignment", ALIGNMENT as u32);
         n_kv += 1;
@@ -180,7 +193,7 @@ impl Engine {
             kv.kv_u32("tokenizer.ggml.bos_token_id", cfg.bos_token_id.unwrap_or(pad));
             n_kv += 2;
         }
-        if let Some(t) = template {
+        if let Some(t) = &template {
             kv.kv_str("tokenizer.chat_template", t);
             n_kv += 1;
         }

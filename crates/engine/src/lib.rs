@@ -15,11 +15,14 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod gguf_export;
+pub mod gguf_meta;
 pub mod kv_cache;
 pub mod model;
 pub mod report;
 pub mod sampler;
+pub mod source;
 pub mod tokenizer;
 pub mod weights;
 

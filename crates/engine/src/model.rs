@@ -5,7 +5,7 @@
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::weights::Checkpoint;
+use crate::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Module, Tensor};
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix};
 use std::sync::{Arc, RwLock};
@@ -153,28 +153,27 @@ fn rope_tables(cfg: &ModelConfig, positions: usize, dev: &Device) -> candle_core
 }
 
 impl Qwen3Model {
-    /// Norm weights (tiny) are always f32; matrices follow `format`.
-    pub fn load(cfg: &ModelConfig, ckpt: &Checkpoint, format: WeightFormat, dev: &Device) -> Result<Self> {
+    /// Norm weights (tiny) are always f32; matrices follow `format`. Tensors already stored in the
+    /// requested block format (Q8_0 / Q4_0 from a GGUF file) are used as they are.
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource, format: WeightFormat, dev: &Device) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut weight_bytes = 0usize;
         let mut unquantized = Vec::new();
         let eps = cfg.rms_norm_eps as f32;
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
-            let l = match format {
-                WeightFormat::Checkpoint => Linear::Dense(ckpt.load(name, &shape, None, dev)?),
-                WeightFormat::Dense(d) => Linear::Dense(ckpt.load(name, &shape, Some(d), dev)?),
-                WeightFormat::Q8 if shape[1] % nano_qwen3_kernels::q8::QK8 == 0 => {
-                    let w = ckpt.load(name, &shape, Some(DType::F32), dev)?.flatten_all()?.to_vec1::<f32>()?;
-                    Linear::Q8(Arc::new(Q8Matrix::quantize(&w, shape[0], shape[1])))
-                }
-                WeightFormat::Q4 if shape[1] % nano_qwen3_kernels::q4::QK4 == 0 => {
-                    let w = ckpt.load(name, &shape, Some(DType::F32), dev)?.flatten_all()?.to_vec1::<f32>()?;
-                    Linear::Q4(Arc::new(Q4Matrix::quantize(&w, shape[0], shape[1])))
-                }
-                WeightFormat::Q8 | WeightFormat::Q4 => {
+            let stored = src.load_stored(name, &shape, dev)?;
+            let fits = shape[1] % nano_qwen3_kernels::q8::QK8 == 0;
+            let l = match (format, stored) {
+                (WeightFormat::Checkpoint, StoredTensor::Q8(q)) | (WeightFormat::Q8, StoredTensor::Q8(q)) => Linear::Q8(Arc::new(q)),
+                (WeightFormat::Checkpoint, StoredTensor::Q4(q)) | (WeightFormat::Q4, StoredTensor::Q4(q)) => Linear::Q4(Arc::new(q)),
+                (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
+                (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
+                (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
+                (WeightFormat::Q4, s) if fits => Linear::Q4(Arc::new(Q4Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
+                (WeightFormat::Q8 | WeightFormat::Q4, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
-                    Linear::Dense(ckpt.load(name, &shape, None, dev)?)
+                    Linear::Dense(s.into_dense(None)?)
                 }
             };
             weight_bytes += l.bytes();
@@ -197,7 +196,7 @@ impl Qwen3Model {
         // Some checkpoints say tied but still ship lm_head.weight; the flag decides, as in transformers.
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin("lm_head.weight", [cfg.vocab_size, h])?) };
         let mut norm = |name: String, size: usize| -> Result<RmsNorm> {
-            let weight = ckpt.load(&name, &[size], Some(DType::F32), dev)?;
+            let weight = src.load_stored(&name, &[size], dev)?.into_dense(Some(DType::F32))?;
             weight_bytes += size * 4;
             Ok(RmsNorm { weight, eps })
         };

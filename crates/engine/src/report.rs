@@ -109,7 +109,7 @@ impl Engine {
     pub fn model_info(&self) -> ModelInfo {
         let c = &self.model.config;
         ModelInfo {
-            model_path: self.model_dir.display().to_string(),
+            model_path: self.files.path().display().to_string(),
             architecture: "Qwen3ForCausalLM",
             num_parameters: c.num_parameters(),
             vocab_size: c.vocab_size,

@@ -19,6 +19,15 @@ impl Tokenizer {
         Ok(Self { inner, vocab_size })
     }
 
+    /// From the text of a tokenizer.json (e.g. one rebuilt from GGUF metadata); `origin` names it in errors.
+    pub fn from_json(json: &str, origin: &Path) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| EngineError::bad_file(origin, format!("cannot build the tokenizer: {e}")))?;
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { inner, vocab_size })
+    }
+
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())

@@ -10,6 +10,48 @@ use memmap2::Mmap;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantMatrix};
+
+/// A tensor as a model source stores it: dense, or in one of the block formats we run natively.
+pub enum StoredTensor {
+    Dense(Tensor),
+    Q8(Q8Matrix),
+    Q4(Q4Matrix),
+}
+
+impl StoredTensor {
+    /// Dense values, dequantizing block formats, converted to `dtype` (None: as stored, f32 for blocks).
+    pub fn into_dense(self, dtype: Option<DType>) -> Result<Tensor> {
+        let t = match self {
+            StoredTensor::Dense(t) => t,
+            StoredTensor::Q8(q) => Tensor::from_vec(q.dequantize(), (q.n, q.k), &Device::Cpu)?,
+            StoredTensor::Q4(q) => Tensor::from_vec(q.dequantize(), (q.n, q.k), &Device::Cpu)?,
+        };
+        Ok(match dtype {
+            Some(d) if d != t.dtype() => t.to_dtype(d)?,
+            _ => t,
+        })
+    }
+
+    /// The values as one f32 vector (for quantizers and calibration).
+    pub fn into_f32_vec(self) -> Result<Vec<f32>> {
+        Ok(match self {
+            StoredTensor::Q8(q) => q.dequantize(),
+            StoredTensor::Q4(q) => q.dequantize(),
+            d => d.into_dense(Some(DType::F32))?.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+}
+
+/// Where model weights come from: a safetensors checkpoint, a GGUF file, or a transformed set.
+/// Names and shapes are Hugging Face's (`model.layers.0.mlp.up_proj.weight`, `[out, in]`).
+pub trait TensorSource: Sync {
+    fn load_stored(&self, name: &str, shape: &[usize], dev: &Device) -> Result<StoredTensor>;
+    fn stored_bytes(&self) -> usize;
+    fn has(&self, name: &str) -> bool;
+    /// The stored format's name ("bf16", "q8_0", "q4_k", ...), for reports.
+    fn stored_format(&self, name: &str) -> Option<String>;
+}
 
 struct Entry {
     file: usize,
@@ -151,6 +193,21 @@ impl Checkpoint {
             Some(d) if d != stored => t.to_dtype(d)?,
             _ => t,
         })
+    }
+}
+
+impl TensorSource for Checkpoint {
+    fn load_stored(&self, name: &str, shape: &[usize], dev: &Device) -> Result<StoredTensor> {
+        Ok(StoredTensor::Dense(self.load(name, shape, None, dev)?))
+    }
+    fn stored_bytes(&self) -> usize {
+        Checkpoint::stored_bytes(self)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn stored_format(&self, name: &str) -> Option<String> {
+        self.tensors.get(name).map(|e| e.dtype.to_lowercase())
     }
 }
 

@@ -4,7 +4,9 @@
 //!   multithreaded over output features, SIMD chosen at run time ([`simd`]).
 //! - [`LinearOp`]: the same as a candle op, so the model composes it with candle tensors.
 //! - [`q8`]: W8A8 in Q8_0-layout blocks (32 int8 + f16 scale), integer dot products.
+//! - [`kquants`]: llama.cpp's Q4_K / Q5_K / Q6_K super-blocks, dequantized (GGUF import).
 //! - [`q4`]: 4-bit weights in Q4_0-layout blocks with error-minimising scales, int8 activations.
+pub mod kquants;
 pub mod linear;
 pub mod q4;
 pub mod q8;

@@ -25,6 +25,9 @@ pub struct Q8Matrix {
     pub n: usize,
     pub k: usize,
     pub blocks: Vec<BlockQ8>,
+    /// Static int8: one fixed activation scale per block of 32 input features (from calibration).
+    /// None: activations are quantized per token at run time (dynamic).
+    pub act_scales: Option<Vec<f32>>,
 }
 
 /// Abs-max quantization of one block: scale = max|x| / 127, q = round(x / scale).
@@ -39,6 +42,30 @@ pub fn quantize_block(x: &[f32]) -> BlockQ8 {
         *q = (r + 0.5f32.copysign(r)) as i32 as i8;
     }
     BlockQ8 { d: f16::from_f32(d), qs }
+}
+
+/// Quantize one block with a fixed scale `d` (static int8), saturating at ±127.
+pub fn quantize_block_with_scale(x: &[f32], d: f32) -> BlockQ8 {
+    let d = f16::from_f32(d).to_f32(); // round with the scale the kernel will apply
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK8];
+    for (q, v) in qs.iter_mut().zip(x) {
+        let r = (v * inv).clamp(-127.0, 127.0);
+        *q = (r + 0.5f32.copysign(r)) as i32 as i8;
+    }
+    BlockQ8 { d: f16::from_f32(d), qs }
+}
+
+/// Quantize rows with fixed per-block scales (`scales.len() == k / 32`).
+pub fn quantize_rows_static(x: &[f32], k: usize, scales: &[f32]) -> Vec<BlockQ8> {
+    use rayon::prelude::*;
+    let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
+    out.par_chunks_mut(k / QK8).zip(x.par_chunks(k)).for_each(|(blocks, row)| {
+        for ((b, chunk), &d) in blocks.iter_mut().zip(row.chunks_exact(QK8)).zip(scales) {
+            *b = quantize_block_with_scale(chunk, d);
+        }
+    });
+    out
 }
 
 /// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows.
@@ -58,7 +85,19 @@ impl Q8Matrix {
     /// Quantize `w: [n, k]` (f32). `k` must be a multiple of 32.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
-        Self { n, k, blocks: quantize_rows(w, k) }
+        Self { n, k, blocks: quantize_rows(w, k), act_scales: None }
+    }
+
+    pub fn from_blocks(n: usize, k: usize, blocks: Vec<BlockQ8>) -> Self {
+        assert!(k % QK8 == 0 && blocks.len() == n * k / QK8, "q8: {} blocks for [{n}, {k}]", blocks.len());
+        Self { n, k, blocks, act_scales: None }
+    }
+
+    /// Fix the activation scales (static int8): one per block of 32 input features.
+    pub fn with_static_scales(mut self, scales: Vec<f32>) -> Self {
+        assert_eq!(scales.len(), self.k / QK8, "q8: one activation scale per input block");
+        self.act_scales = Some(scales);
+        self
     }
 
 }
@@ -88,11 +127,14 @@ impl QuantMatrix for Q8Matrix {
         }
     }
 
-    /// x is quantized per row at run time.
+    /// x is quantized per row at run time, or with the static scales when calibrated.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
-        let xq = quantize_rows(&x[..m * k], k);
+        let xq = match &self.act_scales {
+            Some(s) => quantize_rows_static(&x[..m * k], k, s),
+            None => quantize_rows(&x[..m * k], k),
+        };
         let bpr = k / QK8;
         let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
         drive(m, n, y, |i, j, mr, nr, out| unsafe {
@@ -220,6 +262,35 @@ mod tests {
         }
         // An all-zero block stays zero (no division by zero).
         assert!(quantize_block(&[0.0; 32]).qs.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn static_scales_saturate_and_match_dynamic_when_equal() {
+        let x = fill(4 * 64, 9);
+        // With each block's own abs-max scale, static quantization is the dynamic one.
+        let own: Vec<f32> = x[..64].chunks(32).map(|c| c.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0).collect();
+        let st = quantize_rows_static(&x[..64], 64, &own);
+        let dy = quantize_rows(&x[..64], 64);
+        for (a, b) in st.iter().zip(&dy) {
+            let diff = a.qs.iter().zip(&b.qs).map(|(p, q)| (*p as i32 - *q as i32).abs()).max().unwrap();
+            assert!(diff <= 1, "static vs dynamic differ by {diff} levels");
+        }
+        // A scale too small saturates at ±127 instead of wrapping.
+        let b = quantize_block_with_scale(&[1.0; 32], 1.0 / 1000.0);
+        assert!(b.qs.iter().all(|&q| q == 127));
+        let b = quantize_block_with_scale(&[-1.0; 32], 1.0 / 1000.0);
+        assert!(b.qs.iter().all(|&q| q == -127));
+        // And the matmul uses them: a static matrix agrees with the dynamic one on in-range data.
+        let w = fill(8 * 64, 10);
+        let dynm = Q8Matrix::quantize(&w, 8, 64);
+        let wide = vec![1.0f32 / 127.0; 2];
+        let stat = Q8Matrix::quantize(&w, 8, 64).with_static_scales(wide);
+        let (mut a, mut b) = (vec![0f32; 4 * 8], vec![0f32; 4 * 8]);
+        dynm.linear(&x, 4, &mut a, Isa::Portable);
+        stat.linear(&x, 4, &mut b, Isa::Portable);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 0.05 * 8.0, "{p} vs {q}");
+        }
     }
 
     #[test]

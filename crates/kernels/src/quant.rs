@@ -11,6 +11,14 @@ pub trait QuantMatrix: Send + Sync + 'static {
     fn bytes(&self) -> usize;
     /// Row `j` as f32 into `out` (len k): the embedding lookup of a quantized tied matrix.
     fn dequantize_row(&self, j: usize, out: &mut [f32]);
+    /// The whole matrix as f32, row-major.
+    fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n() * self.k()];
+        for (j, row) in out.chunks_exact_mut(self.k().max(1)).enumerate() {
+            self.dequantize_row(j, row);
+        }
+        out
+    }
     /// `y[m, n] = x[m, k] · Wᵀ`.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa);
 }

@@ -1,0 +1,133 @@
+//! GGUF import: files written by an independent writer (PyPI `gguf`, see
+//! scripts/test-data/write_gguf_fixtures.py), our own exports read back, and bad files.
+use nano_qwen3_engine::gguf::GgufFile;
+use nano_qwen3_engine::weights::TensorSource;
+use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn load(path: &std::path::Path, q: Quantization) -> nano_qwen3_engine::Result<Engine> {
+    let acceleration = AccelerationConfig { quantization: q, ..Default::default() };
+    Engine::load(path, &LoadOptions { acceleration, threads: Some(2), ..Default::default() })
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen3-tiny/reference.json")).unwrap()).unwrap();
+    r["prompts"].as_array().unwrap().iter().map(|p| p["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+}
+
+#[test]
+fn every_block_format_dequantizes_like_gguf_py() {
+    let g = GgufFile::open(&fixtures().join("gguf/kquants.gguf")).unwrap();
+    for name in ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k"] {
+        let got = g.load_stored(name, &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
+        let want = g.load_stored(&format!("{name}.ref"), &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{name}: empty reference");
+        // gguf-py computes in f32 too, in a different order: allow rounding, nothing more.
+        assert!(max_abs_diff(&got, &want) <= 1e-6 * scale, "{name}: max diff {}", max_abs_diff(&got, &want));
+    }
+}
+
+#[test]
+fn independent_writer_file_gives_the_safetensors_logits_tokens_and_template() {
+    let st = load(&fixtures().join("qwen3-tiny"), Quantization::None).unwrap();
+    let gg = load(&fixtures().join("gguf/qwen3-tiny-pypi.gguf"), Quantization::None).unwrap();
+    assert_eq!(st.model.config, gg.model.config);
+    for p in prompts() {
+        let (a, b) = (st.compute_logits(&p, false).unwrap(), gg.compute_logits(&p, false).unwrap());
+        // Same bf16 values (some stored as F32 in the file): only summation order may differ.
+        assert!(max_abs_diff(&a, &b) < 1e-5, "max diff {}", max_abs_diff(&a, &b));
+    }
+    // The tokenizer rebuilt from GGUF metadata encodes and decodes like tokenizer.json.
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen3-tiny/reference.json")).unwrap()).unwrap();
+    for case in r["tokenizer_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(gg.tokenizer.encode(text, false).unwrap(), st.tokenizer.encode(text, false).unwrap(), "{text:?}");
+    }
+    let special = "<|im_start|>user\n<think>hi</think><|im_end|>";
+    assert_eq!(gg.tokenizer.encode(special, false).unwrap(), st.tokenizer.encode(special, false).unwrap());
+    assert_eq!(gg.tokenizer.vocab_size(), st.tokenizer.vocab_size());
+    let msgs = serde_json::json!([{"role": "user", "content": "Hi"}]);
+    let opts = Default::default();
+    assert_eq!(gg.apply_chat_template(&msgs, &opts).unwrap(), st.apply_chat_template(&msgs, &opts).unwrap());
+    assert_eq!(gg.generation_defaults.eos_token_ids, vec![151645]);
+}
+
+#[test]
+fn exports_read_back_bit_for_bit() {
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for q in [Quantization::None, Quantization::DynamicInt8, Quantization::Int4] {
+        let original = load(&fixtures().join("qwen3-tiny"), q).unwrap();
+        let path = dir.join(format!("{}.gguf", q.name()));
+        original.export_gguf(&path).unwrap();
+        // Loaded with `none`, the file's Q8_0 / Q4_0 blocks run as they are.
+        let back = load(&path, Quantization::None).unwrap();
+        assert_eq!(back.model.weight_format, original.model.weight_format);
+        assert_eq!(back.model.weight_bytes, original.model.weight_bytes);
+        for p in prompts() {
+            assert_eq!(back.compute_logits(&p, false).unwrap(), original.compute_logits(&p, false).unwrap(), "{}", q.name());
+        }
+        // Exported again, the file is the same (tokenizer and template carried through).
+        // (same file name: it becomes general.name)
+        std::fs::create_dir_all(dir.join("again")).unwrap();
+        let again = dir.join("again").join(format!("{}.gguf", q.name()));
+        back.export_gguf(&again).unwrap();
+        let (a, b) = (std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap());
+        assert!(a == b, "{}: re-export differs", q.name());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Copy the independent writer's file with `edit` applied, load it, return the error.
+fn load_edited(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> nano_qwen3_engine::EngineError {
+    let mut bytes = std::fs::read(fixtures().join("gguf/qwen3-tiny-pypi.gguf")).unwrap();
+    edit(&mut bytes);
+    let path = std::env::temp_dir().join(format!("nano-qwen3-bad-{tag}-{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load(&path, Quantization::None).err().expect("loading a bad file must fail");
+    std::fs::remove_file(&path).ok();
+    e
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn bad_files_are_named_errors() {
+    // Truncated in the tensor data, and inside the header.
+    let e = load_edited("trunc", |b| b.truncate(b.len() - 1000));
+    assert_eq!(e.code(), "INVALID_MODEL_FILE");
+    assert!(e.to_string().contains("truncated GGUF file") && e.to_string().contains("needs bytes up to"), "{e}");
+    let e = load_edited("header", |b| b.truncate(300));
+    assert!(e.to_string().contains("truncated GGUF file"), "{e}");
+    let e = load_edited("magic", |b| b[0] = b'X');
+    assert!(e.to_string().contains("not a GGUF file"), "{e}");
+    // Another architecture (same length, so the file stays well-formed).
+    let e = load_edited("arch", |b| {
+        let at = find(b, b"qwen3\x0c\x00\x00\x00\x00\x00\x00\x00general.name") ;
+        b[at..at + 5].copy_from_slice(b"llama");
+    });
+    assert_eq!(e.code(), "UNSUPPORTED");
+    assert!(e.to_string().contains("\"llama\"") && e.to_string().contains("qwen3"), "{e}");
+    // A tensor type we don't load: blk.0.attn_q.weight's F32 (0) turned into Q4_1 (3).
+    let e = load_edited("type", |b| {
+        let name = b"blk.0.attn_q.weight";
+        let at = find(b, name) + name.len() + 4 + 2 * 8; // n_dims, two dims, then the type
+        assert_eq!(&b[at..at + 4], &[0, 0, 0, 0]);
+        b[at] = 3;
+    });
+    assert_eq!(e.code(), "UNSUPPORTED");
+    assert!(e.to_string().contains("Q4_1") && e.to_string().contains("Q6_K"), "{e}");
+}
