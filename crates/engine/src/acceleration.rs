@@ -1,6 +1,7 @@
 //! Acceleration options (the Python project's names) and the execution plan: for every requested
 //! option, whether it is applied on this device and, if not, why. Nothing is credited that did
 //! not run.
+use crate::calibration::CalibrationConfig;
 use crate::error::{EngineError, Result};
 use crate::model::WeightFormat;
 use candle_core::DType;
@@ -44,12 +45,8 @@ impl Quantization {
             Self::None => Ok(WeightFormat::Checkpoint),
             Self::Fp16 => Ok(WeightFormat::Dense(DType::F16)),
             Self::Bf16 => Ok(WeightFormat::Dense(DType::BF16)),
-            Self::DynamicInt8 => Ok(WeightFormat::Q8),
+            Self::DynamicInt8 | Self::StaticInt8 => Ok(WeightFormat::Q8),
             Self::Int4 => Ok(WeightFormat::Q4),
-            other => Err(EngineError::Unsupported(format!(
-                "quantization \"{}\" is not supported yet; supported now: none, fp16, bf16, dynamic_int8, int4",
-                other.name()
-            ))),
         }
     }
 }
@@ -73,6 +70,8 @@ pub struct AccelerationConfig {
     pub use_channels_last: bool,
     pub use_gradient_checkpointing: bool,
     pub use_fused_kernels: bool,
+    /// Calibration for `static_int8` (ignored by the other modes).
+    pub calibration: Option<CalibrationConfig>,
 }
 
 impl Default for AccelerationConfig {
@@ -85,6 +84,7 @@ impl Default for AccelerationConfig {
             use_channels_last: false,
             use_gradient_checkpointing: false,
             use_fused_kernels: true,
+            calibration: None,
         }
     }
 }
@@ -153,6 +153,12 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             true,
             "4-bit weights in blocks of 32 with f16 scales (Q4_0 layout), scales chosen to minimise each block's squared error; int8 activations at run time, int8 dot products",
         ),
+        Quantization::StaticInt8 => item(
+            "quantization",
+            q,
+            true,
+            "int8 weights in blocks of 32 (Q8_0 layout) after SmoothQuant (alpha 0.5, folded into the RMSNorm / v_proj / up_proj weights); activation scales fixed by calibration per block of 32 channels; sites whose calibrated range is too wide keep per-token scales (see getModelInfo().calibration)",
+        ),
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
     let not_yet = "not implemented on CPU yet: the plain path runs instead";
@@ -203,9 +209,9 @@ mod tests {
     fn unknown_and_unbuilt_modes_are_errors() {
         let e = Quantization::parse("int3").unwrap_err().to_string();
         assert!(e.contains("int3") && e.contains("dynamic_int8"), "{e}");
-        let cfg = AccelerationConfig { quantization: Quantization::StaticInt8, ..Default::default() };
-        assert!(plan(&AccelerationConfig { quantization: Quantization::DynamicInt8, ..Default::default() }, "cpu").is_ok());
-        assert!(plan(&cfg, "cpu").unwrap_err().to_string().contains("not supported yet"));
+        for q in [Quantization::DynamicInt8, Quantization::StaticInt8, Quantization::Int4] {
+            assert!(plan(&AccelerationConfig { quantization: q, ..Default::default() }, "cpu").unwrap().items[0].applied);
+        }
         assert!(plan(&AccelerationConfig::default(), "cuda").is_err());
     }
 

@@ -1,6 +1,8 @@
 //! The engine: a loaded model with its tokenizer, chat template and plan, and the operations a
 //! runner needs. Immutable after load and `Sync`: concurrent requests each bring their own KV cache.
-use crate::acceleration::{plan, AccelerationConfig, ExecutionPlan};
+use crate::acceleration::{plan, AccelerationConfig, ExecutionPlan, Quantization};
+use crate::progress::ProgressFn;
+use crate::static_int8::{self, CalibrationReport};
 use crate::chat_template::{ChatTemplate, ChatTemplateOptions};
 use crate::config::GenerationDefaults;
 use crate::error::{EngineError, Result};
@@ -17,17 +19,31 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     pub device: String,
     pub acceleration: AccelerationConfig,
     pub max_seq_length: Option<usize>,
     pub threads: Option<usize>,
+    /// Called during long load-time work (quantization, calibration).
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None }
+        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None, progress: None }
+    }
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("device", &self.device)
+            .field("acceleration", &self.acceleration)
+            .field("max_seq_length", &self.max_seq_length)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
     }
 }
 
@@ -42,6 +58,8 @@ pub struct Engine {
     pub max_seq_length: usize,
     pub threads: usize,
     pub load_time_ms: f64,
+    /// static_int8: what calibration measured and decided.
+    pub calibration: Option<CalibrationReport>,
     checkpoint_bytes: usize,
     pool: rayon::ThreadPool,
     live_kv_bytes: Arc<AtomicUsize>,
@@ -120,7 +138,16 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
         let tensors = opened.tensors;
-        let model = pool.install(|| Qwen3Model::load(&config, tensors.as_ref(), format, &Device::Cpu))?;
+        let progress = opts.progress.as_ref();
+        let (model, calibration) = pool.install(|| -> Result<_> {
+            if opts.acceleration.quantization == Quantization::StaticInt8 {
+                let calib = opts.acceleration.calibration.clone().unwrap_or_default();
+                let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
+                Ok((m, Some(r)))
+            } else {
+                Ok((Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None))
+            }
+        })?;
         Ok(Self {
             checkpoint_bytes: tensors.stored_bytes(),
             model,
@@ -132,6 +159,7 @@ impl Engine {
             max_seq_length,
             threads,
             load_time_ms: started.elapsed().as_secs_f64() * 1000.0,
+            calibration,
             pool,
             live_kv_bytes: Arc::new(AtomicUsize::new(0)),
         })

@@ -10,6 +10,7 @@
 //! # Ok::<(), nano_qwen3_engine::EngineError>(())
 //! ```
 pub mod acceleration;
+pub mod calibration;
 pub mod chat_template;
 pub mod config;
 pub mod engine;
@@ -20,14 +21,19 @@ pub mod gguf_export;
 pub mod gguf_meta;
 pub mod kv_cache;
 pub mod model;
+pub mod progress;
 pub mod report;
 pub mod sampler;
 pub mod source;
+pub mod static_int8;
 pub mod tokenizer;
 pub mod weights;
 
 pub use acceleration::{plan, AccelerationConfig, ExecutionPlan, Quantization};
 pub use chat_template::ChatTemplateOptions;
 pub use engine::{Engine, GenerateOutput, LoadOptions, StreamChunk};
+pub use progress::{Progress, ProgressFn};
+pub use static_int8::CalibrationReport;
+pub use calibration::CalibrationConfig;
 pub use error::{EngineError, Result};
 pub use generate::{FinishReason, GenerateOptions, GenerateRequest};

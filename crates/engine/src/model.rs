@@ -2,7 +2,9 @@
 //! one [T, hidden] matrix for the projections and MLP (one big matmul per weight), and attention runs
 //! per sequence against that sequence's own KV cache. This is the varlen layout continuous batching
 //! needs; a paged cache only changes `KvCache`.
+use crate::calibration::{ActivationStats, Site};
 use crate::config::ModelConfig;
+use crate::progress::{Progress, ProgressFn};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::weights::{StoredTensor, TensorSource};
@@ -156,7 +158,21 @@ impl Qwen3Model {
     /// Norm weights (tiny) are always f32; matrices follow `format`. Tensors already stored in the
     /// requested block format (Q8_0 / Q4_0 from a GGUF file) are used as they are.
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource, format: WeightFormat, dev: &Device) -> Result<Self> {
+        Self::load_with_progress(cfg, src, format, dev, None)
+    }
+
+    /// [`Self::load`], reporting each matrix converted ("quantize" stage) when the format converts.
+    pub fn load_with_progress(
+        cfg: &ModelConfig,
+        src: &dyn TensorSource,
+        format: WeightFormat,
+        dev: &Device,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let matrices = 1 + 7 * cfg.num_hidden_layers + usize::from(!cfg.tie_word_embeddings);
+        let mut done = 0usize;
+        let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut weight_bytes = 0usize;
         let mut unquantized = Vec::new();
@@ -177,6 +193,10 @@ impl Qwen3Model {
                 }
             };
             weight_bytes += l.bytes();
+            done += 1;
+            if let Some(p) = report {
+                p(&Progress { stage: "quantize", done, total: matrices, unit: "tensors" });
+            }
             Ok(l)
         };
         let embed_tokens = lin("model.embed_tokens.weight", [cfg.vocab_size, h])?;
@@ -234,6 +254,34 @@ impl Qwen3Model {
             rope: RwLock::new(rope),
             weight_bytes,
         })
+    }
+
+    /// Fix the activation scales (static int8) of the linear layers fed by `site` of `layer`
+    /// (None: the lm_head). Returns false where a layer is not int8 (its shape kept it dense).
+    pub fn set_static_scales(&mut self, layer: Option<usize>, site: Site, scales: &[f32]) -> bool {
+        let targets: Vec<&mut Linear> = match layer {
+            None => vec![self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens)],
+            Some(i) => {
+                let l = &mut self.layers[i];
+                match site {
+                    Site::AttnIn => vec![&mut l.q_proj, &mut l.k_proj, &mut l.v_proj],
+                    Site::OIn => vec![&mut l.o_proj],
+                    Site::MlpIn => vec![&mut l.gate_proj, &mut l.up_proj],
+                    Site::DownIn => vec![&mut l.down_proj],
+                }
+            }
+        };
+        let mut all = true;
+        for t in targets {
+            match t {
+                Linear::Q8(q) => {
+                    let q = Arc::get_mut(q).expect("static scales are set before the model is shared");
+                    q.act_scales = Some(scales.to_vec());
+                }
+                _ => all = false,
+            }
+        }
+        all
     }
 
     pub fn device(&self) -> &Device {
@@ -294,6 +342,16 @@ impl Qwen3Model {
     /// Forward a batch of sequences. Each sequence's new tokens continue from its cache length.
     /// Returns one f32 logits tensor per sequence: [vocab] for `LastToken`, [n, vocab] for `AllTokens`.
     pub fn forward(&self, batch: &mut [SequenceInput], which: LogitsFor) -> Result<Vec<Tensor>> {
+        self.forward_observed(batch, which, None)
+    }
+
+    /// [`Self::forward`], recording the input of every linear layer into `obs` (calibration).
+    pub fn forward_observed(
+        &self,
+        batch: &mut [SequenceInput],
+        which: LogitsFor,
+        mut obs: Option<&mut ActivationStats>,
+    ) -> Result<Vec<Tensor>> {
         let cfg = &self.config;
         let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
         let all: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -304,6 +362,9 @@ impl Qwen3Model {
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = layer.input_norm.forward(&x)?;
+            if let Some(o) = obs.as_deref_mut() {
+                o.observe(li, Site::AttnIn, &xn)?;
+            }
             let q = layer.q_norm.forward(&layer.q_proj.forward(&xn)?.reshape((total, nh, hd))?)?;
             let k = layer.k_norm.forward(&layer.k_proj.forward(&xn)?.reshape((total, nkv, hd))?)?;
             let v = layer.v_proj.forward(&xn)?.reshape((total, nkv, hd))?;
@@ -327,7 +388,13 @@ impl Qwen3Model {
             x = (x + layer.o_proj.forward(&attn)?)?;
             let xn = layer.post_attention_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&xn)?)?;
-            let mlp = layer.down_proj.forward(&(gate * layer.up_proj.forward(&xn)?)?)?;
+            let act = (gate * layer.up_proj.forward(&xn)?)?;
+            if let Some(o) = obs.as_deref_mut() {
+                o.observe(li, Site::OIn, &attn)?;
+                o.observe(li, Site::MlpIn, &xn)?;
+                o.observe(li, Site::DownIn, &act)?;
+            }
+            let mlp = layer.down_proj.forward(&act)?;
             x = (x + mlp)?;
         }
         for (seq, n) in batch.iter_mut().zip(&lens) {
@@ -345,6 +412,9 @@ impl Qwen3Model {
         }
         let selected = Tensor::cat(&rows, 0)?;
         let h = self.norm.forward(&selected)?;
+        if let Some(o) = obs.as_deref_mut() {
+            o.observe_lm_head(&h)?;
+        }
         let logits = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).forward(&h)?;
         let mut out = Vec::with_capacity(lens.len());
         let mut offset = 0;

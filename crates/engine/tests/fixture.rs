@@ -169,3 +169,25 @@ fn dynamic_int8_logits_stay_close_to_transformers() {
         assert!(err < 5e-2 && err > 1e-4, "prompt {i}: relative L2 {err}");
     }
 }
+
+#[test]
+fn static_int8_logits_stay_close_and_calibration_reports_every_site() {
+    let engine = load(Quantization::StaticInt8);
+    let report = engine.calibration.as_ref().expect("static_int8 reports its calibration");
+    assert_eq!(report.sites.len(), 4 * engine.model.config.num_hidden_layers + 1);
+    assert_eq!(report.static_sites + report.dynamic_sites.len(), report.sites.len());
+    assert!(report.tokens > 100 && report.texts == nano_qwen3_engine::calibration::BUILT_IN_TEXTS.len());
+    for (i, p) in reference()["prompts"].as_array().unwrap().iter().enumerate() {
+        let err = rel_l2(&engine.compute_logits(&ids(&p["input_ids"]), false).unwrap(), &ref_logits(&format!("last_logits.{i}")));
+        // Same bound as dynamic_int8: static scales may only cost what calibration can't see coming.
+        assert!(err < 5e-2 && err > 1e-4, "prompt {i}: relative L2 {err}");
+    }
+    // Empty calibration input is refused with the bad value named.
+    let mut acceleration = AccelerationConfig { quantization: Quantization::StaticInt8, ..Default::default() };
+    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec![]), max_tokens: None });
+    let e = Engine::load(&fixture(), &LoadOptions { acceleration: acceleration.clone(), ..Default::default() }).err().unwrap();
+    assert!(e.to_string().contains("calibration.texts = [] (empty)"), "{e}");
+    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec!["ok".into(), "".into()]), max_tokens: None });
+    let e = Engine::load(&fixture(), &LoadOptions { acceleration, ..Default::default() }).err().unwrap();
+    assert!(e.to_string().contains("calibration.texts[1]"), "{e}");
+}
