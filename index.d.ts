@@ -23,8 +23,11 @@ export declare class NativeEngine {
   dispose(): void
 }
 
-/** Load a model folder on a worker thread. */
-export declare function loadEngine(dir: string, options: NativeLoadOptions): Promise<NativeEngine>
+/**
+ * Load a model folder or .gguf file on a worker thread. `onProgress` receives load-time progress
+ * (quantization, calibration) as JSON text.
+ */
+export declare function loadEngine(dir: string, options: NativeLoadOptions, onProgress?: ((progressJson: string) => void) | undefined | null): Promise<NativeEngine>
 
 export interface NativeLoadOptions {
   device?: string

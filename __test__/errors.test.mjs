@@ -114,18 +114,20 @@ test('invalid sampling params', async (t) => {
   await stillWorks(t)
 })
 
-test('unknown quantization, unbuilt quantization, unavailable device', async (t) => {
+test('unknown quantization, bad calibration input, unavailable device', async (t) => {
   t.throws(() => createAccelerationConfig({ quantization: 'int3' }), {
     instanceOf: NanoQwenError,
     message: /quantization = "int3": allowed "none", "fp16", "bf16", "dynamic_int8", "static_int8", "int4"/,
   })
   t.throws(() => createAccelerationConfig({ useFlashAtention: true }), { message: /unknown option\(s\) "useFlashAtention"/ })
   t.throws(() => createAccelerationConfig({ compileMode: 'fast' }), { message: /compileMode = "fast"/ })
-  const e = await t.throwsAsync(
-    ModelRunner.load({ modelName: fixtureDir, accelerationConfig: createAccelerationConfig({ quantization: 'static_int8' }) }),
-  )
-  t.is(e.code, 'UNSUPPORTED')
-  t.regex(e.message, /"static_int8" is not supported yet.*supported now: none, fp16, bf16, dynamic_int8, int4/)
+  // Calibration input that cannot work is refused before anything loads, naming the bad value.
+  t.throws(() => createAccelerationConfig({ quantization: 'static_int8', calibration: { texts: [] } }), {
+    code: 'INVALID_CONFIG',
+    message: /calibration\.texts.*at least one text/,
+  })
+  t.throws(() => createAccelerationConfig({ calibration: { texts: ['ok', ''] } }), { message: /calibration\.texts\.1.*non-empty/ })
+  t.throws(() => createAccelerationConfig({ calibration: { maxTokens: 0 } }), { message: /calibration\.maxTokens/ })
   const d = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'cuda' }))
   t.regex(d.message, /device "cuda" is not available.*available devices: cpu/)
   const bad = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'tpu' }))

@@ -23,6 +23,14 @@ export const accelerationConfigSchema = z
     useChannelsLast: z.boolean().default(false),
     useGradientCheckpointing: z.boolean().default(false),
     useFusedKernels: z.boolean().default(true),
+    /** static_int8 only: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
+    calibration: z
+      .object({
+        texts: z.array(z.string().min(1, 'a non-empty text')).min(1, 'at least one text (or leave texts out for the built-in set)').optional(),
+        maxTokens: z.number().int().positive().optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
 

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { createAccelerationConfig } from './acceleration.js'
@@ -16,9 +17,10 @@ Usage:
   nano-qwen3-serving <command> --help
 
 Common options:
-  --model <dir|org/name>    model folder or Hugging Face id (default: the embedded tiny model,
-                            random weights: its text is gibberish, useful to try the tool)
-  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 | int4 (static_int8: not yet)
+  --model <dir|file|org/name>  model folder, .gguf file or Hugging Face id (default: the embedded tiny
+                            model, random weights: its text is gibberish, useful to try the tool)
+  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 | static_int8 | int4
+  --calibration <file>      static_int8: calibration texts, separated by blank lines (default: built-in set)
   --device <device>         auto | cpu (cuda, metal: not in this build)
   --threads <n>             CPU threads (default: physical cores)
 
@@ -27,7 +29,7 @@ Generation options (generate, chat):
   --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
 Chat options:   --system <text>  --no-think
 Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
-Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 -> Q8_0, int4 -> Q4_0, none -> the checkpoint's dtype)
+Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 / static_int8 -> Q8_0, int4 -> Q4_0, none -> as loaded)
 `
 
 const options = {
@@ -51,6 +53,7 @@ const options = {
   'decode-tokens': { type: 'string' },
   'sample-text': { type: 'string' },
   output: { type: 'string', short: 'o' },
+  calibration: { type: 'string' },
 } as const
 
 function num(name: string, v: string | undefined): number | undefined {
@@ -58,6 +61,16 @@ function num(name: string, v: string | undefined): number | undefined {
   const n = Number(v)
   if (!Number.isFinite(n)) throw new NanoQwenError('INVALID_ARGUMENT', `--${name} ${JSON.stringify(v)} is not a number`)
   return n
+}
+
+function readCalibrationTexts(file: string): string[] {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (e) {
+    throw new NanoQwenError('INVALID_ARGUMENT', `--calibration ${JSON.stringify(file)}: cannot read it (${(e as Error).message})`)
+  }
+  return text.split(/\n\s*\n/).map((t) => t.trim()).filter((t) => t.length > 0)
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -72,7 +85,10 @@ export async function main(argv: string[]): Promise<number> {
     modelName: o.model ?? defaultModelDir(),
     device: (o.device ?? 'auto') as any,
     threads: num('threads', o.threads),
-    accelerationConfig: createAccelerationConfig({ quantization: (o.quantization ?? 'none') as any }),
+    accelerationConfig: createAccelerationConfig({
+      quantization: (o.quantization ?? 'none') as any,
+      calibration: o.calibration ? { texts: readCalibrationTexts(o.calibration) } : undefined,
+    }),
   })
   const params = {
     maxTokens: num('max-tokens', o['max-tokens']),

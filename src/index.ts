@@ -16,9 +16,13 @@ export {
   type ApplyChatTemplateOptions,
   type ChatParams,
   type ChatResult,
+  type CalibrationReport,
   type ChatStreamChunk,
   defaultModelDir,
   ModelRunner,
   type ModelRunnerOptions,
+  type QuantizationInfo,
+  type TensorClass,
 } from './model-runner.js'
+export { type LoadProgress, loadProgressBar } from './progress.js'
 export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, Usage } from './params.js'

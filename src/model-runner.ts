@@ -8,12 +8,14 @@ import {
   createAccelerationConfig,
   type Device,
   type ExecutionPlan,
+  type QuantizationType,
 } from './acceleration.js'
 import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCall } from './chat.js'
 import { AbortError, fromNative, NanoQwenError, native } from './errors.js'
 import { resolveModel, type ResolveOptions } from './hub.js'
 import { loadNative, type NativeEngine } from './native.js'
 import { type GenerateResult, type GenerationParams, type StreamChunk, toEngineRequest } from './params.js'
+import { type LoadProgress, loadProgressBar } from './progress.js'
 import { parseOrThrow } from './validation.js'
 
 const loadOptionsSchema = z
@@ -25,6 +27,7 @@ const loadOptionsSchema = z
     threads: z.number().int().positive().optional(),
     revision: z.string().optional(),
     onDownloadProgress: z.union([z.function(), z.literal(false)]).optional(),
+    onLoadProgress: z.union([z.function(), z.literal(false)]).optional(),
   })
   .strict()
 
@@ -39,6 +42,8 @@ export interface ModelRunnerOptions {
   threads?: number
   revision?: string
   onDownloadProgress?: ResolveOptions['onProgress']
+  /** Quantization / calibration progress while loading. Default: a bar on stderr when it is a terminal; `false` silences it. */
+  onLoadProgress?: ((p: LoadProgress) => void) | false
 }
 
 export interface ChatParams extends GenerationParams {
@@ -62,6 +67,32 @@ export interface ApplyChatTemplateOptions {
   addGenerationPrompt?: boolean
   enableThinking?: boolean
   tools?: unknown[]
+}
+
+/** One class of tensors as loaded, e.g. all `q_proj` matrices in q8_0. */
+export interface TensorClass {
+  class: string
+  format: string
+  count: number
+  bytes: number
+}
+
+/** static_int8 calibration: what was measured and which activation sites kept dynamic scales. */
+export interface CalibrationReport {
+  texts: number
+  tokens: number
+  alpha: number
+  maxRangeRatio: number
+  staticSites: number
+  dynamicSites: string[]
+  sites: { site: string; rangeRatio: number; isStatic: boolean }[]
+  timeMs: number
+}
+
+export interface QuantizationInfo {
+  mode: QuantizationType
+  tensors: TensorClass[]
+  calibration: CalibrationReport | null
 }
 
 /** The package's embedded model: a tiny Qwen3 with random weights and the real tokenizer. */
@@ -108,13 +139,18 @@ export class ModelRunner {
     if (this.modelDir && !existsSync(this.modelDir)) {
       throw new NanoQwenError('MODEL_NOT_FOUND', `model folder ${this.modelDir} no longer exists`)
     }
+    const report = this.options.onLoadProgress === false ? undefined : (this.options.onLoadProgress ?? loadProgressBar())
     try {
-      return await loadNative().loadEngine(this.modelDir!, {
-        device: this.options.device,
-        acceleration: config,
-        maxSeqLength: this.options.maxSeqLength,
-        threads: this.options.threads,
-      })
+      return await loadNative().loadEngine(
+        this.modelDir!,
+        {
+          device: this.options.device,
+          acceleration: config,
+          maxSeqLength: this.options.maxSeqLength,
+          threads: this.options.threads,
+        },
+        report ? (json: string) => report(JSON.parse(json)) : undefined,
+      )
     } catch (e) {
       throw fromNative(e)
     }
@@ -258,7 +294,7 @@ export class ModelRunner {
   }
 
   getModelInfo() {
-    const info = native(() => this.native.modelInfo())
+    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & { quantization: QuantizationInfo }
     return {
       ...info,
       modelName: this.options.modelName,
@@ -279,6 +315,8 @@ export class ModelRunner {
     kvCacheBytes: number
     kvCacheBytesPerToken: number
     kvCacheBytesAtMaxSeqLength: number
+    /** Measured weight bytes per tensor class and storage format. */
+    weightsByClass: TensorClass[]
   } {
     return native(() => this.native.memoryUsage())
   }
@@ -319,6 +357,19 @@ export class ModelRunner {
     this.engine = engine
     this.config = next
     old.dispose()
+  }
+
+  /**
+   * (Re)calibrates static int8 on `texts` and reloads: SmoothQuant factors and activation scales
+   * are measured on these texts. Works from any mode (switches to static_int8); on failure the
+   * current model keeps serving. Returns the calibration report.
+   */
+  async calibrate(texts: string[], opts: { maxTokens?: number } = {}): Promise<CalibrationReport> {
+    if (!Array.isArray(texts) || texts.length === 0 || texts.some((t) => typeof t !== 'string' || t.length === 0)) {
+      throw new NanoQwenError('INVALID_ARGUMENT', `invalid texts = ${JSON.stringify(texts)?.slice(0, 80)}: a non-empty array of non-empty strings`)
+    }
+    await this.updateAccelerationConfig({ ...this.config, quantization: 'static_int8', calibration: { texts, maxTokens: opts.maxTokens } })
+    return this.getModelInfo().quantization.calibration!
   }
 
   get accelerationConfig(): AccelerationConfig {

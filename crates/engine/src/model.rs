@@ -74,6 +74,16 @@ pub enum ExportData<'a> {
     Q4(&'a Q4Matrix),
 }
 
+/// One class of tensors as loaded: e.g. all 28 `q_proj` matrices in q8_0.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TensorClass {
+    pub class: String,
+    pub format: String,
+    pub count: usize,
+    pub bytes: usize,
+}
+
 /// How matrices are stored after loading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -317,6 +327,45 @@ impl Qwen3Model {
             out.push(("output.weight".into(), lin(h)));
         }
         out
+    }
+
+    /// Measured bytes and storage format of every class of tensor (q_proj of all layers, ...).
+    pub fn tensor_classes(&self) -> Vec<TensorClass> {
+        let mut classes: Vec<TensorClass> = Vec::new();
+        let mut add = |class: &str, format: String, bytes: usize| match classes.iter_mut().find(|c| c.class == class && c.format == format) {
+            Some(c) => {
+                c.count += 1;
+                c.bytes += bytes;
+            }
+            None => classes.push(TensorClass { class: class.into(), format, count: 1, bytes }),
+        };
+        let tied = if self.lm_head.is_none() { "embed_tokens (tied lm_head)" } else { "embed_tokens" };
+        add(tied, self.embed_tokens.format(), self.embed_tokens.bytes());
+        for l in &self.layers {
+            for (name, lin) in [
+                ("q_proj", &l.q_proj),
+                ("k_proj", &l.k_proj),
+                ("v_proj", &l.v_proj),
+                ("o_proj", &l.o_proj),
+                ("gate_proj", &l.gate_proj),
+                ("up_proj", &l.up_proj),
+                ("down_proj", &l.down_proj),
+            ] {
+                let format = match lin {
+                    Linear::Q8(q) if q.act_scales.is_some() => "q8_0 (static activations)".to_string(),
+                    other => other.format(),
+                };
+                add(name, format, lin.bytes());
+            }
+            for n in [&l.input_norm, &l.post_attention_norm, &l.q_norm, &l.k_norm] {
+                add("norms", "f32".into(), n.weight.elem_count() * 4);
+            }
+        }
+        add("norms", "f32".into(), self.norm.weight.elem_count() * 4);
+        if let Some(h) = &self.lm_head {
+            add("lm_head", h.format(), h.bytes());
+        }
+        classes
     }
 
     /// Bytes one cached token costs across all layers (K and V).

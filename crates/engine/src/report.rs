@@ -1,6 +1,8 @@
 //! Model info, measured memory, and the performance benchmark.
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::model::TensorClass;
+use crate::static_int8::CalibrationReport;
 use serde::Serialize;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -23,7 +25,7 @@ pub struct ModelInfo {
     pub max_seq_length: usize,
     pub tie_word_embeddings: bool,
     pub eos_token_ids: Vec<u32>,
-    pub quantization: String,
+    pub quantization: QuantizationInfo,
     /// Storage format of the weight matrices as loaded ("bf16", "q8_0", ...).
     pub dtype: String,
     /// Matrices left in the checkpoint dtype by the quantization mode, with the reason.
@@ -33,6 +35,16 @@ pub struct ModelInfo {
     pub threads: usize,
     pub load_time_ms: f64,
     pub has_chat_template: bool,
+}
+
+/// Which tensors are in which format, with measured bytes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuantizationInfo {
+    pub mode: String,
+    pub tensors: Vec<TensorClass>,
+    /// static_int8: the calibration's measurements and decisions.
+    pub calibration: Option<CalibrationReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +63,8 @@ pub struct MemoryUsage {
     pub kv_cache_bytes_per_token: usize,
     /// KV cache a single sequence of maxSeqLength tokens would need.
     pub kv_cache_bytes_at_max_seq_length: usize,
+    /// Weight bytes per tensor class and format.
+    pub weights_by_class: Vec<TensorClass>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +140,11 @@ impl Engine {
                 e.extend(c.eos_token_ids.iter().filter(|x| !self.generation_defaults.eos_token_ids.contains(x)));
                 e
             },
-            quantization: self.plan.quantization.name().into(),
+            quantization: QuantizationInfo {
+                mode: self.plan.quantization.name().into(),
+                tensors: self.model.tensor_classes(),
+                calibration: self.calibration.clone(),
+            },
             dtype: self.model.weight_format.clone(),
             unquantized_tensors: self.model.unquantized.clone(),
             compute_dtype: self.plan.compute_dtype.clone(),
@@ -151,6 +169,7 @@ impl Engine {
             kv_cache_bytes: self.live_kv_bytes(),
             kv_cache_bytes_per_token: per_token,
             kv_cache_bytes_at_max_seq_length: per_token * self.max_seq_length,
+            weights_by_class: self.model.tensor_classes(),
         }
     }
 

@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use nano_qwen3_engine::{
-    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, GenerateRequest, LoadOptions,
+    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, GenerateRequest, LoadOptions, ProgressFn,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ pub struct NativeLoadOptions {
     pub threads: Option<u32>,
 }
 
-fn load_options(o: NativeLoadOptions) -> Result<LoadOptions> {
+fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Result<LoadOptions> {
     let acceleration: AccelerationConfig = match o.acceleration {
         Some(v) => serde_json::from_value(v).map_err(|e| bad_json("accelerationConfig", e))?,
         None => AccelerationConfig::default(),
@@ -53,6 +53,13 @@ fn load_options(o: NativeLoadOptions) -> Result<LoadOptions> {
         acceleration,
         max_seq_length: o.max_seq_length.map(|n| n as usize),
         threads: o.threads.map(|n| n as usize),
+        progress: on_progress.map(|cb| -> ProgressFn {
+            Arc::new(move |p| {
+                if let Ok(json) = serde_json::to_string(p) {
+                    cb.call(json, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            })
+        }),
     })
 }
 
@@ -79,10 +86,15 @@ impl Task for LoadTask {
     }
 }
 
-/// Load a model folder on a worker thread.
+/// Load a model folder or .gguf file on a worker thread. `onProgress` receives load-time progress
+/// (quantization, calibration) as JSON text.
 #[napi(ts_return_type = "Promise<NativeEngine>")]
-pub fn load_engine(dir: String, options: NativeLoadOptions) -> Result<AsyncTask<LoadTask>> {
-    Ok(AsyncTask::new(LoadTask { dir, options: load_options(options)? }))
+pub fn load_engine(
+    dir: String,
+    options: NativeLoadOptions,
+    #[napi(ts_arg_type = "((progressJson: string) => void) | undefined | null")] on_progress: Option<ChunkCallback>,
+) -> Result<AsyncTask<LoadTask>> {
+    Ok(AsyncTask::new(LoadTask { dir, options: load_options(options, on_progress)? }))
 }
 
 #[napi]

@@ -1,0 +1,68 @@
+// static_int8 (calibration + SmoothQuant), GGUF import through ModelRunner, and the per-class
+// memory report, on the tiny fixture against the transformers reference.
+import test from 'ava'
+import { join } from 'node:path'
+import { ModelRunner } from '../dist/index.mjs'
+import { fixtureDir, reference, referenceLogits, relL2, root } from './helpers.mjs'
+
+const greedy = { temperature: 0, ignoreEos: true }
+
+test('static_int8: calibrated scales, logits within 5e-2 of f32 transformers, every site reported', async (t) => {
+  const progress = []
+  const runner = await ModelRunner.load({
+    modelName: fixtureDir,
+    accelerationConfig: { quantization: 'static_int8' },
+    onLoadProgress: (p) => progress.push(p),
+  })
+  const q = runner.getModelInfo().quantization
+  t.is(q.mode, 'static_int8')
+  const c = q.calibration
+  t.is(c.sites.length, 4 * 2 + 1) // four activation sites per layer (2 layers) + the lm_head input
+  t.is(c.staticSites + c.dynamicSites.length, c.sites.length)
+  for (const d of c.dynamicSites) t.regex(d, /dynamic, a typical token spans 1\/[\d.]+ of the calibrated range/)
+  t.true(c.tokens > 100)
+  // Calibration (two passes) and quantization showed progress, each ending at its total.
+  for (const stage of ['calibrate', 'calibrate (smoothed)', 'quantize']) {
+    const last = progress.filter((p) => p.stage === stage).at(-1)
+    t.truthy(last, stage)
+    t.is(last.done, last.total)
+  }
+  for (const [i, p] of reference.prompts.entries()) {
+    const err = relL2(await runner.computeLogits(p.input_ids), referenceLogits(`last_logits.${i}`))
+    // Same bound as dynamic_int8 (int8 weights and activations: ~1% per rounding, compounded over 2 layers).
+    t.true(err < 5e-2 && err > 1e-4, `prompt ${i}: relative L2 ${err}`)
+  }
+  // Recalibrating on the caller's texts reloads and reports them.
+  const report = await runner.calibrate(['The quick brown fox jumps over the lazy dog.', 'def f(x):\n    return x * 2'], { maxTokens: 16 })
+  t.is(report.texts, 2)
+  t.true(report.tokens <= 32)
+  t.is((await runner.generate('Hello', { maxTokens: 4, ...greedy })).usage.completionTokens, 4)
+  await runner.dispose()
+})
+
+test('a GGUF written by PyPI gguf loads through ModelRunner with the folder\'s logits', async (t) => {
+  const folder = await ModelRunner.load({ modelName: fixtureDir })
+  const file = await ModelRunner.load({ modelName: join(root, 'fixtures', 'gguf', 'qwen3-tiny-pypi.gguf') })
+  const p = reference.prompts[0].input_ids
+  const [a, b] = [await folder.computeLogits(p), await file.computeLogits(p)]
+  t.true(relL2(b, a) < 1e-6)
+  t.deepEqual(file.tokenize('Hello world'), folder.tokenize('Hello world'))
+  const msgs = [{ role: 'user', content: 'Hi' }]
+  t.is(file.applyChatTemplate(msgs), folder.applyChatTemplate(msgs))
+  const formats = new Set(file.getModelInfo().quantization.tensors.map((c) => c.format))
+  t.true(formats.has('bf16') && formats.has('f32'), [...formats].join())
+  await Promise.all([folder.dispose(), file.dispose()])
+})
+
+test('memory report: bytes per tensor class add up to the weights, int8 and int4 within the size goals', async (t) => {
+  for (const [mode, maxFraction] of [['dynamic_int8', 0.28], ['int4', 0.16]]) {
+    const runner = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: mode } })
+    const m = runner.estimateMemoryUsage()
+    t.is(m.weightsByClass.reduce((s, c) => s + c.bytes, 0), m.weightBytes)
+    const block = mode === 'int4' ? 'q4_0' : 'q8_0'
+    for (const c of m.weightsByClass.filter((c) => c.class !== 'norms')) t.is(c.format, block, c.class)
+    // Against the same parameters in f32 (what `none` on an f32 checkpoint holds).
+    t.true(m.weightBytes / (m.baseModelSizeMb * 2 ** 20) <= maxFraction, `${mode}: ${m.weightBytes} bytes`)
+    await runner.dispose()
+  }
+})
