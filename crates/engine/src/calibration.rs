@@ -94,6 +94,8 @@ pub struct SiteStats {
     pub channel_max: Vec<f32>,
     /// Per block of 32 channels: sum over tokens of that token's largest |x| in the block.
     pub block_token_max_sum: Vec<f64>,
+    /// Per channel: sum over tokens of x².
+    pub channel_sq_sum: Vec<f64>,
     pub tokens: usize,
 }
 
@@ -104,10 +106,12 @@ impl SiteStats {
         if self.channel_max.is_empty() {
             self.channel_max = vec![0.0; c];
             self.block_token_max_sum = vec![0.0; c.div_ceil(32)];
+            self.channel_sq_sum = vec![0.0; c];
         }
         for row in v.chunks_exact(c) {
-            for (m, x) in self.channel_max.iter_mut().zip(row) {
+            for ((m, sq), x) in self.channel_max.iter_mut().zip(self.channel_sq_sum.iter_mut()).zip(row) {
                 *m = m.max(x.abs());
+                *sq += (*x as f64) * (*x as f64);
             }
             for (s, block) in self.block_token_max_sum.iter_mut().zip(row.chunks(32)) {
                 *s += block.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
@@ -115,6 +119,12 @@ impl SiteStats {
         }
         self.tokens += t;
         Ok(())
+    }
+
+    /// Mean x² per channel: how much an error in the weight that multiplies it costs.
+    pub fn mean_square(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.channel_sq_sum.iter().map(|s| (s / n) as f32).collect()
     }
 
     /// Per block of 32 channels: the largest |x| seen (the static range).
@@ -161,6 +171,30 @@ impl ActivationStats {
     }
 }
 
+impl ActivationStats {
+    /// For each weight matrix (HF name), the mean square of each input feature it multiplies:
+    /// the importances of activation-aware int4. The tied embedding gets the lm_head input's.
+    pub fn importance_by_weight(&self, tied: bool) -> std::collections::HashMap<String, Vec<f32>> {
+        let mut out = std::collections::HashMap::new();
+        for (i, st) in self.layers.iter().enumerate() {
+            for (site, names) in [
+                (Site::AttnIn, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..]),
+                (Site::OIn, &["self_attn.o_proj"][..]),
+                (Site::MlpIn, &["mlp.gate_proj", "mlp.up_proj"][..]),
+                (Site::DownIn, &["mlp.down_proj"][..]),
+            ] {
+                let ms = st[site as usize].mean_square();
+                for n in names {
+                    out.insert(format!("model.layers.{i}.{n}.weight"), ms.clone());
+                }
+            }
+        }
+        let head = if tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        out.insert(head.to_string(), self.lm_head_in.mean_square());
+        out
+    }
+}
+
 /// Run every sequence through `model` (all positions' logits, so the lm_head input is observed
 /// for every token) and collect the statistics. `stage` names the pass in progress reports.
 pub fn collect(
@@ -182,4 +216,18 @@ pub fn collect(
         }
     }
     Ok(stats)
+}
+
+/// Activation-aware int4: one calibration pass over the model as stored, then the per-feature
+/// importances of every matrix ([`ActivationStats::importance_by_weight`]).
+pub fn importance(
+    cfg: &crate::config::ModelConfig,
+    src: &dyn crate::weights::TensorSource,
+    tokenizer: &Tokenizer,
+    calibration: &CalibrationConfig,
+    progress: Option<&ProgressFn>,
+) -> Result<std::collections::HashMap<String, Vec<f32>>> {
+    let sequences = calibration.token_sequences(tokenizer)?;
+    let model = Qwen3Model::load(cfg, src, crate::model::WeightFormat::Checkpoint, &candle_core::Device::Cpu)?;
+    Ok(collect(&model, &sequences, progress, "calibrate")?.importance_by_weight(cfg.tie_word_embeddings))
 }

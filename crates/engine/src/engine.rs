@@ -100,6 +100,11 @@ pub struct GenerateOutput {
     pub timings: Timings,
 }
 
+/// False when the matrices are already Q4_0 blocks (a Q4_0 GGUF): int4 then uses them as they are.
+fn needs_quantizing(src: &dyn crate::weights::TensorSource) -> bool {
+    src.stored_format("model.layers.0.mlp.down_proj.weight").as_deref() != Some("q4_0")
+}
+
 fn per_second(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
@@ -144,6 +149,10 @@ impl Engine {
                 let calib = opts.acceleration.calibration.clone().unwrap_or_default();
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 Ok((m, Some(r)))
+            } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
+                let calib = opts.acceleration.calibration.clone().unwrap_or_default();
+                let importance = crate::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
+                Ok((Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None))
             } else {
                 Ok((Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None))
             }

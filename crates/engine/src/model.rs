@@ -10,6 +10,7 @@ use crate::kv_cache::KvCache;
 use crate::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Module, Tensor};
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// A weight matrix [out, in] (HF layout) in the plan's format.
@@ -179,6 +180,19 @@ impl Qwen3Model {
         dev: &Device,
         progress: Option<&ProgressFn>,
     ) -> Result<Self> {
+        Self::load_full(cfg, src, format, dev, progress, None)
+    }
+
+    /// [`Self::load_with_progress`]; `importance` (weight name -> mean square of each input
+    /// feature, from calibration) makes int4 scales activation-aware.
+    pub fn load_full(
+        cfg: &ModelConfig,
+        src: &dyn TensorSource,
+        format: WeightFormat,
+        dev: &Device,
+        progress: Option<&ProgressFn>,
+        importance: Option<&HashMap<String, Vec<f32>>>,
+    ) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let matrices = 1 + 7 * cfg.num_hidden_layers + usize::from(!cfg.tie_word_embeddings);
         let mut done = 0usize;
@@ -196,7 +210,13 @@ impl Qwen3Model {
                 (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
                 (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
-                (WeightFormat::Q4, s) if fits => Linear::Q4(Arc::new(Q4Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
+                (WeightFormat::Q4, s) if fits => {
+                    let w = s.into_f32_vec()?;
+                    Linear::Q4(Arc::new(match importance.and_then(|m| m.get(name)) {
+                        Some(imp) => Q4Matrix::quantize_weighted(&w, shape[0], shape[1], imp),
+                        None => Q4Matrix::quantize(&w, shape[0], shape[1]),
+                    }))
+                }
                 (WeightFormat::Q8 | WeightFormat::Q4, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
                     Linear::Dense(s.into_dense(None)?)

@@ -63,6 +63,9 @@ pub fn quantize_block_absmax(x: &[f32]) -> BlockQ4 {
     pack(&encode(x, d), d)
 }
 
+/// Where the extreme value lands among the 16 levels, for each candidate scale.
+const CANDIDATE_STEPS: [f32; 16] = [-8.5, -8.25, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, 7.5, 7.25, 7.0, 6.75, 6.5, 6.0];
+
 /// Error-minimising block quantization (see the module docs).
 pub fn quantize_block(x: &[f32]) -> BlockQ4 {
     let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
@@ -82,7 +85,7 @@ pub fn quantize_block(x: &[f32]) -> BlockQ4 {
         evaluate(x, d)
     };
     let mut best = (f32::INFINITY, 0f32);
-    for steps in [-8.5f32, -8.25, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, 7.5, 7.25, 7.0, 6.75, 6.5, 6.0] {
+    for steps in CANDIDATE_STEPS {
         let d0 = m / steps;
         let (e0, num, den) = evaluate(x, d0);
         if e0 < best.0 {
@@ -101,6 +104,56 @@ pub fn quantize_block(x: &[f32]) -> BlockQ4 {
     pack(&encode(x, d), d)
 }
 
+/// [`evaluate`] where element i's squared error counts `imp[i]` times, and the least-squares
+/// statistics are weighted the same way.
+fn evaluate_weighted(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let (mut err, mut num, mut den) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    for i in 0..QK4 {
+        let q = ((x[i] * inv + 8.5).clamp(0.0, 15.0) as i32 - 8) as f32;
+        let e = x[i] - q * d;
+        err[i % 8] += imp[i] * e * e;
+        num[i % 8] += imp[i] * x[i] * q;
+        den[i % 8] += imp[i] * q * q;
+    }
+    (err.iter().sum(), num.iter().sum(), den.iter().sum())
+}
+
+/// Activation-aware variant of [`quantize_block`]: the scale minimises Σ imp_i (x_i - q_i d)², where
+/// imp_i is the mean square of the activation that weight i multiplies (from calibration), so the
+/// error lands where it costs the layer's output least.
+pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
+    let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
+    let imp: &[f32; QK4] = imp.try_into().expect("q4: one importance per value");
+    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    if m == 0.0 {
+        return pack(&[0; QK4], 0.0);
+    }
+    let mut best = (f32::INFINITY, 0f32);
+    for steps in CANDIDATE_STEPS {
+        let d0 = m / steps;
+        let (e0, num, den) = evaluate_weighted(x, imp, d0);
+        if e0 < best.0 {
+            best = (e0, d0);
+        }
+        if den > 0.0 {
+            let d1 = num / den;
+            let (e1, _, _) = evaluate_weighted(x, imp, d1);
+            if e1 < best.0 {
+                best = (e1, d1);
+            }
+        }
+    }
+    let d = f16::from_f32(best.1).to_f32();
+    pack(&encode(x, d), d)
+}
+
+/// NANO_QWEN3_Q4_SCALES=absmax reproduces llama.cpp's own Q4_0 rule (no search, no importances):
+/// `npm run quality` exports "llama.cpp's Q4_0" of the same weights with it.
+fn llama_rule_requested() -> bool {
+    std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() == Ok("absmax")
+}
+
 /// A `[n, k]` matrix as Q4_0 blocks, row-major.
 pub struct Q4Matrix {
     pub n: usize,
@@ -114,9 +167,26 @@ impl Q4Matrix {
         use rayon::prelude::*;
         assert!(k % QK4 == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}]");
         let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
+        let rule = if llama_rule_requested() { quantize_block_absmax } else { quantize_block };
         blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
             for (b, x) in bs.iter_mut().zip(row.chunks_exact(QK4)) {
-                *b = quantize_block(x);
+                *b = rule(x);
+            }
+        });
+        Self { n, k, blocks }
+    }
+
+    /// Activation-aware quantization: `importance[c]` (len k) is the mean square of input feature c.
+    pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: &[f32]) -> Self {
+        use rayon::prelude::*;
+        assert!(k % QK4 == 0 && w.len() == n * k && importance.len() == k, "q4: bad shape [{n}, {k}]");
+        if llama_rule_requested() {
+            return Self::quantize(w, n, k);
+        }
+        let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
+        blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
+            for ((b, x), imp) in bs.iter_mut().zip(row.chunks_exact(QK4)).zip(importance.chunks_exact(QK4)) {
+                *b = quantize_block_weighted(x, imp);
             }
         });
         Self { n, k, blocks }
@@ -308,6 +378,27 @@ mod tests {
             plain += b as f64;
         }
         assert!(ours < 0.95 * plain, "mean RMSE {ours} vs Q4_0 {plain}");
+    }
+
+    /// With unequal importances, the weighted search lowers the importance-weighted error (what
+    /// the layer's output feels) against the unweighted search.
+    #[test]
+    fn activation_aware_scales_lower_the_weighted_error() {
+        let x = fill(32 * 2000, 7);
+        let imp: Vec<f32> = fill(32, 8).iter().map(|v| (4.0 * v).exp()).collect(); // spread ~e^±4
+        let werr = |x: &[f32], b: &BlockQ4| {
+            let m = Q4Matrix { n: 1, k: 32, blocks: vec![*b] };
+            let mut out = [0f32; 32];
+            m.dequantize_row(0, &mut out);
+            x.iter().zip(&out).zip(&imp).map(|((a, b), w)| w * (a - b).powi(2)).sum::<f32>()
+        };
+        let (mut weighted, mut plain) = (0f64, 0f64);
+        for block in x.chunks_exact(32) {
+            let (a, b) = (werr(block, &quantize_block_weighted(block, &imp)), werr(block, &quantize_block(block)));
+            weighted += a as f64;
+            plain += b as f64;
+        }
+        assert!(weighted < 0.9 * plain, "weighted error {weighted} vs unweighted search {plain}");
     }
 
     #[test]
