@@ -6,6 +6,8 @@
 //! - [`q8`]: W8A8 in Q8_0-layout blocks (32 int8 + f16 scale), integer dot products.
 //! - [`kquants`]: llama.cpp's Q4_K / Q5_K / Q6_K super-blocks, dequantized (GGUF import).
 //! - [`q4`]: 4-bit weights in Q4_0-layout blocks with error-minimising scales, int8 activations.
+pub mod attention;
+pub mod fused;
 pub mod kquants;
 pub mod linear;
 pub mod q4;
