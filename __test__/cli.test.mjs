@@ -26,7 +26,7 @@ test('chat, info and bench run', async (t) => {
   t.true(chat.stdout.length > 0)
   const info = JSON.parse((await run('info', '--quantization', 'bf16')).stdout)
   t.is(info.quantization.mode, 'bf16')
-  t.true(info.quantization.tensors.some((c) => c.class === 'q_proj' && c.format === 'bf16'))
+  t.true(info.quantization.tensors.some((c) => c.class === 'qkv_proj (fused q/k/v)' && c.format === 'bf16'))
   const bench = JSON.parse((await run('bench', '--iterations', '1', '--decode-tokens', '4')).stdout)
   t.true(bench.decodeTokensPerSecond.avg > 0)
 })

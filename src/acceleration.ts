@@ -23,7 +23,9 @@ export const accelerationConfigSchema = z
     useChannelsLast: z.boolean().default(false),
     useGradientCheckpointing: z.boolean().default(false),
     useFusedKernels: z.boolean().default(true),
-    /** static_int8 only: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
+    /** KV cache element type: f32 (exact), f16 or bf16 (half the memory; widened to f32 in the attention kernel). */
+    kvCacheDtype: z.enum(['f32', 'f16', 'bf16']).default('f32'),
+    /** static_int8 and int4: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
     calibration: z
       .object({
         texts: z.array(z.string().min(1, 'a non-empty text')).min(1, 'at least one text (or leave texts out for the built-in set)').optional(),
@@ -45,6 +47,7 @@ const snakeToCamel: Record<string, string> = {
   use_channels_last: 'useChannelsLast',
   use_gradient_checkpointing: 'useGradientCheckpointing',
   use_fused_kernels: 'useFusedKernels',
+  kv_cache_dtype: 'kvCacheDtype',
 }
 
 /** Validated, frozen acceleration config. Unknown keys or values throw; nothing falls back silently. */

@@ -3,6 +3,7 @@
 //! not run.
 use crate::calibration::CalibrationConfig;
 use crate::error::{EngineError, Result};
+use crate::kv_cache::KvDtype;
 use crate::model::WeightFormat;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
@@ -70,8 +71,10 @@ pub struct AccelerationConfig {
     pub use_channels_last: bool,
     pub use_gradient_checkpointing: bool,
     pub use_fused_kernels: bool,
-    /// Calibration for `static_int8` (ignored by the other modes).
+    /// Calibration for `static_int8` and activation-aware `int4` (ignored by the other modes).
     pub calibration: Option<CalibrationConfig>,
+    /// Element type of the KV cache: f32 (exact), f16 or bf16 (half the memory).
+    pub kv_cache_dtype: KvDtype,
 }
 
 impl Default for AccelerationConfig {
@@ -85,6 +88,7 @@ impl Default for AccelerationConfig {
             use_gradient_checkpointing: false,
             use_fused_kernels: true,
             calibration: None,
+            kv_cache_dtype: KvDtype::F32,
         }
     }
 }
@@ -162,27 +166,53 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
     let not_yet = "not implemented on CPU yet: the plain path runs instead";
-    let flag = |name: &str, on: bool, what: &str| {
+    let kv = format!("{:?}", cfg.kv_cache_dtype).to_lowercase();
+    let on_off = |name: &str, on: bool, applied: &str, off: &str| {
         if on {
-            item(name, true, false, &format!("{what} {not_yet}"))
+            item(name, true, true, applied)
         } else {
-            item(name, false, false, "off")
+            item(name, false, false, off)
         }
     };
-    items.push(flag("useFlashAttention", cfg.use_flash_attention, "tiled flash attention"));
-    items.push(flag("useFusedKernels", cfg.use_fused_kernels, "fused residual+RMSNorm / RoPE / SwiGLU kernels"));
-    items.push(flag("useChannelsLast", cfg.use_channels_last, "weight repacking"));
-    items.push(flag("useGradientCheckpointing", cfg.use_gradient_checkpointing, "chunked prefill"));
-    let compile = serde_json::to_value(cfg.compile_mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    items.push(if cfg.use_torch_compile {
-        item("useTorchCompile", format!("true ({compile})"), false, &format!("compile mode {compile} {not_yet}"))
+    items.push(on_off(
+        "useFlashAttention",
+        cfg.use_flash_attention,
+        &format!("tiled online-softmax attention (GQA: each KV tile read once per query group; decode splits the KV length across threads), KV cache in {kv}"),
+        &format!("off: scores materialised per head, then softmax (KV cache in {kv})"),
+    ));
+    items.push(on_off(
+        "useFusedKernels",
+        cfg.use_fused_kernels,
+        "stacked q/k/v and gate/up weights (one matmul each), residual add + RMSNorm, q/k RMSNorm + RoPE and SiLU*up each in one pass",
+        "off: one matmul per projection, one pass per elementwise op",
+    ));
+    items.push(if cfg.use_channels_last {
+        item("useChannelsLast", true, false, &format!("weight repacking {not_yet}"))
     } else {
-        item("useTorchCompile", false, false, "off")
+        item("useChannelsLast", false, false, "off")
+    });
+    items.push(on_off(
+        "useGradientCheckpointing",
+        cfg.use_gradient_checkpointing,
+        "chunked prefill: prompts run in chunks of 256 tokens, so activation memory is bounded by the chunk (inference has no gradients)",
+        "off",
+    ));
+    let compile = serde_json::to_value(cfg.compile_mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    items.push(match (cfg.use_torch_compile, cfg.compile_mode) {
+        (false, _) => item("useTorchCompile", false, false, "off"),
+        (true, CompileMode::ReduceOverhead) => item(
+            "useTorchCompile",
+            format!("true ({compile})"),
+            true,
+            "activation buffers sized once per sequence and reused by every decode step",
+        ),
+        (true, CompileMode::MaxAutotune) => item("useTorchCompile", format!("true ({compile})"), false, &format!("compile mode max-autotune {not_yet}")),
+        (true, CompileMode::Default) => item("useTorchCompile", "true (default)", false, "compile mode default: nothing to plan on CPU"),
     });
     let applied = items.iter().filter(|i| i.applied).map(|i| format!("{}={}", i.option, i.requested)).collect();
     let skipped = items
         .iter()
-        .filter(|i| !i.applied && i.detail != "off")
+        .filter(|i| !i.applied && i.requested != "false")
         .map(|i| format!("{}: {}", i.option, i.detail))
         .collect();
     Ok(ExecutionPlan {
@@ -217,8 +247,8 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_reported_not_credited() {
-        let p = plan(&AccelerationConfig::default(), "auto").unwrap();
-        assert_eq!(p.applied_optimizations, vec!["quantization=none".to_string()]);
-        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useFlashAttention")));
+        let p = plan(&AccelerationConfig { use_channels_last: true, ..Default::default() }, "auto").unwrap();
+        assert_eq!(p.applied_optimizations, vec!["quantization=none", "useFlashAttention=true", "useFusedKernels=true"]);
+        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useChannelsLast")));
     }
 }

@@ -173,7 +173,7 @@ impl ActivationStats {
 
 impl ActivationStats {
     /// For each weight matrix (HF name), the mean square of each input feature it multiplies:
-    /// the importances of activation-aware int4. The tied embedding gets the lm_head input's.
+    /// the importances of activation-aware int4.
     pub fn importance_by_weight(&self, tied: bool) -> std::collections::HashMap<String, Vec<f32>> {
         let mut out = std::collections::HashMap::new();
         for (i, st) in self.layers.iter().enumerate() {
@@ -189,14 +189,17 @@ impl ActivationStats {
                 }
             }
         }
-        let head = if tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        out.insert(head.to_string(), self.lm_head_in.mean_square());
+        // A tied matrix is also the embedding table, whose rows feed every channel alike: only an
+        // untied lm_head gets importances.
+        if !tied {
+            out.insert("lm_head.weight".to_string(), self.lm_head_in.mean_square());
+        }
         out
     }
 }
 
-/// Run every sequence through `model` (all positions' logits, so the lm_head input is observed
-/// for every token) and collect the statistics. `stage` names the pass in progress reports.
+/// Run every sequence through `model` and collect the statistics (the lm_head input of every
+/// token included). `stage` names the pass in progress reports.
 pub fn collect(
     model: &Qwen3Model,
     sequences: &[Vec<u32>],
@@ -208,8 +211,9 @@ pub fn collect(
     let mut done = 0;
     let live = Arc::new(AtomicUsize::new(0));
     for seq in sequences {
-        let mut cache = KvCache::new(model.config.num_hidden_layers, live.clone());
-        model.forward_observed(&mut [SequenceInput { tokens: seq, cache: &mut cache }], LogitsFor::AllTokens, Some(&mut stats))?;
+        let c = &model.config;
+        let mut cache = KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, Default::default(), live.clone());
+        model.forward_observed(&mut [SequenceInput { tokens: seq, cache: &mut cache }], LogitsFor::LastToken, Some(&mut stats))?;
         done += seq.len();
         if let Some(p) = progress {
             p(&Progress { stage, done, total, unit: "tokens" });

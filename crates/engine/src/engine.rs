@@ -1,6 +1,8 @@
 //! The engine: a loaded model with its tokenizer, chat template and plan, and the operations a
 //! runner needs. Immutable after load and `Sync`: concurrent requests each bring their own KV cache.
-use crate::acceleration::{plan, AccelerationConfig, ExecutionPlan, Quantization};
+use crate::acceleration::{plan, AccelerationConfig, CompileMode, ExecutionPlan, Quantization};
+use crate::fast_forward::ExecOptions;
+use crate::kv_cache::KvDtype;
 use crate::progress::ProgressFn;
 use crate::static_int8::{self, CalibrationReport};
 use crate::chat_template::{ChatTemplate, ChatTemplateOptions};
@@ -60,6 +62,11 @@ pub struct Engine {
     pub load_time_ms: f64,
     /// static_int8: what calibration measured and decided.
     pub calibration: Option<CalibrationReport>,
+    /// Which optimizations the forward pass uses.
+    pub exec: ExecOptions,
+    /// Chunked prefill (useGradientCheckpointing): tokens per forward call.
+    pub prefill_chunk: Option<usize>,
+    pub kv_dtype: KvDtype,
     checkpoint_bytes: usize,
     pool: rayon::ThreadPool,
     live_kv_bytes: Arc<AtomicUsize>,
@@ -99,6 +106,10 @@ pub struct GenerateOutput {
     pub usage: Usage,
     pub timings: Timings,
 }
+
+/// Tokens per forward call with chunked prefill: bounds activation memory on long prompts while
+/// keeping matmuls large enough to stay efficient.
+pub const PREFILL_CHUNK: usize = 256;
 
 /// False when the matrices are already Q4_0 blocks (a Q4_0 GGUF): int4 then uses them as they are.
 fn needs_quantizing(src: &dyn crate::weights::TensorSource) -> bool {
@@ -157,7 +168,20 @@ impl Engine {
                 Ok((Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None))
             }
         })?;
+        let mut model = model;
+        let acc = &opts.acceleration;
+        if acc.use_fused_kernels {
+            model.fuse_projections();
+        }
+        let exec = ExecOptions {
+            flash_attention: acc.use_flash_attention,
+            fused: acc.use_fused_kernels,
+            reuse_buffers: acc.use_torch_compile && acc.compile_mode == CompileMode::ReduceOverhead,
+        };
         Ok(Self {
+            exec,
+            prefill_chunk: acc.use_gradient_checkpointing.then_some(PREFILL_CHUNK),
+            kv_dtype: acc.kv_cache_dtype,
             checkpoint_bytes: tensors.stored_bytes(),
             model,
             tokenizer: opened.tokenizer,
@@ -175,7 +199,8 @@ impl Engine {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.model.config.num_hidden_layers, self.live_kv_bytes.clone())
+        let c = &self.model.config;
+        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.kv_dtype, self.live_kv_bytes.clone())
     }
 
     pub fn apply_chat_template(&self, messages: &serde_json::Value, opts: &ChatTemplateOptions) -> Result<String> {
@@ -204,8 +229,7 @@ impl Engine {
         self.check_prompt(ids)?;
         let mut cache = self.new_cache();
         let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
-        let out = self.pool.install(|| self.model.forward(&mut [SequenceInput { tokens: ids, cache: &mut cache }], which))?;
-        Ok(out[0].flatten_all()?.to_vec1::<f32>()?)
+        self.run(ids, &mut cache, which)
     }
 
     fn eos_ids(&self, opts: &GenerateOptions) -> Vec<u32> {
@@ -305,8 +329,25 @@ impl Engine {
     }
 
     fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let out = self.pool.install(|| self.model.forward(&mut [SequenceInput { tokens, cache }], LogitsFor::LastToken))?;
-        Ok(out[0].to_vec1::<f32>()?)
+        self.run(tokens, cache, LogitsFor::LastToken)
+    }
+
+    /// Forward `tokens` of one sequence on the engine's threads, in chunks of at most
+    /// `prefill_chunk` tokens when chunked prefill is on (activation memory bounded by the chunk).
+    fn run(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Vec<f32>> {
+        let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
+        self.pool.install(|| {
+            let mut out = Vec::new();
+            for part in tokens.chunks(chunk) {
+                let mut logits = self.model.forward_fast(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec)?;
+                if which == LogitsFor::AllTokens {
+                    out.append(&mut logits[0]);
+                } else {
+                    out = std::mem::take(&mut logits[0]);
+                }
+            }
+            Ok(out)
+        })
     }
 
     pub fn live_kv_bytes(&self) -> usize {

@@ -4,9 +4,8 @@
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::model::ExportData;
+use crate::linear::ExportData;
 use crate::source::ModelFiles;
-use nano_qwen3_kernels::QuantMatrix;
 use candle_core::DType;
 use serde_json::Value;
 use std::io::{BufWriter, Write};
@@ -134,7 +133,7 @@ impl Engine {
     pub fn export_gguf(&self, path: &Path) -> Result<u64> {
         let cfg = &self.model.config;
         let mut h = Enc::default();
-        let tensors = self.model.export_tensors();
+        let tensors = self.model.export_tensors()?;
         // The tokenizer and template as the source stored them.
         let (tokens, types, merges, template, name) = match &self.files {
             ModelFiles::HfFolder(dir) => {
@@ -213,8 +212,8 @@ impl Engine {
                     };
                     (t.dims().iter().rev().copied().collect(), ty, t.elem_count() * t.dtype().size_in_bytes())
                 }
-                ExportData::Q8(q) => (vec![q.k, q.n], GGML_Q8_0, q.bytes()),
-                ExportData::Q4(q) => (vec![q.k, q.n], GGML_Q4_0, q.bytes()),
+                ExportData::Q8 { blocks, n, k } => (vec![*k, *n], GGML_Q8_0, std::mem::size_of_val(*blocks)),
+                ExportData::Q4 { blocks, n, k } => (vec![*k, *n], GGML_Q4_0, std::mem::size_of_val(*blocks)),
             };
             infos.str(name);
             infos.u32(dims.len() as u32);
@@ -245,8 +244,8 @@ impl Engine {
                 let bytes: Vec<u8> = match data {
                     ExportData::Dense(t) => dense_bytes(t).map_err(std::io::Error::other)?,
                     // SAFETY: the blocks are repr(C) with no padding (sizes asserted in kernels).
-                    ExportData::Q8(q) => unsafe { std::slice::from_raw_parts(q.blocks.as_ptr() as *const u8, q.bytes()) }.to_vec(),
-                    ExportData::Q4(q) => unsafe { std::slice::from_raw_parts(q.blocks.as_ptr() as *const u8, q.bytes()) }.to_vec(),
+                    ExportData::Q8 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(*blocks)) }.to_vec(),
+                    ExportData::Q4 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(*blocks)) }.to_vec(),
                 };
                 f.write_all(&bytes)?;
                 pos = start + bytes.len();

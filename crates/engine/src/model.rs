@@ -9,71 +9,10 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Module, Tensor};
-use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix};
+use crate::linear::{ExportData, Linear, Proj};
+use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-
-/// A weight matrix [out, in] (HF layout) in the plan's format.
-enum Linear {
-    /// f32 / bf16 / f16 weights, f32 activations and accumulation.
-    Dense(Tensor),
-    /// Q8_0 blocks, activations quantized per token at run time.
-    Q8(Arc<Q8Matrix>),
-    /// Q4_0 blocks (error-minimising scales), int8 activations at run time.
-    Q4(Arc<Q4Matrix>),
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        match self {
-            Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
-            Linear::Q8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
-            Linear::Q4(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Linear::Q8(q) => q.bytes(),
-            Linear::Q4(q) => q.bytes(),
-        }
-    }
-
-    fn format(&self) -> String {
-        match self {
-            Linear::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
-            Linear::Q8(_) => "q8_0".into(),
-            Linear::Q4(_) => "q4_0".into(),
-        }
-    }
-
-    /// Rows `ids` as f32 [ids.len(), in]: the embedding lookup (dequantizes only those rows).
-    fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
-            Linear::Q8(q) => dequantized_rows(q.as_ref(), ids, dev),
-            Linear::Q4(q) => dequantized_rows(q.as_ref(), ids, dev),
-        }
-    }
-}
-
-fn dequantized_rows(q: &impl QuantMatrix, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
-    let mut out = vec![0f32; ids.len() * q.k()];
-    for (row, &id) in out.chunks_exact_mut(q.k()).zip(ids) {
-        q.dequantize_row(id as usize, row);
-    }
-    Tensor::from_vec(out, (ids.len(), q.k()), dev)
-}
-
-/// A loaded tensor as `export` sees it: llama.cpp's name and the data in its current format.
-pub enum ExportData<'a> {
-    /// f32 / bf16 / f16 tensor, HF shape.
-    Dense(&'a Tensor),
-    Q8(&'a Q8Matrix),
-    Q4(&'a Q4Matrix),
-}
 
 /// One class of tensors as loaded: e.g. all 28 `q_proj` matrices in q8_0.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,9 +36,11 @@ pub enum WeightFormat {
     Q4,
 }
 
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
+pub(crate) struct RmsNorm {
+    pub(crate) weight: Tensor,
+    /// The same weights as a slice, for the fast path.
+    pub(crate) values: Vec<f32>,
+    pub(crate) eps: f32,
 }
 
 impl Module for RmsNorm {
@@ -108,18 +49,17 @@ impl Module for RmsNorm {
     }
 }
 
-struct Layer {
-    input_norm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    post_attention_norm: RmsNorm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+pub(crate) struct Layer {
+    pub(crate) input_norm: RmsNorm,
+    /// q, k, v projections.
+    pub(crate) qkv: Proj,
+    pub(crate) o_proj: Linear,
+    pub(crate) q_norm: RmsNorm,
+    pub(crate) k_norm: RmsNorm,
+    pub(crate) post_attention_norm: RmsNorm,
+    /// gate, up projections.
+    pub(crate) gate_up: Proj,
+    pub(crate) down_proj: Linear,
 }
 
 /// One sequence's share of a batched forward call.
@@ -142,10 +82,10 @@ pub struct Qwen3Model {
     /// Matrices kept in the checkpoint dtype because their shape does not fit the format, and why.
     pub unquantized: Vec<String>,
     device: Device,
-    embed_tokens: Linear, // [vocab, hidden]; also the lm_head when tied
-    lm_head: Option<Linear>, // None when tied to the embedding
-    layers: Vec<Layer>,
-    norm: RmsNorm,
+    pub(crate) embed_tokens: Linear, // [vocab, hidden]; also the lm_head when tied
+    pub(crate) lm_head: Option<Linear>, // None when tied to the embedding
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: RmsNorm,
     /// cos/sin tables [positions, head_dim/2] in f32, grown on demand.
     rope: RwLock<(Tensor, Tensor)>,
     pub weight_bytes: usize,
@@ -248,7 +188,8 @@ impl Qwen3Model {
         let mut norm = |name: String, size: usize| -> Result<RmsNorm> {
             let weight = src.load_stored(&name, &[size], dev)?.into_dense(Some(DType::F32))?;
             weight_bytes += size * 4;
-            Ok(RmsNorm { weight, eps })
+            let values = weight.to_vec1::<f32>()?;
+            Ok(RmsNorm { weight, values, eps })
         };
         let layers = layers
             .into_iter()
@@ -260,12 +201,9 @@ impl Qwen3Model {
                     q_norm: norm(format!("{p}.self_attn.q_norm.weight"), hd)?,
                     k_norm: norm(format!("{p}.self_attn.k_norm.weight"), hd)?,
                     post_attention_norm: norm(format!("{p}.post_attention_layernorm.weight"), h)?,
-                    q_proj,
-                    k_proj,
-                    v_proj,
+                    qkv: Proj::new(vec![q_proj, k_proj, v_proj], false),
                     o_proj,
-                    gate_proj,
-                    up_proj,
+                    gate_up: Proj::new(vec![gate_proj, up_proj], false),
                     down_proj,
                 })
             })
@@ -289,64 +227,60 @@ impl Qwen3Model {
     /// Fix the activation scales (static int8) of the linear layers fed by `site` of `layer`
     /// (None: the lm_head). Returns false where a layer is not int8 (its shape kept it dense).
     pub fn set_static_scales(&mut self, layer: Option<usize>, site: Site, scales: &[f32]) -> bool {
-        let targets: Vec<&mut Linear> = match layer {
-            None => vec![self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens)],
+        match layer {
+            None => self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens).set_static_scales(scales),
             Some(i) => {
                 let l = &mut self.layers[i];
                 match site {
-                    Site::AttnIn => vec![&mut l.q_proj, &mut l.k_proj, &mut l.v_proj],
-                    Site::OIn => vec![&mut l.o_proj],
-                    Site::MlpIn => vec![&mut l.gate_proj, &mut l.up_proj],
-                    Site::DownIn => vec![&mut l.down_proj],
+                    Site::AttnIn => l.qkv.set_static_scales(scales),
+                    Site::OIn => l.o_proj.set_static_scales(scales),
+                    Site::MlpIn => l.gate_up.set_static_scales(scales),
+                    Site::DownIn => l.down_proj.set_static_scales(scales),
                 }
-            }
-        };
-        let mut all = true;
-        for t in targets {
-            match t {
-                Linear::Q8(q) => {
-                    let q = Arc::get_mut(q).expect("static scales are set before the model is shared");
-                    q.act_scales = Some(scales.to_vec());
-                }
-                _ => all = false,
             }
         }
-        all
+    }
+
+    /// Stack q/k/v and gate/up into one matrix each (fused kernels): one matmul per group.
+    pub fn fuse_projections(&mut self) {
+        for l in &mut self.layers {
+            for p in [&mut l.qkv, &mut l.gate_up] {
+                if let Proj::Separate(parts) = std::mem::replace(p, Proj::Separate(vec![])) {
+                    *p = Proj::new(parts, true);
+                }
+            }
+        }
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// Every tensor under llama.cpp's `qwen3` names, in a stable order.
-    pub fn export_tensors(&self) -> Vec<(String, ExportData<'_>)> {
-        fn lin(l: &Linear) -> ExportData<'_> {
-            match l {
-                Linear::Dense(t) => ExportData::Dense(t),
-                Linear::Q8(q) => ExportData::Q8(q),
-                Linear::Q4(q) => ExportData::Q4(q),
-            }
-        }
-        let mut out = vec![("token_embd.weight".to_string(), lin(&self.embed_tokens))];
+    /// Every tensor under llama.cpp's `qwen3` names, in a stable order (fused projections split).
+    pub fn export_tensors(&self) -> Result<Vec<(String, ExportData<'_>)>> {
+        let dense = |t: &Tensor| ExportData::Dense(t.clone());
+        let mut out = vec![("token_embd.weight".to_string(), self.embed_tokens.export()?)];
         for (i, l) in self.layers.iter().enumerate() {
             let b = |n: &str| format!("blk.{i}.{n}.weight");
-            out.push((b("attn_norm"), ExportData::Dense(&l.input_norm.weight)));
-            out.push((b("attn_q"), lin(&l.q_proj)));
-            out.push((b("attn_k"), lin(&l.k_proj)));
-            out.push((b("attn_v"), lin(&l.v_proj)));
-            out.push((b("attn_output"), lin(&l.o_proj)));
-            out.push((b("attn_q_norm"), ExportData::Dense(&l.q_norm.weight)));
-            out.push((b("attn_k_norm"), ExportData::Dense(&l.k_norm.weight)));
-            out.push((b("ffn_norm"), ExportData::Dense(&l.post_attention_norm.weight)));
-            out.push((b("ffn_gate"), lin(&l.gate_proj)));
-            out.push((b("ffn_up"), lin(&l.up_proj)));
-            out.push((b("ffn_down"), lin(&l.down_proj)));
+            let mut qkv = l.qkv.export()?.into_iter();
+            let mut gu = l.gate_up.export()?.into_iter();
+            out.push((b("attn_norm"), dense(&l.input_norm.weight)));
+            out.push((b("attn_q"), qkv.next().unwrap()));
+            out.push((b("attn_k"), qkv.next().unwrap()));
+            out.push((b("attn_v"), qkv.next().unwrap()));
+            out.push((b("attn_output"), l.o_proj.export()?));
+            out.push((b("attn_q_norm"), dense(&l.q_norm.weight)));
+            out.push((b("attn_k_norm"), dense(&l.k_norm.weight)));
+            out.push((b("ffn_norm"), dense(&l.post_attention_norm.weight)));
+            out.push((b("ffn_gate"), gu.next().unwrap()));
+            out.push((b("ffn_up"), gu.next().unwrap()));
+            out.push((b("ffn_down"), l.down_proj.export()?));
         }
-        out.push(("output_norm.weight".into(), ExportData::Dense(&self.norm.weight)));
+        out.push(("output_norm.weight".into(), dense(&self.norm.weight)));
         if let Some(h) = &self.lm_head {
-            out.push(("output.weight".into(), lin(h)));
+            out.push(("output.weight".into(), h.export()?));
         }
-        out
+        Ok(out)
     }
 
     /// Measured bytes and storage format of every class of tensor (q_proj of all layers, ...).
@@ -362,20 +296,12 @@ impl Qwen3Model {
         let tied = if self.lm_head.is_none() { "embed_tokens (tied lm_head)" } else { "embed_tokens" };
         add(tied, self.embed_tokens.format(), self.embed_tokens.bytes());
         for l in &self.layers {
-            for (name, lin) in [
-                ("q_proj", &l.q_proj),
-                ("k_proj", &l.k_proj),
-                ("v_proj", &l.v_proj),
-                ("o_proj", &l.o_proj),
-                ("gate_proj", &l.gate_proj),
-                ("up_proj", &l.up_proj),
-                ("down_proj", &l.down_proj),
-            ] {
-                let format = match lin {
-                    Linear::Q8(q) if q.act_scales.is_some() => "q8_0 (static activations)".to_string(),
-                    other => other.format(),
-                };
-                add(name, format, lin.bytes());
+            let mut mats = l.qkv.matrices(&["q_proj", "k_proj", "v_proj"], "qkv_proj (fused q/k/v)");
+            mats.push(("o_proj", &l.o_proj));
+            mats.extend(l.gate_up.matrices(&["gate_proj", "up_proj"], "gate_up_proj (fused)"));
+            mats.push(("down_proj", &l.down_proj));
+            for (name, lin) in mats {
+                add(name, lin.format(), lin.bytes());
             }
             for n in [&l.input_norm, &l.post_attention_norm, &l.q_norm, &l.k_norm] {
                 add("norms", "f32".into(), n.weight.elem_count() * 4);
@@ -434,9 +360,10 @@ impl Qwen3Model {
             if let Some(o) = obs.as_deref_mut() {
                 o.observe(li, Site::AttnIn, &xn)?;
             }
-            let q = layer.q_norm.forward(&layer.q_proj.forward(&xn)?.reshape((total, nh, hd))?)?;
-            let k = layer.k_norm.forward(&layer.k_proj.forward(&xn)?.reshape((total, nkv, hd))?)?;
-            let v = layer.v_proj.forward(&xn)?.reshape((total, nkv, hd))?;
+            let qkv = layer.qkv.forward(&xn)?;
+            let q = layer.q_norm.forward(&qkv[0].reshape((total, nh, hd))?)?;
+            let k = layer.k_norm.forward(&qkv[1].reshape((total, nkv, hd))?)?;
+            let v = qkv[2].reshape((total, nkv, hd))?;
             let mut outs = Vec::with_capacity(batch.len());
             let mut offset = 0;
             for (si, seq) in batch.iter_mut().enumerate() {
@@ -456,8 +383,8 @@ impl Qwen3Model {
             let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 0)? };
             x = (x + layer.o_proj.forward(&attn)?)?;
             let xn = layer.post_attention_norm.forward(&x)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&xn)?)?;
-            let act = (gate * layer.up_proj.forward(&xn)?)?;
+            let gu = layer.gate_up.forward(&xn)?;
+            let act = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
             if let Some(o) = obs.as_deref_mut() {
                 o.observe(li, Site::OIn, &attn)?;
                 o.observe(li, Site::MlpIn, &xn)?;
@@ -482,7 +409,8 @@ impl Qwen3Model {
         let selected = Tensor::cat(&rows, 0)?;
         let h = self.norm.forward(&selected)?;
         if let Some(o) = obs.as_deref_mut() {
-            o.observe_lm_head(&h)?;
+            // Every token's lm_head input, without computing every token's logits.
+            o.observe_lm_head(&self.norm.forward(&x)?)?;
         }
         let logits = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).forward(&h)?;
         let mut out = Vec::with_capacity(lens.len());

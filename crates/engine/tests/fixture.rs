@@ -191,3 +191,44 @@ fn static_int8_logits_stay_close_and_calibration_reports_every_site() {
     let e = Engine::load(&fixture(), &LoadOptions { acceleration, ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("calibration.texts[1]"), "{e}");
 }
+
+/// Every optimization of the fast path, on and off one at a time (and all together), gives the
+/// transformers logits in f32, and greedy decoding stays exact.
+#[test]
+fn every_exec_option_keeps_the_reference_logits() {
+    use nano_qwen3_engine::acceleration::CompileMode;
+    use nano_qwen3_engine::kv_cache::KvDtype;
+    let base = AccelerationConfig::default();
+    let variants: Vec<(&str, AccelerationConfig, f64)> = vec![
+        ("all on (default)", base.clone(), 1e-4),
+        ("flash off", AccelerationConfig { use_flash_attention: false, ..base.clone() }, 1e-4),
+        ("fused off", AccelerationConfig { use_fused_kernels: false, ..base.clone() }, 1e-4),
+        ("reduce-overhead", AccelerationConfig { use_torch_compile: true, compile_mode: CompileMode::ReduceOverhead, ..base.clone() }, 1e-4),
+        ("chunked prefill", AccelerationConfig { use_gradient_checkpointing: true, ..base.clone() }, 1e-4),
+        // Half-precision KV: values rounded to 11 (f16) or 8 (bf16) significant bits.
+        ("kv f16", AccelerationConfig { kv_cache_dtype: KvDtype::F16, ..base.clone() }, 2e-3),
+        ("kv bf16", AccelerationConfig { kv_cache_dtype: KvDtype::Bf16, ..base.clone() }, 2e-2),
+        ("all off", AccelerationConfig { use_flash_attention: false, use_fused_kernels: false, ..base.clone() }, 1e-4),
+    ];
+    let r = reference();
+    for (name, acceleration, bound) in variants {
+        let mut engine = Engine::load(&fixture(), &LoadOptions { acceleration, threads: Some(2), ..Default::default() }).unwrap();
+        if engine.prefill_chunk.is_some() {
+            engine.prefill_chunk = Some(4); // shorter than the prompts, and not a divisor of their lengths
+        }
+        for (i, p) in r["prompts"].as_array().unwrap().iter().enumerate() {
+            let input = ids(&p["input_ids"]);
+            let err = rel_l2(&engine.compute_logits(&input, false).unwrap(), &ref_logits(&format!("last_logits.{i}")));
+            assert!(err < bound, "{name}, prompt {i}: relative L2 {err}");
+            let all = engine.compute_logits(&input, true).unwrap();
+            assert_eq!(all.len(), input.len() * engine.model.config.vocab_size, "{name}");
+            if bound <= 1e-4 {
+                let opts = GenerateRequest { max_tokens: Some(24.0), temperature: Some(0.0), ignore_eos: true, ..Default::default() }
+                    .resolve(&engine.generation_defaults)
+                    .unwrap();
+                let out = engine.generate(&input, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+                assert_eq!(out.token_ids, ids(&p["greedy_continuation"]), "{name}, prompt {i}");
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Weight matrices as the model holds them: one format per matrix ([`Linear`]), and groups of
+//! projections that read the same input ([`Proj`]: q/k/v, gate/up), stacked into one matrix when
+//! fused kernels are on so one matmul (and one activation quantization) serves all of them.
+use candle_core::{DType, Device, Storage, Tensor};
+use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
+use std::sync::Arc;
+
+/// A weight matrix [out, in] (HF layout) in the plan's format.
+pub enum Linear {
+    /// f32 / bf16 / f16 weights, f32 activations and accumulation.
+    Dense(Tensor),
+    /// Q8_0 blocks, activations quantized per token at run time (or with calibrated scales).
+    Q8(Arc<Q8Matrix>),
+    /// Q4_0 blocks, int8 activations at run time.
+    Q4(Arc<Q4Matrix>),
+}
+
+/// A loaded tensor as `export` sees it: the data in its current format.
+pub enum ExportData<'a> {
+    /// f32 / bf16 / f16 tensor, HF shape.
+    Dense(Tensor),
+    Q8 { blocks: &'a [BlockQ8], n: usize, k: usize },
+    Q4 { blocks: &'a [BlockQ4], n: usize, k: usize },
+}
+
+impl Linear {
+    /// Output features.
+    pub fn n(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.dims()[0],
+            Linear::Q8(q) => q.n,
+            Linear::Q4(q) => q.n,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        match self {
+            Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
+            Linear::Q8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+            Linear::Q4(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+        }
+    }
+
+    /// `y[m, n] = x[m, k] · Wᵀ` on plain slices (the fast forward path).
+    pub fn forward_slice(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let isa = active_isa();
+        match self {
+            Linear::Dense(w) => {
+                let (n, k) = (w.dims()[0], w.dims()[1]);
+                let (storage, layout) = w.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else { panic!("linear: weights must be on the CPU") };
+                let off = layout.start_offset();
+                let weights = match cpu {
+                    candle_core::CpuStorage::F32(v) => Weights::F32(&v[off..off + n * k]),
+                    candle_core::CpuStorage::BF16(v) => Weights::Bf16(&v[off..off + n * k]),
+                    candle_core::CpuStorage::F16(v) => Weights::F16(&v[off..off + n * k]),
+                    _ => panic!("linear: unsupported weight dtype {:?}", w.dtype()),
+                };
+                nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa);
+            }
+            Linear::Q8(q) => q.linear(x, m, y, isa),
+            Linear::Q4(q) => q.linear(x, m, y, isa),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Linear::Q8(q) => q.bytes(),
+            Linear::Q4(q) => q.bytes(),
+        }
+    }
+
+    pub fn format(&self) -> String {
+        match self {
+            Linear::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
+            Linear::Q8(q) if q.act_scales.is_some() => "q8_0 (static activations)".into(),
+            Linear::Q8(_) => "q8_0".into(),
+            Linear::Q4(_) => "q4_0".into(),
+        }
+    }
+
+    /// Rows `ids` as f32 [ids.len(), in]: the embedding lookup (dequantizes only those rows).
+    pub fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
+            Linear::Q8(q) => dequantized_rows(q.as_ref(), ids, dev),
+            Linear::Q4(q) => dequantized_rows(q.as_ref(), ids, dev),
+        }
+    }
+
+    /// Rows `ids` as f32 into `out` (len ids.len() * in): the embedding lookup on slices.
+    pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> candle_core::Result<()> {
+        match self {
+            Linear::Dense(w) => {
+                let k = w.dims()[1];
+                for (row, &id) in out.chunks_exact_mut(k).zip(ids) {
+                    let r = w.get(id as usize)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                    row.copy_from_slice(&r);
+                }
+            }
+            Linear::Q8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
+            Linear::Q4(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
+        }
+        Ok(())
+    }
+
+    /// Rows `start..start + n` for export.
+    pub fn export_rows(&self, start: usize, n: usize) -> candle_core::Result<ExportData<'_>> {
+        Ok(match self {
+            Linear::Dense(w) => ExportData::Dense(w.narrow(0, start, n)?),
+            Linear::Q8(q) => {
+                let bpr = q.k / nano_qwen3_kernels::q8::QK8;
+                ExportData::Q8 { blocks: &q.blocks[start * bpr..(start + n) * bpr], n, k: q.k }
+            }
+            Linear::Q4(q) => {
+                let bpr = q.k / nano_qwen3_kernels::q4::QK4;
+                ExportData::Q4 { blocks: &q.blocks[start * bpr..(start + n) * bpr], n, k: q.k }
+            }
+        })
+    }
+
+    pub fn export(&self) -> candle_core::Result<ExportData<'_>> {
+        self.export_rows(0, self.n())
+    }
+
+    /// Fix static int8 activation scales; false when this matrix is not int8.
+    pub fn set_static_scales(&mut self, scales: &[f32]) -> bool {
+        match self {
+            Linear::Q8(q) => {
+                Arc::get_mut(q).expect("static scales are set before the model is shared").act_scales = Some(scales.to_vec());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stack matrices with the same input into one (rows concatenated), when their formats allow.
+    fn stack(parts: Vec<Linear>) -> Result<Linear, Vec<Linear>> {
+        // int8 parts stack when their activation scales agree (they read the same input).
+        let scales = |l: &Linear| if let Linear::Q8(q) = l { q.act_scales.clone() } else { None };
+        let first_scales = scales(&parts[0]);
+        let owned_q8 = |l: &Linear| matches!(l, Linear::Q8(q) if q.act_scales == first_scales);
+        if parts.iter().all(|p| matches!(p, Linear::Dense(_))) {
+            let ts: Vec<&Tensor> = parts.iter().map(|p| if let Linear::Dense(t) = p { t } else { unreachable!() }).collect();
+            if ts.windows(2).all(|w| w[0].dtype() == w[1].dtype()) {
+                if let Ok(t) = Tensor::cat(&ts, 0) {
+                    return Ok(Linear::Dense(t));
+                }
+            }
+        } else if parts.iter().all(owned_q8) {
+            let k = if let Linear::Q8(q) = &parts[0] { q.k } else { 0 };
+            let mut blocks = Vec::new();
+            let mut n = 0;
+            for p in &parts {
+                if let Linear::Q8(q) = p {
+                    if q.k != k {
+                        return Err(parts);
+                    }
+                    blocks.extend_from_slice(&q.blocks);
+                    n += q.n;
+                }
+            }
+            let mut m = Q8Matrix::from_blocks(n, k, blocks);
+            m.act_scales = first_scales;
+            return Ok(Linear::Q8(Arc::new(m)));
+        } else if parts.iter().all(|p| matches!(p, Linear::Q4(_))) {
+            let k = if let Linear::Q4(q) = &parts[0] { q.k } else { 0 };
+            let mut blocks = Vec::new();
+            let mut n = 0;
+            for p in &parts {
+                if let Linear::Q4(q) = p {
+                    if q.k != k {
+                        return Err(parts);
+                    }
+                    blocks.extend_from_slice(&q.blocks);
+                    n += q.n;
+                }
+            }
+            return Ok(Linear::Q4(Arc::new(Q4Matrix { n, k, blocks })));
+        }
+        Err(parts)
+    }
+}
+
+fn dequantized_rows(q: &impl QuantMatrix, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
+    let mut out = vec![0f32; ids.len() * q.k()];
+    for (row, &id) in out.chunks_exact_mut(q.k()).zip(ids) {
+        q.dequantize_row(id as usize, row);
+    }
+    Tensor::from_vec(out, (ids.len(), q.k()), dev)
+}
+
+/// Projections that read the same input (q/k/v, or gate/up).
+pub enum Proj {
+    /// One matrix with the parts' rows stacked; `sizes` are the parts' output features.
+    Fused { w: Linear, sizes: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Proj {
+    /// Fuse when asked and the formats allow it (e.g. not when one part kept its checkpoint dtype).
+    pub fn new(parts: Vec<Linear>, fuse: bool) -> Self {
+        if !fuse {
+            return Proj::Separate(parts);
+        }
+        let sizes = parts.iter().map(Linear::n).collect();
+        match Linear::stack(parts) {
+            Ok(w) => Proj::Fused { w, sizes },
+            Err(parts) => Proj::Separate(parts),
+        }
+    }
+
+    /// Each part's output `[.., n_part]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Proj::Separate(ps) => ps.iter().map(|p| p.forward(x)).collect(),
+            Proj::Fused { w, sizes } => {
+                let y = w.forward(x)?;
+                let last = y.rank() - 1;
+                let mut at = 0;
+                sizes
+                    .iter()
+                    .map(|&s| {
+                        let part = y.narrow(last, at, s);
+                        at += s;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Proj::Separate(ps) => ps.iter().map(Linear::bytes).sum(),
+            Proj::Fused { w, .. } => w.bytes(),
+        }
+    }
+
+    /// Each part's rows for export, in order.
+    pub fn export(&self) -> candle_core::Result<Vec<ExportData<'_>>> {
+        match self {
+            Proj::Separate(ps) => ps.iter().map(Linear::export).collect(),
+            Proj::Fused { w, sizes } => {
+                let mut at = 0;
+                sizes
+                    .iter()
+                    .map(|&s| {
+                        let e = w.export_rows(at, s);
+                        at += s;
+                        e
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Every matrix with a label for reports: ("q_proj", ..) or ("qkv_proj (fused)", ..).
+    pub fn matrices<'a>(&'a self, names: &[&'static str], fused_name: &'static str) -> Vec<(&'static str, &'a Linear)> {
+        match self {
+            Proj::Separate(ps) => names.iter().copied().zip(ps).collect(),
+            Proj::Fused { w, .. } => vec![(fused_name, w)],
+        }
+    }
+
+    pub fn set_static_scales(&mut self, scales: &[f32]) -> bool {
+        match self {
+            Proj::Separate(ps) => ps.iter_mut().fold(true, |all, p| p.set_static_scales(scales) && all),
+            Proj::Fused { w, .. } => w.set_static_scales(scales),
+        }
+    }
+}

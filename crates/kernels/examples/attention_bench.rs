@@ -1,0 +1,41 @@
+//! Flash attention timings on Qwen3-0.6B's shape (16 query heads, 8 KV heads, head_dim 128):
+//! `cargo run --example attention_bench -p nano-qwen3-kernels`
+//! (`NANO_QWEN3_ISA=portable` for the plain path, `RAYON_NUM_THREADS` for the pool size).
+use half::{bf16, f16};
+use nano_qwen3_kernels::active_isa;
+use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem};
+use std::time::Instant;
+
+fn main() {
+    println!("isa {}, {} threads", active_isa().name(), rayon::current_num_threads());
+    for (q_len, start) in [(1, 511), (1, 4095), (512, 0)] {
+        let kind = if q_len == 1 { "decode " } else { "prefill" };
+        let f32_us = time::<f32>(q_len, start);
+        let f16_us = time::<f16>(q_len, start);
+        let bf16_us = time::<bf16>(q_len, start);
+        println!("{kind} q_len {q_len:3}, kv {:4}: f32 {f32_us:9.1} us   f16 {f16_us:9.1} us   bf16 {bf16_us:9.1} us", start + q_len);
+    }
+}
+
+/// Microseconds per call (best of 5 batches), cache of type `T` with capacity 4096.
+fn time<T: KvElem>(q_len: usize, start: usize) -> f64 {
+    let (heads, kv_heads, head_dim, capacity) = (16, 8, 128, 4096);
+    let shape = AttentionShape { heads, kv_heads, head_dim, q_len, start, kv_stride: capacity * head_dim };
+    let q: Vec<f32> = (0..q_len * heads * head_dim).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let kv: Vec<T> = (0..kv_heads * capacity * head_dim).map(|i| T::from_f32(((i * 104729 % 1000) as f32 - 500.0) * 1e-3)).collect();
+    let mut out = vec![0f32; q_len * heads * head_dim];
+    let isa = active_isa();
+    flash_attention(&q, &kv, &kv, &mut out, &shape, isa);
+    let flops = 4 * heads * head_dim * q_len * (start + q_len / 2);
+    let iters = (1_000_000_000 / flops.max(1)).clamp(2, 500);
+    // Best of 5 batches: the machine may be shared.
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                flash_attention(&q, &kv, &kv, &mut out, &shape, isa);
+            }
+            t.elapsed().as_secs_f64() * 1e6 / iters as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
