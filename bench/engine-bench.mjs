@@ -14,6 +14,8 @@ const { values: o } = parseArgs({
     'prefill-tokens': { type: 'string', default: '512' },
     'decode-tokens': { type: 'string', default: '128' },
     iterations: { type: 'string', default: '2' },
+    // Extra acceleration options as JSON, e.g. '{"useFlashAttention":false}' (ablations).
+    accel: { type: 'string', default: '{}' },
   },
 })
 const prefillTokens = Number(o['prefill-tokens'])
@@ -25,7 +27,8 @@ const t0 = performance.now()
 const runner = await ModelRunner.load({
   modelName: o.model,
   threads: Number(o.threads),
-  accelerationConfig: { quantization: o.quantization },
+  accelerationConfig: { quantization: o.quantization, ...JSON.parse(o.accel) },
+  onLoadProgress: false,
 })
 const loadMs = performance.now() - t0
 
@@ -47,6 +50,7 @@ console.log(
   JSON.stringify({
     engine: 'nano-qwen3-serving',
     quantization: o.quantization,
+    accel: JSON.parse(o.accel),
     weightDtype: runner.getModelInfo().dtype,
     threads: Number(o.threads),
     loadMs,

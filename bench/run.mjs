@@ -2,7 +2,10 @@
 // (F16, Q8_0, Q4_0) with this engine, then measures each engine configuration and its llama.cpp peer
 // (node-llama-cpp on the GGUF of the same weights) in separate processes, in one run.
 // Prints a table with ratios; writes bench/results/latest.json.
-//   BENCH_MODES=none,bf16,fp16,dynamic_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2  BENCH_PEER=0 (skip llama.cpp)
+// Then the ablations: each optimization switched off (or on) alone, and a 4096-token prompt with and
+// without chunked prefill (peak RSS). Draws bench/comparison.svg.
+//   BENCH_MODES=none,bf16,fp16,dynamic_int8,static_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2
+//   BENCH_PEER=0 (skip llama.cpp)  BENCH_ABLATION=0 (skip ablations)  BENCH_ABLATION_MODE=dynamic_int8
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
@@ -10,18 +13,20 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ModelRunner } from '../dist/index.mjs'
 import { makeSyntheticCheckpoint } from '../scripts/make-synthetic-checkpoint.mjs'
+import { comparisonSvg } from './chart.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const model = process.env.BENCH_MODEL ?? makeSyntheticCheckpoint()
-const modes = (process.env.BENCH_MODES ?? 'none,bf16,fp16,dynamic_int8,int4').split(',')
+const modes = (process.env.BENCH_MODES ?? 'none,bf16,fp16,dynamic_int8,static_int8,int4').split(',')
 const threads = process.env.BENCH_THREADS ?? '2'
 const iterations = process.env.BENCH_ITERATIONS ?? '2'
 const withPeer = process.env.BENCH_PEER !== '0'
 // Our mode -> the llama.cpp type of the same weights.
-const peerType = { fp16: 'F16', dynamic_int8: 'Q8_0', int4: 'Q4_0' }
+const peerType = { bf16: 'F16', fp16: 'F16', dynamic_int8: 'Q8_0', static_int8: 'Q8_0', int4: 'Q4_0' }
+const peerCache = {}
 
-function measure(script, args) {
-  const out = execFileSync(process.execPath, [join(here, script), ...args, '--threads', threads, '--iterations', iterations], {
+function measure(script, args, its = iterations) {
+  const out = execFileSync(process.execPath, [join(here, script), ...args, '--threads', threads, '--iterations', its], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
   })
@@ -31,6 +36,8 @@ function measure(script, args) {
 async function ensureGguf(mode) {
   const file = join(dirname(model), `${model.split('/').at(-1)}-${peerType[mode]}.gguf`)
   if (!existsSync(file)) {
+    // F16 from fp16, Q8_0 from dynamic_int8 (llama.cpp's own Q8_0 rule), Q4_0 from int4.
+    mode = { F16: 'fp16', Q8_0: 'dynamic_int8', Q4_0: 'int4' }[peerType[mode]]
     console.error(`exporting ${file} ...`)
     const runner = await ModelRunner.load({ modelName: model, accelerationConfig: { quantization: mode } })
     await runner.export(file)
@@ -45,9 +52,13 @@ for (const quantization of modes) {
   const ours = measure('engine-bench.mjs', ['--model', model, '--quantization', quantization])
   let peer
   if (withPeer && peerType[quantization]) {
-    const gguf = await ensureGguf(quantization)
-    console.error(`measuring node-llama-cpp ${peerType[quantization]} ...`)
-    peer = { ...measure('llama-bench.mjs', ['--gguf', gguf]), type: peerType[quantization] }
+    const type = peerType[quantization]
+    if (!peerCache[type]) {
+      const gguf = await ensureGguf(quantization)
+      console.error(`measuring node-llama-cpp ${type} ...`)
+      peerCache[type] = { ...measure('llama-bench.mjs', ['--gguf', gguf]), type }
+    }
+    peer = peerCache[type]
   }
   rows.push({ ours, peer })
 }
@@ -66,5 +77,45 @@ for (const { ours: o, peer: p } of rows) {
       `${ratio(o.prefillTokensPerSecond, p?.prefillTokensPerSecond)} | ${ratio(o.decodeTokensPerSecond, p?.decodeTokensPerSecond)} |`,
   )
 }
+// Ablations: one optimization changed at a time from the defaults (all on).
+const ablation = []
+if (process.env.BENCH_ABLATION !== '0') {
+  const mode = process.env.BENCH_ABLATION_MODE ?? 'dynamic_int8'
+  const variants = [
+    ['defaults (flash attention, fused kernels on)', {}],
+    ['useFlashAttention: false', { useFlashAttention: false }],
+    ['useFusedKernels: false', { useFusedKernels: false }],
+    ['both off', { useFlashAttention: false, useFusedKernels: false }],
+    ["compileMode: 'reduce-overhead'", { useTorchCompile: true, compileMode: 'reduce-overhead' }],
+    ["kvCacheDtype: 'f16'", { kvCacheDtype: 'f16' }],
+  ]
+  for (const [label, accel] of variants) {
+    console.error(`ablation (${mode}): ${label} ...`)
+    ablation.push({ label, ...measure('engine-bench.mjs', ['--model', model, '--quantization', mode, '--accel', JSON.stringify(accel)]) })
+  }
+  console.log(`\nEach optimization alone (${mode}; every other option at its default)\n`)
+  console.log('| configuration | prefill tok/s | decode tok/s | peak RSS MB |')
+  console.log('|---|---|---|---|')
+  for (const a of ablation) console.log(`| ${a.label} | ${f(a.prefillTokensPerSecond)} | ${f(a.decodeTokensPerSecond, 2)} | ${f(a.peakRssMb, 0)} |`)
+  // Chunked prefill: a 4096-token prompt, peak RSS with and without.
+  const long = []
+  for (const [label, accel] of [['whole prompt', {}], ['useGradientCheckpointing: true (chunks of 256)', { useGradientCheckpointing: true }]]) {
+    console.error(`4096-token prompt: ${label} ...`)
+    long.push({ label, ...measure('engine-bench.mjs', ['--model', model, '--quantization', mode, '--prefill-tokens', '4096', '--decode-tokens', '2', '--accel', JSON.stringify(accel)], '1') })
+  }
+  console.log(`\n4096-token prompt (${mode})\n`)
+  console.log('| prefill | prefill tok/s | peak RSS MB |')
+  console.log('|---|---|---|')
+  for (const a of long) console.log(`| ${a.label} | ${f(a.prefillTokensPerSecond)} | ${f(a.peakRssMb, 0)} |`)
+  ablation.push(...long.map((l) => ({ ...l, longPrompt: true })))
+}
+
 mkdirSync(join(here, 'results'), { recursive: true })
-writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), cpu, threads, rows }, null, 2))
+writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), cpu, threads, rows, ablation }, null, 2))
+const chartRows = rows.map(({ ours: o, peer: p }) => ({
+  label: `${o.quantization}`,
+  ours: { prefill: o.prefillTokensPerSecond, decode: o.decodeTokensPerSecond },
+  peer: p && { label: p.type, prefill: p.prefillTokensPerSecond, decode: p.decodeTokensPerSecond },
+}))
+writeFileSync(join(here, 'comparison.svg'), comparisonSvg(chartRows, `Qwen3-0.6B shapes, ${threads} threads, ${cpu}`))
+console.error('wrote bench/results/latest.json and bench/comparison.svg')

@@ -3,7 +3,7 @@
 //! accumulation is f32.
 //!
 //! Why it is shaped this way:
-//! - The `n × (start + n)` score matrix is never built. Keys are visited in tiles of [`KV_TILE`];
+//! - The `n × (start + n)` score matrix is never built. Keys are visited in tiles of `KV_TILE`;
 //!   each query row keeps a running max `m`, a running sum `l` and an accumulator that is rescaled
 //!   whenever `m` grows (online softmax), so memory stays `O(rows · head_dim)` at any context length.
 //! - GQA: the query heads that share a KV head, over a tile of query tokens, are the rows of one
@@ -550,6 +550,7 @@ fn max(avx2: bool, s: &[f32], init: f32) -> f32 {
         // SAFETY: `avx2` is only set when the CPU supports it.
         return unsafe { avx2::max(s, init) };
     }
+    let _ = avx2;
     s.iter().fold(init, |a, &b| a.max(b))
 }
 
@@ -586,17 +587,19 @@ mod avx2 {
     use crate::simd::x86::hsum;
     use std::arch::x86_64::*;
 
-    /// Calls `kernel::<R>` for each block of up to 4 rows.
+    /// Calls `kernel::<T, R, W>` for each block of R <= 4 rows, with W = 8 / R (rounded down to
+    /// 2 for R = 3) keys or column-vectors per register tile, so every tile keeps about 8
+    /// accumulators: fewer rows (decode, small groups) get wider tiles.
     macro_rules! by_rows {
         ($rows:expr, |$r:ident| $kernel:ident::<$t:ty>($($arg:expr),*)) => {{
             let mut $r = 0;
             while $r < $rows {
                 let n = ($rows - $r).min(4);
                 match n {
-                    4 => $kernel::<$t, 4>($($arg),*),
-                    3 => $kernel::<$t, 3>($($arg),*),
-                    2 => $kernel::<$t, 2>($($arg),*),
-                    _ => $kernel::<$t, 1>($($arg),*),
+                    4 => $kernel::<$t, 4, 2>($($arg),*),
+                    3 => $kernel::<$t, 3, 2>($($arg),*),
+                    2 => $kernel::<$t, 2, 4>($($arg),*),
+                    _ => $kernel::<$t, 1, 8>($($arg),*),
                 }
                 $r += n;
             }
@@ -610,48 +613,52 @@ mod avx2 {
         by_rows!(rows, |r| score_rows::<T>(q.add(r * hd), hd, k, nk, p.add(r * KV_TILE)))
     }
 
-    /// R query rows against the keys, two keys at a time (each K load feeds R FMAs, each Q load 2).
+    /// R query rows against the tile's keys, J keys at a time, then one at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn score_rows<T: KvElem, const R: usize>(q: *const f32, hd: usize, k: *const T, nk: usize, p: *mut f32) {
+    unsafe fn score_rows<T: KvElem, const R: usize, const J: usize>(q: *const f32, hd: usize, k: *const T, nk: usize, p: *mut f32) {
         let mut j = 0;
-        while j + 2 <= nk {
-            let (k0, k1) = (k.add(j * hd), k.add((j + 1) * hd));
-            let (mut a0, mut a1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-            for d in (0..hd).step_by(8) {
-                let (x0, x1) = (T::load8(k0.add(d)), T::load8(k1.add(d)));
-                for r in 0..R {
-                    let qv = _mm256_loadu_ps(q.add(r * hd + d));
-                    a0[r] = _mm256_fmadd_ps(qv, x0, a0[r]);
-                    a1[r] = _mm256_fmadd_ps(qv, x1, a1[r]);
-                }
-            }
-            if R == 4 {
-                let mut sums = [0f32; 8];
-                _mm256_storeu_ps(sums.as_mut_ptr(), hsum8([a0[0], a1[0], a0[1], a1[1], a0[2], a1[2], a0[3], a1[3]]));
-                for r in 0..R {
-                    *p.add(r * KV_TILE + j) = sums[2 * r];
-                    *p.add(r * KV_TILE + j + 1) = sums[2 * r + 1];
-                }
-            } else {
-                for r in 0..R {
-                    *p.add(r * KV_TILE + j) = hsum(a0[r]);
-                    *p.add(r * KV_TILE + j + 1) = hsum(a1[r]);
-                }
-            }
-            j += 2;
+        while j + J <= nk {
+            score_block::<T, R, J>(q, hd, k.add(j * hd), p.add(j));
+            j += J;
         }
-        if j < nk {
-            let k0 = k.add(j * hd);
-            let mut a = [_mm256_setzero_ps(); R];
-            for d in (0..hd).step_by(8) {
-                let x = T::load8(k0.add(d));
+        for j in j..nk {
+            score_block::<T, R, 1>(q, hd, k.add(j * hd), p.add(j));
+        }
+    }
+
+    /// R × J dot products over head_dim: each K load feeds R FMAs, each Q load J.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn score_block<T: KvElem, const R: usize, const J: usize>(q: *const f32, hd: usize, k: *const T, p: *mut f32) {
+        let mut a = [[_mm256_setzero_ps(); J]; R];
+        for d in (0..hd).step_by(8) {
+            let mut qv = [_mm256_setzero_ps(); R];
+            for (r, qv) in qv.iter_mut().enumerate() {
+                *qv = _mm256_loadu_ps(q.add(r * hd + d));
+            }
+            for jj in 0..J {
+                let x = T::load8(k.add(jj * hd + d));
                 for r in 0..R {
-                    a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + d)), x, a[r]);
+                    a[r][jj] = _mm256_fmadd_ps(qv[r], x, a[r][jj]);
                 }
             }
+        }
+        if R * J == 8 {
+            let mut v = [_mm256_setzero_ps(); 8];
             for r in 0..R {
-                *p.add(r * KV_TILE + j) = hsum(a[r]);
+                v[r * J..][..J].copy_from_slice(&a[r]);
+            }
+            let mut sums = [0f32; 8];
+            _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(v));
+            for r in 0..R {
+                std::ptr::copy_nonoverlapping(sums.as_ptr().add(r * J), p.add(r * KV_TILE), J);
+            }
+        } else {
+            for r in 0..R {
+                for jj in 0..J {
+                    *p.add(r * KV_TILE + jj) = hsum(a[r][jj]);
+                }
             }
         }
     }
@@ -674,16 +681,16 @@ mod avx2 {
         by_rows!(rows, |r| accumulate_rows::<T>(p.add(r * KV_TILE), corr.add(r), hd, v, nk, acc.add(r * hd)))
     }
 
-    /// R rows, 16 columns at a time (8 for a last odd block of 8).
+    /// R rows, 8C columns at a time, then 8 at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn accumulate_rows<T: KvElem, const R: usize>(p: *const f32, corr: *const f32, hd: usize, v: *const T, nk: usize, acc: *mut f32) {
+    unsafe fn accumulate_rows<T: KvElem, const R: usize, const C: usize>(p: *const f32, corr: *const f32, hd: usize, v: *const T, nk: usize, acc: *mut f32) {
         let mut d = 0;
-        while d + 16 <= hd {
-            axpy_block::<T, R, 2>(p, corr, hd, v.add(d), nk, acc.add(d));
-            d += 16;
+        while d + 8 * C <= hd {
+            axpy_block::<T, R, C>(p, corr, hd, v.add(d), nk, acc.add(d));
+            d += 8 * C;
         }
-        if d < hd {
+        for d in (d..hd).step_by(8) {
             axpy_block::<T, R, 1>(p, corr, hd, v.add(d), nk, acc.add(d));
         }
     }
@@ -701,14 +708,14 @@ mod avx2 {
             }
         }
         for j in 0..nk {
-            let mut x = [_mm256_setzero_ps(); C];
-            for (i, x) in x.iter_mut().enumerate() {
-                *x = T::load8(v.add(j * hd + 8 * i));
+            let mut w = [_mm256_setzero_ps(); R];
+            for (r, w) in w.iter_mut().enumerate() {
+                *w = _mm256_set1_ps(*p.add(r * KV_TILE + j));
             }
-            for r in 0..R {
-                let w = _mm256_set1_ps(*p.add(r * KV_TILE + j));
-                for i in 0..C {
-                    a[r][i] = _mm256_fmadd_ps(w, x[i], a[r][i]);
+            for i in 0..C {
+                let x = T::load8(v.add(j * hd + 8 * i));
+                for r in 0..R {
+                    a[r][i] = _mm256_fmadd_ps(w[r], x, a[r][i]);
                 }
             }
         }
