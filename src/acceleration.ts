@@ -30,6 +30,8 @@ export const accelerationConfigSchema = z
       .object({
         texts: z.array(z.string().min(1, 'a non-empty text')).min(1, 'at least one text (or leave texts out for the built-in set)').optional(),
         maxTokens: z.number().int().positive().optional(),
+        /** static_int8: SmoothQuant migration strength in [0, 1] (0 turns smoothing off; default 0.5). */
+        smoothing: z.number().min(0).max(1).optional(),
       })
       .strict()
       .optional(),

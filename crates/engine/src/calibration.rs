@@ -31,10 +31,22 @@ pub struct CalibrationConfig {
     pub texts: Option<Vec<String>>,
     /// Tokens used from each text (longer texts are cut); default 128.
     pub max_tokens: Option<usize>,
+    /// static_int8: SmoothQuant migration strength α in [0, 1] (0: no smoothing); default 0.5.
+    pub smoothing: Option<f32>,
 }
 
 impl CalibrationConfig {
     pub const DEFAULT_MAX_TOKENS: usize = 128;
+    pub const DEFAULT_SMOOTHING: f32 = 0.5;
+
+    /// α, checked.
+    pub fn smoothing(&self) -> Result<f32> {
+        match self.smoothing {
+            None => Ok(Self::DEFAULT_SMOOTHING),
+            Some(a) if (0.0..=1.0).contains(&a) => Ok(a),
+            Some(a) => Err(EngineError::invalid_arg("calibration.smoothing", a, "a number in [0, 1]")),
+        }
+    }
 
     /// The token sequences to run, or a clear error for unusable input.
     pub fn token_sequences(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {

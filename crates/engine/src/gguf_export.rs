@@ -212,8 +212,8 @@ impl Engine {
                     };
                     (t.dims().iter().rev().copied().collect(), ty, t.elem_count() * t.dtype().size_in_bytes())
                 }
-                ExportData::Q8 { blocks, n, k } => (vec![*k, *n], GGML_Q8_0, std::mem::size_of_val(*blocks)),
-                ExportData::Q4 { blocks, n, k } => (vec![*k, *n], GGML_Q4_0, std::mem::size_of_val(*blocks)),
+                ExportData::Q8 { blocks, n, k } => (vec![*k, *n], GGML_Q8_0, std::mem::size_of_val(&blocks[..])),
+                ExportData::Q4 { blocks, n, k } => (vec![*k, *n], GGML_Q4_0, std::mem::size_of_val(&blocks[..])),
             };
             infos.str(name);
             infos.u32(dims.len() as u32);
@@ -244,8 +244,8 @@ impl Engine {
                 let bytes: Vec<u8> = match data {
                     ExportData::Dense(t) => dense_bytes(t).map_err(std::io::Error::other)?,
                     // SAFETY: the blocks are repr(C) with no padding (sizes asserted in kernels).
-                    ExportData::Q8 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(*blocks)) }.to_vec(),
-                    ExportData::Q4 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(*blocks)) }.to_vec(),
+                    ExportData::Q8 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(&blocks[..])) }.to_vec(),
+                    ExportData::Q4 { blocks, .. } => unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(&blocks[..])) }.to_vec(),
                 };
                 f.write_all(&bytes)?;
                 pos = start + bytes.len();

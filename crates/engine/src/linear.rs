@@ -3,6 +3,7 @@
 //! fused kernels are on so one matmul (and one activation quantization) serves all of them.
 use candle_core::{DType, Device, Storage, Tensor};
 use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A weight matrix [out, in] (HF layout) in the plan's format.
@@ -19,8 +20,9 @@ pub enum Linear {
 pub enum ExportData<'a> {
     /// f32 / bf16 / f16 tensor, HF shape.
     Dense(Tensor),
-    Q8 { blocks: &'a [BlockQ8], n: usize, k: usize },
-    Q4 { blocks: &'a [BlockQ4], n: usize, k: usize },
+    /// Borrowed from the model, or owned when the model holds them repacked.
+    Q8 { blocks: Cow<'a, [BlockQ8]>, n: usize, k: usize },
+    Q4 { blocks: Cow<'a, [BlockQ4]>, n: usize, k: usize },
 }
 
 impl Linear {
@@ -112,11 +114,11 @@ impl Linear {
             Linear::Dense(w) => ExportData::Dense(w.narrow(0, start, n)?),
             Linear::Q8(q) => {
                 let bpr = q.k / nano_qwen3_kernels::q8::QK8;
-                ExportData::Q8 { blocks: &q.blocks[start * bpr..(start + n) * bpr], n, k: q.k }
+                ExportData::Q8 { blocks: Cow::Borrowed(&q.blocks[start * bpr..(start + n) * bpr]), n, k: q.k }
             }
             Linear::Q4(q) => {
                 let bpr = q.k / nano_qwen3_kernels::q4::QK4;
-                ExportData::Q4 { blocks: &q.blocks[start * bpr..(start + n) * bpr], n, k: q.k }
+                ExportData::Q4 { blocks: Cow::Borrowed(&q.blocks[start * bpr..(start + n) * bpr]), n, k: q.k }
             }
         })
     }

@@ -24,8 +24,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// SmoothQuant's migration strength: half of the activation range moves into the weights.
-pub const ALPHA: f32 = 0.5;
 /// Above this range ratio a site keeps dynamic activation scales: its typical token would lose
 /// more than one of its 8 bits. (With a limit of 8x, static int8's logit error on the synthetic
 /// 0.6B model was 5x dynamic int8's: `npm run quality`.)
@@ -47,6 +45,8 @@ pub struct CalibrationReport {
     pub texts: usize,
     pub tokens: usize,
     pub alpha: f32,
+    /// Sites with outlier channels, where SmoothQuant was applied.
+    pub smoothed_sites: Vec<String>,
     pub max_range_ratio: f64,
     pub static_sites: usize,
     /// Sites left with dynamic (per-token) activation scales, each with the reason.
@@ -128,22 +128,48 @@ fn max_of(cols: &[Vec<f32>]) -> Vec<f32> {
     m
 }
 
+/// SmoothQuant exists for outlier channels: a site is smoothed only when its largest channel range
+/// is over this many times the median one. Without outliers, moving range into the weights only
+/// adds weight rounding error (measured on the synthetic 0.6B model, whose random weights have no
+/// outliers: smoothing every site raised static int8's KL divergence 4x).
+pub const OUTLIER_SPREAD: f32 = 8.0;
+
+fn has_outliers(act_max: &[f32]) -> bool {
+    let mut v: Vec<f32> = act_max.iter().copied().filter(|x| *x > 0.0).collect();
+    if v.is_empty() {
+        return false;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() - 1] > OUTLIER_SPREAD * v[v.len() / 2]
+}
+
 /// s_j = max|X_j|^α / max|W_j|^(1-α), 1 where either side is zero, kept within [1e-4, 1e4].
-fn smoothing_factors(act_max: &[f32], weight_max: &[f32]) -> Vec<f32> {
+fn smoothing_factors(act_max: &[f32], weight_max: &[f32], alpha: f32) -> Vec<f32> {
     act_max
         .iter()
         .zip(weight_max)
-        .map(|(&a, &w)| if a > 0.0 && w > 0.0 { (a.powf(ALPHA) / w.powf(1.0 - ALPHA)).clamp(1e-4, 1e4) } else { 1.0 })
+        .map(|(&a, &w)| if a > 0.0 && w > 0.0 && alpha > 0.0 { (a.powf(alpha) / w.powf(1.0 - alpha)).clamp(1e-4, 1e4) } else { 1.0 })
         .collect()
 }
 
 /// Smoothed copies of every layer's norms and matrices (step 2 of the module docs).
-fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats) -> Result<HashMap<String, Tensor>> {
+/// Returns the smoothed tensors and the names of the sites that were smoothed.
+fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats, alpha: f32) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
     let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let group = nh / nkv;
     let mut out = HashMap::new();
+    let mut smoothed = Vec::new();
     for (i, st) in stats.layers.iter().enumerate() {
+        // α per site: only where outlier channels exist.
+        let mut alpha_for = |site: Site| {
+            if alpha > 0.0 && has_outliers(&st[site as usize].channel_max) {
+                smoothed.push(format!("layers.{i}.{}", site.name()));
+                alpha
+            } else {
+                0.0
+            }
+        };
         let p = format!("model.layers.{i}");
         let name = |n: &str| format!("{p}.{n}.weight");
         let norm = |n: &str| -> Result<Vec<f32>> { src.load_stored(&name(n), &[h], &Device::Cpu)?.into_f32_vec() };
@@ -157,20 +183,21 @@ fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats) ->
         let (mut in_norm, mut post_norm) = (norm("input_layernorm")?, norm("post_attention_layernorm")?);
 
         // q/k/v input: fold into the input RMSNorm weight.
-        let s = smoothing_factors(&st[Site::AttnIn as usize].channel_max, &max_of(&[q.col_max(), k.col_max(), v.col_max()]));
+        let s = smoothing_factors(&st[Site::AttnIn as usize].channel_max, &max_of(&[q.col_max(), k.col_max(), v.col_max()]), alpha_for(Site::AttnIn));
         in_norm.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
         [&mut q, &mut k, &mut v].into_iter().for_each(|m| m.scale_cols(&s));
 
         // o_proj input (head h, dim d) is attention-weighted v of KV head h / group, dim d: fold
         // into v_proj's rows, with one factor per KV channel shared by its query heads.
         let (xo, wo) = (&st[Site::OIn as usize].channel_max, o.col_max());
+        let alpha_o = alpha_for(Site::OIn);
         let mut s_kv = vec![1f32; nkv * hd];
         for c in 0..nkv {
             for d in 0..hd {
                 let heads = (c * group..(c + 1) * group).map(|hh| hh * hd + d);
                 let a = heads.clone().map(|j| xo[j]).fold(0f32, f32::max);
                 let w = heads.map(|j| wo[j]).fold(0f32, f32::max);
-                s_kv[c * hd + d] = smoothing_factors(&[a], &[w])[0];
+                s_kv[c * hd + d] = smoothing_factors(&[a], &[w], alpha_o)[0];
             }
         }
         v.divide_rows(&s_kv);
@@ -178,13 +205,13 @@ fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats) ->
         o.scale_cols(&s_o);
 
         // gate/up input: fold into the post-attention RMSNorm weight.
-        let s = smoothing_factors(&st[Site::MlpIn as usize].channel_max, &max_of(&[gate.col_max(), up.col_max()]));
+        let s = smoothing_factors(&st[Site::MlpIn as usize].channel_max, &max_of(&[gate.col_max(), up.col_max()]), alpha_for(Site::MlpIn));
         post_norm.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
         gate.scale_cols(&s);
         up.scale_cols(&s);
 
         // down_proj input is silu(gate) * up: fold into up_proj's rows.
-        let s = smoothing_factors(&st[Site::DownIn as usize].channel_max, &down.col_max());
+        let s = smoothing_factors(&st[Site::DownIn as usize].channel_max, &down.col_max(), alpha_for(Site::DownIn));
         up.divide_rows(&s);
         down.scale_cols(&s);
 
@@ -202,7 +229,7 @@ fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats) ->
             out.insert(name(n), m.tensor()?);
         }
     }
-    Ok(out)
+    Ok((out, smoothed))
 }
 
 fn decide(site: String, stats: &SiteStats) -> (SiteDecision, Vec<f32>) {
@@ -223,11 +250,13 @@ pub fn load(
 ) -> Result<(Qwen3Model, CalibrationReport)> {
     let started = Instant::now();
     let sequences = calibration.token_sequences(tokenizer)?;
+    let alpha = calibration.smoothing()?;
     let raw_stats = {
         let model = Qwen3Model::load(cfg, src, WeightFormat::Checkpoint, dev)?;
         calibration::collect(&model, &sequences, progress, "calibrate")?
     };
-    let overlay = Overlay { base: src, replaced: smooth(cfg, src, &raw_stats)? };
+    let (replaced, smoothed_sites) = smooth(cfg, src, &raw_stats, alpha)?;
+    let overlay = Overlay { base: src, replaced };
     let stats = {
         let model = Qwen3Model::load(cfg, &overlay, WeightFormat::Dense(DType::F32), dev)?;
         calibration::collect(&model, &sequences, progress, "calibrate (smoothed)")?
@@ -257,7 +286,8 @@ pub fn load(
     let report = CalibrationReport {
         texts: sequences.len(),
         tokens: sequences.iter().map(Vec::len).sum(),
-        alpha: ALPHA,
+        alpha,
+        smoothed_sites,
         max_range_ratio: MAX_RANGE_RATIO,
         static_sites: sites.iter().filter(|s| s.is_static).count(),
         dynamic_sites: dynamic,
@@ -275,17 +305,28 @@ mod tests {
     use crate::weights::Checkpoint;
 
     /// SmoothQuant only moves scale between activations and weights: in f32 the smoothed model
-    /// computes the same logits, while the activation ranges it feeds to int8 shrink.
+    /// computes the same logits, while the activation ranges it feeds to int8 shrink. The fixture
+    /// gets outlier channels first (two norm weights x50), as real Qwen checkpoints have.
     #[test]
     fn smoothing_keeps_the_function_and_narrows_activation_ranges() {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-        let src = Checkpoint::open(&dir).unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let mut outliers = HashMap::new();
+        for (name, channel) in [("model.layers.0.input_layernorm.weight", 3), ("model.layers.1.post_attention_layernorm.weight", 5)] {
+            let mut w = ckpt.load_stored(name, &[cfg.hidden_size], &Device::Cpu).unwrap().into_f32_vec().unwrap();
+            w[channel] *= 50.0;
+            outliers.insert(name.to_string(), Tensor::from_vec(w, cfg.hidden_size, &Device::Cpu).unwrap());
+        }
+        let src = Overlay { base: &ckpt, replaced: outliers };
         let seqs = CalibrationConfig::default().token_sequences(&tok).unwrap();
         let plain = Qwen3Model::load(&cfg, &src, WeightFormat::Dense(DType::F32), &Device::Cpu).unwrap();
         let stats = calibration::collect(&plain, &seqs, None, "calibrate").unwrap();
-        let overlay = Overlay { base: &src, replaced: smooth(&cfg, &src, &stats).unwrap() };
+        let (replaced, smoothed_sites) = smooth(&cfg, &src, &stats, 0.5).unwrap();
+        assert!(smoothed_sites.contains(&"layers.0.q/k/v_proj input".to_string()), "{smoothed_sites:?}");
+        assert!(smoothed_sites.contains(&"layers.1.gate/up_proj input".to_string()), "{smoothed_sites:?}");
+        let overlay = Overlay { base: &src, replaced };
         let smoothed = Qwen3Model::load(&cfg, &overlay, WeightFormat::Dense(DType::F32), &Device::Cpu).unwrap();
         let logits = |m: &Qwen3Model, t: &[u32]| {
             let mut c = KvCache::new(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, Default::default(), Default::default());
@@ -303,10 +344,13 @@ mod tests {
             let nz: Vec<f32> = s.channel_max.iter().copied().filter(|x| *x > 0.0).collect();
             nz.iter().copied().fold(0f32, f32::max) / nz.iter().copied().fold(f32::INFINITY, f32::min)
         };
-        for (b, a) in stats.layers.iter().zip(&after.layers) {
+        for (i, (b, a)) in stats.layers.iter().zip(&after.layers).enumerate() {
             for site in [Site::AttnIn, Site::MlpIn, Site::DownIn] {
                 let (sb, sa) = (spread(&b[site as usize]), spread(&a[site as usize]));
                 assert!(sa <= sb * 1.001, "{}: channel spread grew from {sb} to {sa}", site.name());
+                if smoothed_sites.contains(&format!("layers.{i}.{}", site.name())) {
+                    assert!(sa < sb / 4.0, "layer {i} {}: outlier spread only went from {sb} to {sa}", site.name());
+                }
             }
         }
     }

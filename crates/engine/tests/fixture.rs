@@ -184,10 +184,10 @@ fn static_int8_logits_stay_close_and_calibration_reports_every_site() {
     }
     // Empty calibration input is refused with the bad value named.
     let mut acceleration = AccelerationConfig { quantization: Quantization::StaticInt8, ..Default::default() };
-    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec![]), max_tokens: None });
+    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec![]), ..Default::default() });
     let e = Engine::load(&fixture(), &LoadOptions { acceleration: acceleration.clone(), ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("calibration.texts = [] (empty)"), "{e}");
-    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec!["ok".into(), "".into()]), max_tokens: None });
+    acceleration.calibration = Some(nano_qwen3_engine::CalibrationConfig { texts: Some(vec!["ok".into(), "".into()]), ..Default::default() });
     let e = Engine::load(&fixture(), &LoadOptions { acceleration, ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("calibration.texts[1]"), "{e}");
 }

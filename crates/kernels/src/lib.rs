@@ -12,6 +12,7 @@ pub mod kquants;
 pub mod linear;
 pub mod q4;
 pub mod q8;
+pub mod repack;
 pub mod quant;
 pub mod simd;
 

@@ -1,0 +1,660 @@
+//! Q8_0 / Q4_0 weights repacked at load into 8-row interleaved blocks (`useChannelsLast`).
+//!
+//! The row-major kernels ([`crate::q8`], [`crate::q4`]) compute one weight row per 256-bit vector:
+//! every (row, block) costs a load, the integer products, a horizontal sum and its own scalar f16
+//! scale. Here 8 output rows share every vector instead: one vector holds the same 4 consecutive
+//! k-elements of 8 rows (4 bytes per 32-bit lane), so with the 4 matching activation bytes
+//! broadcast to all lanes, `maddubs` + `madd` leave one i32 per lane = one partial dot product per
+//! row. After a block's 8 such groups of 4, one convert and one FMA with the 8 row scales (stored
+//! as f32 at repack time) finish the block for 8 rows at once, and the accumulator vector is the 8
+//! outputs: no horizontal sums at all.
+//!
+//! Layouts, per group of 8 weight rows `8g..8g+8` (the last group padded with zero rows) and per
+//! block `b` of 32 input features; blocks are stored `[group][block]`, so a group is contiguous:
+//!
+//! - [`BlockQ8x8`] (288 bytes = 36 per row-block, Q8_0 has 34): `d[r]` (f32) is row r's scale,
+//!   then `qs[32 s + 4 r + e]` = row r's int8 element `4 s + e` of the block (s: 0..8, e: 0..4).
+//! - [`BlockQ4x8`] (160 bytes = 20 per row-block, Q4_0 has 18): `d[r]` (f32), then
+//!   `qs[32 v + 4 r + e]` = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low nibble is
+//!   element `4 v + e`, its high nibble element `16 + 4 v + e`. So one 32-byte load yields two
+//!   groups of 4 elements for 8 rows: `& 0xF` and `>> 4 & 0xF`.
+//!
+//! Both hold exactly the source's information (f16 -> f32 is exact), so [`Q8x8Matrix::to_q8`] /
+//! [`Q4x8Matrix::to_q4`] restore the original blocks bit for bit (GGUF export).
+//!
+//! Arithmetic is the row-major kernels' own: activations quantized per row to Q8_0 (or with the
+//! static scales), exact integer block sums, `acc += sum as f32 * (d_x * d_w)` block by block. The
+//! portable path gives bit-identical results to `Q8Matrix` / `Q4Matrix` with `Isa::Portable`.
+//!
+//! Integer tricks on AVX2 (no VNNI):
+//! - Q8: `maddubs` needs one unsigned operand: `|x|` times `w` carrying x's sign (as q8.rs). Pair
+//!   sums are at most 2·127·128, so they fit i16; each group of 4 is widened to i32 by `madd`.
+//!   As in q8.rs, a weight of -128 (never produced by Q8_0 quantizers) is not supported.
+//! - Q4: nibbles are unsigned (0..15), so `maddubs(q, x)` needs no sign trick and the `-8` offset
+//!   becomes `- 8 Σx` once per block. Pair sums are at most 2·15·128 = 3840, so all 8 groups of a
+//!   block add up in i16 (8·3840 < 32767) before a single `madd` per block.
+use crate::q4::{BlockQ4, Q4Matrix, QK4};
+use crate::q8::{quantize_rows, quantize_rows_static, BlockQ8, Q8Matrix, QK8};
+use crate::quant::QuantMatrix;
+use crate::simd::Isa;
+use half::f16;
+use rayon::prelude::*;
+
+/// Weight rows interleaved per block.
+pub const ROWS: usize = 8;
+
+/// 8 rows x 32 int8 weights, see the module docs. Aligned so each 32-byte group is one aligned load.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8x8 {
+    pub d: [f32; ROWS],
+    pub qs: [i8; ROWS * QK8],
+}
+
+/// 8 rows x 32 4-bit weights, see the module docs.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4x8 {
+    pub d: [f32; ROWS],
+    pub qs: [u8; ROWS * QK4 / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8x8>() == 288 && std::mem::size_of::<BlockQ4x8>() == 160);
+
+/// A `[n, k]` Q8_0 matrix in 8-row interleaved blocks.
+pub struct Q8x8Matrix {
+    pub n: usize,
+    pub k: usize,
+    /// `n.div_ceil(8) * k / 32` blocks, `[group][block]`.
+    pub blocks: Vec<BlockQ8x8>,
+    /// Static activation scales, as [`Q8Matrix::act_scales`].
+    pub act_scales: Option<Vec<f32>>,
+}
+
+/// A `[n, k]` Q4_0 matrix in 8-row interleaved blocks.
+pub struct Q4x8Matrix {
+    pub n: usize,
+    pub k: usize,
+    /// `n.div_ceil(8) * k / 32` blocks, `[group][block]`.
+    pub blocks: Vec<BlockQ4x8>,
+}
+
+impl Q8x8Matrix {
+    pub fn from_q8(q: &Q8Matrix) -> Self {
+        let bpr = q.k / QK8;
+        let zero = BlockQ8x8 { d: [0.0; ROWS], qs: [0; ROWS * QK8] };
+        let mut blocks = vec![zero; q.n.div_ceil(ROWS) * bpr];
+        // One group (8 source rows) per task: load time matters for the 150k-row lm_head.
+        blocks.par_chunks_mut(bpr.max(1)).enumerate().for_each(|(g, out)| {
+            for r in 0..ROWS.min(q.n - g * ROWS) {
+                let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
+                for (o, s) in out.iter_mut().zip(src) {
+                    o.d[r] = s.d.to_f32();
+                    for sg in 0..QK8 / 4 {
+                        o.qs[32 * sg + 4 * r..][..4].copy_from_slice(&s.qs[4 * sg..][..4]);
+                    }
+                }
+            }
+        });
+        Self { n: q.n, k: q.k, blocks, act_scales: q.act_scales.clone() }
+    }
+
+    /// The row-major Q8_0 matrix back, bit for bit.
+    pub fn to_q8(&self) -> Q8Matrix {
+        let bpr = self.k / QK8;
+        let mut blocks = Vec::with_capacity(self.n * bpr);
+        for j in 0..self.n {
+            let (g, r) = (j / ROWS, j % ROWS);
+            for s in &self.blocks[g * bpr..][..bpr] {
+                let mut qs = [0i8; QK8];
+                for sg in 0..QK8 / 4 {
+                    qs[4 * sg..][..4].copy_from_slice(&s.qs[32 * sg + 4 * r..][..4]);
+                }
+                blocks.push(BlockQ8 { d: f16::from_f32(s.d[r]), qs });
+            }
+        }
+        Q8Matrix { n: self.n, k: self.k, blocks, act_scales: self.act_scales.clone() }
+    }
+}
+
+impl Q4x8Matrix {
+    pub fn from_q4(q: &Q4Matrix) -> Self {
+        let bpr = q.k / QK4;
+        // Padding rows: scale 0 and nibbles 8 (= 0), so they hold exact zeros.
+        let zero = BlockQ4x8 { d: [0.0; ROWS], qs: [0x88; ROWS * QK4 / 2] };
+        let mut blocks = vec![zero; q.n.div_ceil(ROWS) * bpr];
+        blocks.par_chunks_mut(bpr.max(1)).enumerate().for_each(|(g, out)| {
+            for r in 0..ROWS.min(q.n - g * ROWS) {
+                let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
+                for (o, s) in out.iter_mut().zip(src) {
+                    o.d[r] = s.d.to_f32();
+                    for v in 0..4 {
+                        o.qs[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
+                    }
+                }
+            }
+        });
+        Self { n: q.n, k: q.k, blocks }
+    }
+
+    /// The row-major Q4_0 matrix back, bit for bit.
+    pub fn to_q4(&self) -> Q4Matrix {
+        let bpr = self.k / QK4;
+        let mut blocks = Vec::with_capacity(self.n * bpr);
+        for j in 0..self.n {
+            let (g, r) = (j / ROWS, j % ROWS);
+            for s in &self.blocks[g * bpr..][..bpr] {
+                let mut qs = [0u8; QK4 / 2];
+                for v in 0..4 {
+                    qs[4 * v..][..4].copy_from_slice(&s.qs[32 * v + 4 * r..][..4]);
+                }
+                blocks.push(BlockQ4 { d: f16::from_f32(s.d[r]), qs });
+            }
+        }
+        Q4Matrix { n: self.n, k: self.k, blocks }
+    }
+}
+
+/// One activation block for the Q8 kernels: the int8 values, their absolute values (the unsigned
+/// `maddubs` operand, computed once per call instead of once per weight group) and the scale.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct XQ8 {
+    qs: [i8; QK8],
+    abs: [u8; QK8],
+    d: f32,
+}
+
+/// One activation block for the Q4 kernels: values, scale and `8 Σ qs` (the nibbles' offset).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct XQ4 {
+    qs: [i8; QK8],
+    d: f32,
+    sum8: i32,
+}
+
+fn prepare_q8(xq: &[BlockQ8]) -> Vec<XQ8> {
+    xq.iter().map(|b| XQ8 { qs: b.qs, abs: b.qs.map(|q| q.unsigned_abs()), d: b.d.to_f32() }).collect()
+}
+
+fn prepare_q4(xq: &[BlockQ8]) -> Vec<XQ4> {
+    xq.iter().map(|b| XQ4 { qs: b.qs, d: b.d.to_f32(), sum8: 8 * b.qs.iter().map(|&q| q as i32).sum::<i32>() }).collect()
+}
+
+impl QuantMatrix for Q8x8Matrix {
+    const NAME: &'static str = "nano-qwen3-q8x8-linear";
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<BlockQ8x8>()
+    }
+
+    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let bpr = self.k / QK8;
+        let (g, r) = (j / ROWS, j % ROWS);
+        for (b, chunk) in self.blocks[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK8)) {
+            for (i, o) in chunk.iter_mut().enumerate() {
+                *o = b.qs[32 * (i / 4) + 4 * r + i % 4] as f32 * b.d[r];
+            }
+        }
+    }
+
+    fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
+        let xq = match &self.act_scales {
+            Some(s) => quantize_rows_static(&x[..m * k], k, s),
+            None => quantize_rows(&x[..m * k], k),
+        };
+        let xq = prepare_q8(&xq);
+        let bpr = k / QK8;
+        let (xq, wq) = (&xq[..], &self.blocks[..]);
+        drive(m, n, y, |i, mr, g, out| unsafe {
+            let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
+            let cols = (n - g * ROWS).min(ROWS);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 {
+                use avx2::q8_tile as t;
+                return match mr {
+                    1 => t::<1>(x, w, bpr, out, n, cols),
+                    2 => t::<2>(x, w, bpr, out, n, cols),
+                    3 => t::<3>(x, w, bpr, out, n, cols),
+                    _ => t::<4>(x, w, bpr, out, n, cols),
+                };
+            }
+            let _ = isa;
+            for a in 0..mr {
+                let acc = portable_q8(x.add(a * bpr), w, bpr);
+                std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
+            }
+        });
+    }
+}
+
+impl QuantMatrix for Q4x8Matrix {
+    const NAME: &'static str = "nano-qwen3-q4x8-linear";
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<BlockQ4x8>()
+    }
+
+    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let bpr = self.k / QK4;
+        let (g, r) = (j / ROWS, j % ROWS);
+        for (b, chunk) in self.blocks[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK4)) {
+            for i in 0..16 {
+                let q = b.qs[32 * (i / 4) + 4 * r + i % 4];
+                chunk[i] = ((q & 0xF) as i32 - 8) as f32 * b.d[r];
+                chunk[i + 16] = ((q >> 4) as i32 - 8) as f32 * b.d[r];
+            }
+        }
+    }
+
+    /// x is quantized to int8 blocks per row at run time (as [`Q4Matrix`]).
+    fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
+        let xq = prepare_q4(&quantize_rows(&x[..m * k], k));
+        let bpr = k / QK4;
+        let (xq, wq) = (&xq[..], &self.blocks[..]);
+        drive(m, n, y, |i, mr, g, out| unsafe {
+            let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
+            let cols = (n - g * ROWS).min(ROWS);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 {
+                use avx2::q4_tile as t;
+                return match mr {
+                    1 => t::<1>(x, w, bpr, out, n, cols),
+                    2 => t::<2>(x, w, bpr, out, n, cols),
+                    3 => t::<3>(x, w, bpr, out, n, cols),
+                    _ => t::<4>(x, w, bpr, out, n, cols),
+                };
+            }
+            let _ = isa;
+            for a in 0..mr {
+                let acc = portable_q4(x.add(a * bpr), w, bpr);
+                std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
+            }
+        });
+    }
+}
+
+/// Plain Rust reference for one activation row by one 8-row group; the same operations in the
+/// same order as q8.rs's portable dot, hence the same bits.
+unsafe fn portable_q8(x: *const XQ8, w: *const BlockQ8x8, blocks: usize) -> [f32; ROWS] {
+    let mut acc = [0f32; ROWS];
+    for b in 0..blocks {
+        let (xb, wb) = (&*x.add(b), &*w.add(b));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut s = 0i32;
+            for (i, &q) in xb.qs.iter().enumerate() {
+                s += q as i32 * wb.qs[32 * (i / 4) + 4 * r + i % 4] as i32;
+            }
+            *a += s as f32 * (xb.d * wb.d[r]);
+        }
+    }
+    acc
+}
+
+/// Plain Rust reference for Q4 (as q4.rs's portable dot).
+unsafe fn portable_q4(x: *const XQ4, w: *const BlockQ4x8, blocks: usize) -> [f32; ROWS] {
+    let mut acc = [0f32; ROWS];
+    for b in 0..blocks {
+        let (xb, wb) = (&*x.add(b), &*w.add(b));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut s = 0i32;
+            for i in 0..16 {
+                let q = wb.qs[32 * (i / 4) + 4 * r + i % 4];
+                s += xb.qs[i] as i32 * ((q & 0xF) as i32 - 8);
+                s += xb.qs[i + 16] as i32 * ((q >> 4) as i32 - 8);
+            }
+            *a += s as f32 * (xb.d * wb.d[r]);
+        }
+    }
+    acc
+}
+
+/// The output pointer, shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Activation rows per register tile (prefill): 4 i32 sums, 4 f32 accumulators, the weight vector,
+/// constants and temporaries fill the 16 ymm registers.
+const MR: usize = 4;
+/// Activation rows kept hot in L2 while a task sweeps its weight groups (multiple of MR):
+/// 32 rows of k = 3072 are 200 KB of prepared Q8 activations.
+const M_BLOCK: usize = 32;
+
+/// Split the 8-row groups over the current rayon pool; each task sweeps x in L2-sized row blocks
+/// and calls `tile(i, mr, g, &mut y[i, 8 g])` for `mr` rows by one group.
+/// (Two groups per tile for decode, sharing each activation broadcast, measured no faster.)
+fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
+    let groups = n.div_ceil(ROWS);
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks for load balance: 8 per thread.
+    let chunk = groups.div_ceil(threads * 8).max(1);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..groups.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out = out;
+        let (g0, g1) = (c * chunk, ((c + 1) * chunk).min(groups));
+        for i0 in (0..m).step_by(M_BLOCK) {
+            let i1 = (i0 + M_BLOCK).min(m);
+            for g in g0..g1 {
+                let mut i = i0;
+                while i < i1 {
+                    let mr = (i1 - i).min(MR);
+                    // SAFETY: in bounds (asserts in `linear`); this task alone writes groups g0..g1.
+                    tile(i, mr, g, unsafe { out.0.add(i * n + g * ROWS) });
+                    i += mr;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ4x8, BlockQ8x8, QK8, XQ4, XQ8, ROWS};
+    use std::arch::x86_64::*;
+
+    /// The 4 bytes at `p` in all 8 lanes (one `vpbroadcastd` from memory).
+    #[inline(always)]
+    unsafe fn bcast4<T>(p: *const T) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+    }
+
+    /// Store the accumulators of `MR` rows, only the first `cols` columns (padded rows are
+    /// never written).
+    #[inline(always)]
+    unsafe fn store<const MR: usize>(acc: &[__m256; MR], y: *mut f32, ldy: usize, cols: usize) {
+        for (i, a) in acc.iter().enumerate() {
+            if cols == ROWS {
+                _mm256_storeu_ps(y.add(i * ldy), *a);
+            } else {
+                let mut t = [0f32; ROWS];
+                _mm256_storeu_ps(t.as_mut_ptr(), *a);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), y.add(i * ldy), cols);
+            }
+        }
+    }
+
+    /// `MR` activation rows by one 8-row group: each weight vector (4 elements of 8 rows) feeds MR
+    /// rows. Per 32 products: sign, maddubs, madd, add, plus two broadcast loads.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); MR];
+        for b in 0..blocks {
+            let wb = &*w.add(b);
+            let mut isum = [_mm256_setzero_si256(); MR];
+            for s in 0..QK8 / 4 {
+                let wv = _mm256_load_si256(wb.qs.as_ptr().add(32 * s) as *const __m256i);
+                for (i, sum) in isum.iter_mut().enumerate() {
+                    let xb = x.add(i * blocks + b);
+                    let xv = bcast4((*xb).qs.as_ptr().add(4 * s));
+                    let ax = bcast4((*xb).abs.as_ptr().add(4 * s));
+                    let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, ones));
+                }
+            }
+            // One convert and FMA per block for 8 rows: the row scales times the block's x scale.
+            let dw = _mm256_load_ps(wb.d.as_ptr());
+            for i in 0..MR {
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps((*x.add(i * blocks + b)).d));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), d, acc[i]);
+            }
+        }
+        store(&acc, y, ldy, cols);
+    }
+
+    /// Q4 tile: one 32-byte load gives elements 4v..4v+4 (low nibbles) and 16+4v.. (high) of 8
+    /// rows; the 8 groups of a block accumulate in i16, widened and offset once per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: *const BlockQ4x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+        let mask = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); MR];
+        for b in 0..blocks {
+            let wb = &*w.add(b);
+            let mut isum = [_mm256_setzero_si256(); MR];
+            for v in 0..4 {
+                let p = _mm256_load_si256(wb.qs.as_ptr().add(32 * v) as *const __m256i);
+                let lo = _mm256_and_si256(p, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
+                for (i, sum) in isum.iter_mut().enumerate() {
+                    let xb = x.add(i * blocks + b);
+                    let xl = bcast4((*xb).qs.as_ptr().add(4 * v));
+                    let xh = bcast4((*xb).qs.as_ptr().add(16 + 4 * v));
+                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                    *sum = _mm256_add_epi16(*sum, p);
+                }
+            }
+            let ones = _mm256_set1_epi16(1);
+            let dw = _mm256_load_ps(wb.d.as_ptr());
+            for i in 0..MR {
+                let xb = &*x.add(i * blocks + b);
+                // Σ q·x - 8 Σ x = Σ (q - 8)·x, exactly.
+                let s = _mm256_sub_epi32(_mm256_madd_epi16(isum[i], ones), _mm256_set1_epi32(xb.sum8));
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
+            }
+        }
+        store(&acc, y, ldy, cols);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::test_data;
+
+    const MS: [usize; 5] = [1, 2, 3, 7, 50];
+    const NS: [usize; 6] = [1, 7, 8, 9, 37, 64];
+    const KS: [usize; 3] = [32, 96, 1024];
+
+    /// Bell-shaped weights (as trained ones), so Q4 scales and nibbles take varied values.
+    fn weights(len: usize, seed: u64) -> Vec<f32> {
+        let [a, b, c] = [0, 1, 2].map(|i| test_data(len, seed * 3 + i));
+        (0..len).map(|i| (a[i] + b[i] + c[i]) / 3.0).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    fn avx2_close(simd: &[f32], portable: &[f32], what: &str) {
+        for (a, b) in simd.iter().zip(portable) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: avx2 {a} vs portable {b}");
+        }
+    }
+
+    /// Each repacked path against the row-major kernels on every shape: portable bit for bit
+    /// (same integer sums, same f32 operations in the same order), AVX2 within rounding.
+    fn check_all_shapes<Q: QuantMatrix, R: QuantMatrix>(make: impl Fn(&[f32], usize, usize) -> Q, repack: impl Fn(&Q) -> R) {
+        for &k in &KS {
+            for &n in &NS {
+                let q = make(&weights(n * k, (n * 7 + k) as u64), n, k);
+                let r = repack(&q);
+                for &m in &MS {
+                    let x = test_data(m * k, (m * 13 + n) as u64);
+                    let what = format!("{} m={m} n={n} k={k}", R::NAME);
+                    // Sentinel outputs: padded rows must not write past n.
+                    let (mut want, mut got) = (vec![0f32; m * n + 1], vec![f32::NAN; m * n + 1]);
+                    want[m * n] = 7.0;
+                    got[m * n] = 7.0;
+                    q.linear(&x, m, &mut want, Isa::Portable);
+                    r.linear(&x, m, &mut got, Isa::Portable);
+                    assert_eq!(bits(&got), bits(&want), "{what}: portable differs from the row-major kernel");
+                    if Isa::Avx2.supported() {
+                        let mut simd = vec![f32::NAN; m * n + 1];
+                        simd[m * n] = 7.0;
+                        r.linear(&x, m, &mut simd, Isa::Avx2);
+                        avx2_close(&simd, &want, &what);
+                        assert_eq!(simd[m * n], 7.0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn repack_q8_matches_row_major_on_every_shape() {
+        check_all_shapes(Q8Matrix::quantize, Q8x8Matrix::from_q8);
+    }
+
+    #[test]
+    fn repack_q4_matches_row_major_on_every_shape() {
+        check_all_shapes(Q4Matrix::quantize, Q4x8Matrix::from_q4);
+    }
+
+    #[test]
+    fn repack_q8_static_scales_work_the_same() {
+        for &(m, n, k) in &[(1usize, 37usize, 1024usize), (7, 9, 96), (50, 64, 96)] {
+            let x = test_data(m * k, 21);
+            // Scales for half of x's range: part of the activations saturate at ±127.
+            let scales: Vec<f32> = (0..k / QK8).map(|b| 0.5 / 127.0 * (1.0 + (b % 3) as f32)).collect();
+            let q = Q8Matrix::quantize(&weights(n * k, 22), n, k).with_static_scales(scales.clone());
+            let r = Q8x8Matrix::from_q8(&q);
+            assert_eq!(r.act_scales.as_deref(), Some(&scales[..]));
+            let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+            q.linear(&x, m, &mut want, Isa::Portable);
+            r.linear(&x, m, &mut got, Isa::Portable);
+            assert_eq!(bits(&got), bits(&want));
+            // And they are used: the dynamic matrix gives other results.
+            let mut dynamic = vec![0f32; m * n];
+            Q8x8Matrix::from_q8(&Q8Matrix::quantize(&weights(n * k, 22), n, k)).linear(&x, m, &mut dynamic, Isa::Portable);
+            assert_ne!(bits(&dynamic), bits(&want));
+            if Isa::Avx2.supported() {
+                r.linear(&x, m, &mut got, Isa::Avx2);
+                avx2_close(&got, &want, "static");
+            }
+        }
+    }
+
+    /// Deterministic raw bytes: the round trips must hold for any block content, not just
+    /// what the quantizers produce.
+    fn raw_bytes(len: usize, seed: u64) -> Vec<u8> {
+        test_data(len, seed).iter().map(|v| ((v + 1.0) * 128.0) as u8).collect()
+    }
+
+    fn raw_scale(i: usize, bytes: &[u8]) -> f16 {
+        // Any finite f16, subnormals and negative zero included (exact through f32).
+        let b = u16::from_le_bytes([bytes[i], bytes[i + 1]]) & 0x7BFF;
+        if i % 5 == 0 { f16::from_bits(0x8000) } else { f16::from_bits(b | if i % 2 == 0 { 0x8000 } else { 0 }) }
+    }
+
+    #[test]
+    fn repack_round_trips_are_exact() {
+        for &(n, k) in &[(1usize, 32usize), (7, 64), (8, 32), (9, 96), (37, 1024), (64, 96)] {
+            let bpr = k / 32;
+            let raw = raw_bytes(n * bpr * 36, (n + k) as u64);
+            let q8: Vec<BlockQ8> = (0..n * bpr)
+                .map(|i| BlockQ8 { d: raw_scale(i * 36, &raw), qs: std::array::from_fn(|e| raw[i * 36 + 2 + e] as i8) })
+                .collect();
+            let q8 = Q8Matrix::from_blocks(n, k, q8).with_static_scales((0..bpr).map(|b| b as f32 * 0.01).collect());
+            let back = Q8x8Matrix::from_q8(&q8).to_q8();
+            assert_eq!((back.n, back.k, back.act_scales.as_ref()), (n, k, q8.act_scales.as_ref()));
+            assert_eq!(back.blocks.len(), q8.blocks.len());
+            for (a, b) in back.blocks.iter().zip(&q8.blocks) {
+                assert_eq!((a.d.to_bits(), a.qs), (b.d.to_bits(), b.qs));
+            }
+            let q4 = Q4Matrix {
+                n,
+                k,
+                blocks: (0..n * bpr)
+                    .map(|i| BlockQ4 { d: raw_scale(i * 36, &raw), qs: std::array::from_fn(|e| raw[i * 36 + 2 + e]) })
+                    .collect(),
+            };
+            let back = Q4x8Matrix::from_q4(&q4).to_q4();
+            assert_eq!((back.n, back.k, back.blocks.len()), (n, k, q4.blocks.len()));
+            for (a, b) in back.blocks.iter().zip(&q4.blocks) {
+                assert_eq!((a.d.to_bits(), a.qs), (b.d.to_bits(), b.qs));
+            }
+        }
+    }
+
+    #[test]
+    fn repack_dequantize_row_equals_the_original() {
+        for &(n, k) in &[(1usize, 32usize), (9, 96), (37, 1024)] {
+            let w = weights(n * k, 5);
+            let q8 = Q8Matrix::quantize(&w, n, k);
+            let q4 = Q4Matrix::quantize(&w, n, k);
+            let (r8, r4) = (Q8x8Matrix::from_q8(&q8), Q4x8Matrix::from_q4(&q4));
+            assert_eq!(bits(&r8.dequantize()), bits(&q8.dequantize()));
+            assert_eq!(bits(&r4.dequantize()), bits(&q4.dequantize()));
+        }
+    }
+
+    #[test]
+    fn repack_memory_stays_within_budget() {
+        let (n, k) = (37, 1024);
+        let w = weights(n * k, 6);
+        let row_blocks = n.div_ceil(ROWS) * ROWS * k / 32; // padded rows included
+        assert_eq!(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k)).bytes(), row_blocks * 36);
+        // Q4: at most Q4_0's 18 bytes plus 4 for the f32 scale per row-block.
+        assert_eq!(Q4x8Matrix::from_q4(&Q4Matrix::quantize(&w, n, k)).bytes(), row_blocks * 20);
+    }
+
+    /// Extreme integers: the i16 intermediate sums must neither saturate nor wrap. With one block
+    /// both paths round once (`0 + s·d` vs `fma(s, d, 0)`), so they must agree exactly.
+    #[test]
+    fn repack_extreme_values_do_not_overflow() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        let (m, n, k) = (3, 9, 32);
+        let run = |f: &dyn Fn(&mut [f32], Isa)| {
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            f(&mut a, Isa::Portable);
+            f(&mut b, Isa::Avx2);
+            assert_eq!(bits(&a), bits(&b));
+            a
+        };
+        let near = |y: &[f32], want: f32| assert!(y.iter().all(|v| (v - want).abs() < 0.01 * want.abs()), "{y:?} vs {want}");
+        // All weights -127 and all activations ±127: every maddubs pair is 2·127·127.
+        let q8 = Q8x8Matrix::from_q8(&Q8Matrix::quantize(&vec![-1.0; n * k], n, k));
+        // Q4 nibbles all 0 (-8) or all 15 (+7), scale 1.
+        let q4 = |nib: u8| Q4x8Matrix::from_q4(&Q4Matrix { n, k, blocks: vec![BlockQ4 { d: f16::ONE, qs: [nib * 0x11; 16] }; n] });
+        let (q4_lo, q4_hi) = (q4(0), q4(15));
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; m * k];
+            near(&run(&|y, isa| q8.linear(&x, m, y, isa)), -32.0 * sign);
+            near(&run(&|y, isa| q4_lo.linear(&x, m, y, isa)), -256.0 * sign);
+            near(&run(&|y, isa| q4_hi.linear(&x, m, y, isa)), 224.0 * sign);
+        }
+    }
+
+    /// Task splitting in another pool size: same bits as the current pool.
+    #[test]
+    fn repack_results_do_not_depend_on_the_pool() {
+        let (m, n, k) = (5, 203, 96);
+        let x = test_data(m * k, 31);
+        let r = Q4x8Matrix::from_q4(&Q4Matrix::quantize(&weights(n * k, 32), n, k));
+        let isa = if Isa::Avx2.supported() { Isa::Avx2 } else { Isa::Portable };
+        let mut a = vec![0f32; m * n];
+        r.linear(&x, m, &mut a, isa);
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut b = vec![0f32; m * n];
+            pool.install(|| r.linear(&x, m, &mut b, isa));
+            assert_eq!(bits(&a), bits(&b), "{threads} threads");
+        }
+    }
+}
