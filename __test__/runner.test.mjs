@@ -164,19 +164,19 @@ test('benchmarkPerformance measures prefill and decode separately', async (t) =>
     t.true(s.min > 0 && s.min <= s.p50 && s.p50 <= s.p90 && s.p90 <= s.max, JSON.stringify(s))
   }
   t.is(r.tokensPerSecond, r.decodeTokensPerSecond.avg)
-  t.deepEqual(r.appliedOptimizations, ['quantization=none', 'useFlashAttention=true', 'useFusedKernels=true'])
+  t.deepEqual(r.appliedOptimizations, ['quantization=none', 'useFlashAttention=true', 'useFusedKernels=true', 'useChannelsLast=true'])
 })
 
 test('ModelAccelerator plans what runs and says why the rest does not', (t) => {
   const plan = new ModelAccelerator(createAccelerationConfig({ quantization: QuantizationType.BF16 }), 'cpu').plan()
   t.is(plan.computeDtype, 'f32')
   t.is(plan.weightDtype, 'bf16')
-  t.deepEqual(plan.appliedOptimizations, ['quantization=bf16', 'useFlashAttention=true', 'useFusedKernels=true'])
+  t.deepEqual(plan.appliedOptimizations, ['quantization=bf16', 'useFlashAttention=true', 'useFusedKernels=true', 'useChannelsLast=true'])
   const flash = plan.items.find((i) => i.option === 'useFlashAttention')
   t.true(flash.applied)
   t.regex(flash.detail, /online-softmax/)
-  const repack = new ModelAccelerator({ useChannelsLast: true }).plan()
-  t.regex(repack.skippedOptimizations.join(), /useChannelsLast: weight repacking not implemented/)
+  const autotune = new ModelAccelerator({ useTorchCompile: true, compileMode: 'max-autotune' }).plan()
+  t.regex(autotune.skippedOptimizations.join(), /useTorchCompile: compile mode max-autotune not implemented/)
   t.regex(new ModelAccelerator({ quantization: 'static_int8' }).plan().items[0].detail, /SmoothQuant/)
   t.is(new ModelAccelerator({ quantization: 'dynamic_int8' }).plan().weightDtype, 'q8_0')
   // Python-style names are accepted.

@@ -20,7 +20,7 @@ export const accelerationConfigSchema = z
     useFlashAttention: z.boolean().default(true),
     useTorchCompile: z.boolean().default(false),
     compileMode: z.enum(['default', 'reduce-overhead', 'max-autotune']).default('default'),
-    useChannelsLast: z.boolean().default(false),
+    useChannelsLast: z.boolean().default(true),
     useGradientCheckpointing: z.boolean().default(false),
     useFusedKernels: z.boolean().default(true),
     /** KV cache element type: f32 (exact), f16 or bf16 (half the memory; widened to f32 in the attention kernel). */

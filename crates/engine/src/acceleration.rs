@@ -84,7 +84,7 @@ impl Default for AccelerationConfig {
             use_flash_attention: true,
             use_torch_compile: false,
             compile_mode: CompileMode::Default,
-            use_channels_last: false,
+            use_channels_last: true,
             use_gradient_checkpointing: false,
             use_fused_kernels: true,
             calibration: None,
@@ -186,11 +186,12 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
         "stacked q/k/v and gate/up weights (one matmul each), residual add + RMSNorm, q/k RMSNorm + RoPE and SiLU*up each in one pass",
         "off: one matmul per projection, one pass per elementwise op",
     ));
-    items.push(if cfg.use_channels_last {
-        item("useChannelsLast", true, false, &format!("weight repacking {not_yet}"))
-    } else {
-        item("useChannelsLast", false, false, "off")
-    });
+    items.push(on_off(
+        "useChannelsLast",
+        cfg.use_channels_last,
+        "int8 / int4 weights repacked at load 8 rows interleaved (8 outputs accumulate in one register; f32 row scales); dense weights keep their layout",
+        "off: int8 / int4 weights in row-major Q8_0 / Q4_0 blocks",
+    ));
     items.push(on_off(
         "useGradientCheckpointing",
         cfg.use_gradient_checkpointing,
@@ -247,8 +248,12 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_reported_not_credited() {
-        let p = plan(&AccelerationConfig { use_channels_last: true, ..Default::default() }, "auto").unwrap();
-        assert_eq!(p.applied_optimizations, vec!["quantization=none", "useFlashAttention=true", "useFusedKernels=true"]);
-        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useChannelsLast")));
+        let cfg = AccelerationConfig { use_torch_compile: true, compile_mode: CompileMode::MaxAutotune, ..Default::default() };
+        let p = plan(&cfg, "auto").unwrap();
+        assert_eq!(
+            p.applied_optimizations,
+            vec!["quantization=none", "useFlashAttention=true", "useFusedKernels=true", "useChannelsLast=true"]
+        );
+        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useTorchCompile") && s.contains("max-autotune")));
     }
 }

@@ -173,6 +173,9 @@ impl Engine {
         if acc.use_fused_kernels {
             model.fuse_projections();
         }
+        if acc.use_channels_last {
+            model.repack_weights();
+        }
         let exec = ExecOptions {
             flash_attention: acc.use_flash_attention,
             fused: acc.use_fused_kernels,

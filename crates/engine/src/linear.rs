@@ -2,6 +2,7 @@
 //! projections that read the same input ([`Proj`]: q/k/v, gate/up), stacked into one matrix when
 //! fused kernels are on so one matmul (and one activation quantization) serves all of them.
 use candle_core::{DType, Device, Storage, Tensor};
+use nano_qwen3_kernels::repack::{Q4x8Matrix, Q8x8Matrix};
 use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -14,6 +15,10 @@ pub enum Linear {
     Q8(Arc<Q8Matrix>),
     /// Q4_0 blocks, int8 activations at run time.
     Q4(Arc<Q4Matrix>),
+    /// The same blocks repacked 8 rows interleaved (`useChannelsLast`): one vector holds the
+    /// same 4 input features of 8 rows, so 8 outputs accumulate in one register.
+    Q8x8(Arc<Q8x8Matrix>),
+    Q4x8(Arc<Q4x8Matrix>),
 }
 
 /// A loaded tensor as `export` sees it: the data in its current format.
@@ -32,6 +37,8 @@ impl Linear {
             Linear::Dense(w) => w.dims()[0],
             Linear::Q8(q) => q.n,
             Linear::Q4(q) => q.n,
+            Linear::Q8x8(q) => q.n,
+            Linear::Q4x8(q) => q.n,
         }
     }
 
@@ -41,6 +48,8 @@ impl Linear {
             Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
             Linear::Q8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
             Linear::Q4(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+            Linear::Q8x8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+            Linear::Q4x8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
         }
     }
 
@@ -63,6 +72,8 @@ impl Linear {
             }
             Linear::Q8(q) => q.linear(x, m, y, isa),
             Linear::Q4(q) => q.linear(x, m, y, isa),
+            Linear::Q8x8(q) => q.linear(x, m, y, isa),
+            Linear::Q4x8(q) => q.linear(x, m, y, isa),
         }
     }
 
@@ -71,6 +82,8 @@ impl Linear {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Q8(q) => q.bytes(),
             Linear::Q4(q) => q.bytes(),
+            Linear::Q8x8(q) => q.bytes(),
+            Linear::Q4x8(q) => q.bytes(),
         }
     }
 
@@ -78,8 +91,9 @@ impl Linear {
         match self {
             Linear::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
             Linear::Q8(q) if q.act_scales.is_some() => "q8_0 (static activations)".into(),
-            Linear::Q8(_) => "q8_0".into(),
-            Linear::Q4(_) => "q4_0".into(),
+            Linear::Q8x8(q) if q.act_scales.is_some() => "q8_0 (static activations)".into(),
+            Linear::Q8(_) | Linear::Q8x8(_) => "q8_0".into(),
+            Linear::Q4(_) | Linear::Q4x8(_) => "q4_0".into(),
         }
     }
 
@@ -89,6 +103,8 @@ impl Linear {
             Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
             Linear::Q8(q) => dequantized_rows(q.as_ref(), ids, dev),
             Linear::Q4(q) => dequantized_rows(q.as_ref(), ids, dev),
+            Linear::Q8x8(q) => dequantized_rows(q.as_ref(), ids, dev),
+            Linear::Q4x8(q) => dequantized_rows(q.as_ref(), ids, dev),
         }
     }
 
@@ -104,6 +120,8 @@ impl Linear {
             }
             Linear::Q8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
             Linear::Q4(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
+            Linear::Q8x8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
+            Linear::Q4x8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
         }
         Ok(())
     }
@@ -120,6 +138,15 @@ impl Linear {
                 let bpr = q.k / nano_qwen3_kernels::q4::QK4;
                 ExportData::Q4 { blocks: Cow::Borrowed(&q.blocks[start * bpr..(start + n) * bpr]), n, k: q.k }
             }
+            // Repacked: back to row-major blocks (exact inverse), then the rows.
+            Linear::Q8x8(q) => {
+                let bpr = q.k / nano_qwen3_kernels::q8::QK8;
+                ExportData::Q8 { blocks: Cow::Owned(q.to_q8().blocks[start * bpr..(start + n) * bpr].to_vec()), n, k: q.k }
+            }
+            Linear::Q4x8(q) => {
+                let bpr = q.k / nano_qwen3_kernels::q4::QK4;
+                ExportData::Q4 { blocks: Cow::Owned(q.to_q4().blocks[start * bpr..(start + n) * bpr].to_vec()), n, k: q.k }
+            }
         })
     }
 
@@ -134,7 +161,20 @@ impl Linear {
                 Arc::get_mut(q).expect("static scales are set before the model is shared").act_scales = Some(scales.to_vec());
                 true
             }
+            Linear::Q8x8(q) => {
+                Arc::get_mut(q).expect("static scales are set before the model is shared").act_scales = Some(scales.to_vec());
+                true
+            }
             _ => false,
+        }
+    }
+
+    /// The block formats repacked 8 rows interleaved; dense matrices stay as they are.
+    pub fn repacked(self) -> Linear {
+        match self {
+            Linear::Q8(q) => Linear::Q8x8(Arc::new(Q8x8Matrix::from_q8(&q))),
+            Linear::Q4(q) => Linear::Q4x8(Arc::new(Q4x8Matrix::from_q4(&q))),
+            other => other,
         }
     }
 
@@ -264,6 +304,13 @@ impl Proj {
         match self {
             Proj::Separate(ps) => names.iter().copied().zip(ps).collect(),
             Proj::Fused { w, .. } => vec![(fused_name, w)],
+        }
+    }
+
+    pub fn repacked(self) -> Proj {
+        match self {
+            Proj::Separate(ps) => Proj::Separate(ps.into_iter().map(Linear::repacked).collect()),
+            Proj::Fused { w, sizes } => Proj::Fused { w: w.repacked(), sizes },
         }
     }
 

@@ -241,6 +241,22 @@ impl Qwen3Model {
         }
     }
 
+    /// Repack every int8 / int4 matrix 8 rows interleaved for the x8 kernels (`useChannelsLast`).
+    pub fn repack_weights(&mut self) {
+        let take = |l: &mut Linear| std::mem::replace(l, Linear::Dense(Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()));
+        self.embed_tokens = take(&mut self.embed_tokens).repacked();
+        if let Some(h) = self.lm_head.as_mut() {
+            *h = take(h).repacked();
+        }
+        for l in &mut self.layers {
+            l.o_proj = take(&mut l.o_proj).repacked();
+            l.down_proj = take(&mut l.down_proj).repacked();
+            for p in [&mut l.qkv, &mut l.gate_up] {
+                *p = std::mem::replace(p, Proj::Separate(vec![])).repacked();
+            }
+        }
+    }
+
     /// Stack q/k/v and gate/up into one matrix each (fused kernels): one matmul per group.
     pub fn fuse_projections(&mut self) {
         for l in &mut self.layers {

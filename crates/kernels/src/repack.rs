@@ -5,21 +5,21 @@
 //! scale. Here 8 output rows share every vector instead: one vector holds the same 4 consecutive
 //! k-elements of 8 rows (4 bytes per 32-bit lane), so with the 4 matching activation bytes
 //! broadcast to all lanes, `maddubs` + `madd` leave one i32 per lane = one partial dot product per
-//! row. After a block's 8 such groups of 4, one convert and one FMA with the 8 row scales (stored
-//! as f32 at repack time) finish the block for 8 rows at once, and the accumulator vector is the 8
+//! row. After a block's 8 such groups of 4, one convert and one FMA with the 8 row scales (8 f16
+//! widened by one F16C instruction) finish the block for 8 rows at once, and the accumulator vector is the 8
 //! outputs: no horizontal sums at all.
 //!
 //! Layouts, per group of 8 weight rows `8g..8g+8` (the last group padded with zero rows) and per
 //! block `b` of 32 input features; blocks are stored `[group][block]`, so a group is contiguous:
 //!
-//! - [`BlockQ8x8`] (288 bytes = 36 per row-block, Q8_0 has 34): `d[r]` (f32) is row r's scale,
+//! - [`BlockQ8x8`] (272 bytes = 34 per row-block, as Q8_0): `d[r]` (f16) is row r's scale,
 //!   then `qs[32 s + 4 r + e]` = row r's int8 element `4 s + e` of the block (s: 0..8, e: 0..4).
-//! - [`BlockQ4x8`] (160 bytes = 20 per row-block, Q4_0 has 18): `d[r]` (f32), then
+//! - [`BlockQ4x8`] (144 bytes = 18 per row-block, as Q4_0): `d[r]` (f16), then
 //!   `qs[32 v + 4 r + e]` = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low nibble is
 //!   element `4 v + e`, its high nibble element `16 + 4 v + e`. So one 32-byte load yields two
 //!   groups of 4 elements for 8 rows: `& 0xF` and `>> 4 & 0xF`.
 //!
-//! Both hold exactly the source's information (f16 -> f32 is exact), so [`Q8x8Matrix::to_q8`] /
+//! Both hold exactly the source's bytes, rearranged, so [`Q8x8Matrix::to_q8`] /
 //! [`Q4x8Matrix::to_q4`] restore the original blocks bit for bit (GGUF export).
 //!
 //! Arithmetic is the row-major kernels' own: activations quantized per row to Q8_0 (or with the
@@ -43,23 +43,24 @@ use rayon::prelude::*;
 /// Weight rows interleaved per block.
 pub const ROWS: usize = 8;
 
-/// 8 rows x 32 int8 weights, see the module docs. Aligned so each 32-byte group is one aligned load.
-#[repr(C, align(32))]
+/// 8 rows x 32 int8 weights, see the module docs. The f16 scales keep it exactly as large as the
+/// 8 Q8_0 blocks it replaces (one F16C instruction widens all 8).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockQ8x8 {
-    pub d: [f32; ROWS],
+    pub d: [f16; ROWS],
     pub qs: [i8; ROWS * QK8],
 }
 
-/// 8 rows x 32 4-bit weights, see the module docs.
-#[repr(C, align(32))]
+/// 8 rows x 32 4-bit weights, see the module docs; exactly as large as 8 Q4_0 blocks.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockQ4x8 {
-    pub d: [f32; ROWS],
+    pub d: [f16; ROWS],
     pub qs: [u8; ROWS * QK4 / 2],
 }
 
-const _: () = assert!(std::mem::size_of::<BlockQ8x8>() == 288 && std::mem::size_of::<BlockQ4x8>() == 160);
+const _: () = assert!(std::mem::size_of::<BlockQ8x8>() == 8 * 34 && std::mem::size_of::<BlockQ4x8>() == 8 * 18);
 
 /// A `[n, k]` Q8_0 matrix in 8-row interleaved blocks.
 pub struct Q8x8Matrix {
@@ -82,14 +83,14 @@ pub struct Q4x8Matrix {
 impl Q8x8Matrix {
     pub fn from_q8(q: &Q8Matrix) -> Self {
         let bpr = q.k / QK8;
-        let zero = BlockQ8x8 { d: [0.0; ROWS], qs: [0; ROWS * QK8] };
+        let zero = BlockQ8x8 { d: [f16::ZERO; ROWS], qs: [0; ROWS * QK8] };
         let mut blocks = vec![zero; q.n.div_ceil(ROWS) * bpr];
         // One group (8 source rows) per task: load time matters for the 150k-row lm_head.
         blocks.par_chunks_mut(bpr.max(1)).enumerate().for_each(|(g, out)| {
             for r in 0..ROWS.min(q.n - g * ROWS) {
                 let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
                 for (o, s) in out.iter_mut().zip(src) {
-                    o.d[r] = s.d.to_f32();
+                    o.d[r] = s.d;
                     for sg in 0..QK8 / 4 {
                         o.qs[32 * sg + 4 * r..][..4].copy_from_slice(&s.qs[4 * sg..][..4]);
                     }
@@ -110,7 +111,7 @@ impl Q8x8Matrix {
                 for sg in 0..QK8 / 4 {
                     qs[4 * sg..][..4].copy_from_slice(&s.qs[32 * sg + 4 * r..][..4]);
                 }
-                blocks.push(BlockQ8 { d: f16::from_f32(s.d[r]), qs });
+                blocks.push(BlockQ8 { d: s.d[r], qs });
             }
         }
         Q8Matrix { n: self.n, k: self.k, blocks, act_scales: self.act_scales.clone() }
@@ -121,13 +122,13 @@ impl Q4x8Matrix {
     pub fn from_q4(q: &Q4Matrix) -> Self {
         let bpr = q.k / QK4;
         // Padding rows: scale 0 and nibbles 8 (= 0), so they hold exact zeros.
-        let zero = BlockQ4x8 { d: [0.0; ROWS], qs: [0x88; ROWS * QK4 / 2] };
+        let zero = BlockQ4x8 { d: [f16::ZERO; ROWS], qs: [0x88; ROWS * QK4 / 2] };
         let mut blocks = vec![zero; q.n.div_ceil(ROWS) * bpr];
         blocks.par_chunks_mut(bpr.max(1)).enumerate().for_each(|(g, out)| {
             for r in 0..ROWS.min(q.n - g * ROWS) {
                 let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
                 for (o, s) in out.iter_mut().zip(src) {
-                    o.d[r] = s.d.to_f32();
+                    o.d[r] = s.d;
                     for v in 0..4 {
                         o.qs[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
                     }
@@ -148,7 +149,7 @@ impl Q4x8Matrix {
                 for v in 0..4 {
                     qs[4 * v..][..4].copy_from_slice(&s.qs[32 * v + 4 * r..][..4]);
                 }
-                blocks.push(BlockQ4 { d: f16::from_f32(s.d[r]), qs });
+                blocks.push(BlockQ4 { d: s.d[r], qs });
             }
         }
         Q4Matrix { n: self.n, k: self.k, blocks }
@@ -202,7 +203,7 @@ impl QuantMatrix for Q8x8Matrix {
         let (g, r) = (j / ROWS, j % ROWS);
         for (b, chunk) in self.blocks[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK8)) {
             for (i, o) in chunk.iter_mut().enumerate() {
-                *o = b.qs[32 * (i / 4) + 4 * r + i % 4] as f32 * b.d[r];
+                *o = b.qs[32 * (i / 4) + 4 * r + i % 4] as f32 * b.d[r].to_f32();
             }
         }
     }
@@ -260,8 +261,8 @@ impl QuantMatrix for Q4x8Matrix {
         for (b, chunk) in self.blocks[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK4)) {
             for i in 0..16 {
                 let q = b.qs[32 * (i / 4) + 4 * r + i % 4];
-                chunk[i] = ((q & 0xF) as i32 - 8) as f32 * b.d[r];
-                chunk[i + 16] = ((q >> 4) as i32 - 8) as f32 * b.d[r];
+                chunk[i] = ((q & 0xF) as i32 - 8) as f32 * b.d[r].to_f32();
+                chunk[i + 16] = ((q >> 4) as i32 - 8) as f32 * b.d[r].to_f32();
             }
         }
     }
@@ -306,7 +307,7 @@ unsafe fn portable_q8(x: *const XQ8, w: *const BlockQ8x8, blocks: usize) -> [f32
             for (i, &q) in xb.qs.iter().enumerate() {
                 s += q as i32 * wb.qs[32 * (i / 4) + 4 * r + i % 4] as i32;
             }
-            *a += s as f32 * (xb.d * wb.d[r]);
+            *a += s as f32 * (xb.d * wb.d[r].to_f32());
         }
     }
     acc
@@ -324,7 +325,7 @@ unsafe fn portable_q4(x: *const XQ4, w: *const BlockQ4x8, blocks: usize) -> [f32
                 s += xb.qs[i] as i32 * ((q & 0xF) as i32 - 8);
                 s += xb.qs[i + 16] as i32 * ((q >> 4) as i32 - 8);
             }
-            *a += s as f32 * (xb.d * wb.d[r]);
+            *a += s as f32 * (xb.d * wb.d[r].to_f32());
         }
     }
     acc
@@ -406,7 +407,7 @@ mod avx2 {
             let wb = &*w.add(b);
             let mut isum = [_mm256_setzero_si256(); MR];
             for s in 0..QK8 / 4 {
-                let wv = _mm256_load_si256(wb.qs.as_ptr().add(32 * s) as *const __m256i);
+                let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * s) as *const __m256i);
                 for (i, sum) in isum.iter_mut().enumerate() {
                     let xb = x.add(i * blocks + b);
                     let xv = bcast4((*xb).qs.as_ptr().add(4 * s));
@@ -416,7 +417,7 @@ mod avx2 {
                 }
             }
             // One convert and FMA per block for 8 rows: the row scales times the block's x scale.
-            let dw = _mm256_load_ps(wb.d.as_ptr());
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
             for i in 0..MR {
                 let d = _mm256_mul_ps(dw, _mm256_set1_ps((*x.add(i * blocks + b)).d));
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), d, acc[i]);
@@ -435,7 +436,7 @@ mod avx2 {
             let wb = &*w.add(b);
             let mut isum = [_mm256_setzero_si256(); MR];
             for v in 0..4 {
-                let p = _mm256_load_si256(wb.qs.as_ptr().add(32 * v) as *const __m256i);
+                let p = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * v) as *const __m256i);
                 let lo = _mm256_and_si256(p, mask);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
                 for (i, sum) in isum.iter_mut().enumerate() {
@@ -447,7 +448,7 @@ mod avx2 {
                 }
             }
             let ones = _mm256_set1_epi16(1);
-            let dw = _mm256_load_ps(wb.d.as_ptr());
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
             for i in 0..MR {
                 let xb = &*x.add(i * blocks + b);
                 // Σ q·x - 8 Σ x = Σ (q - 8)·x, exactly.
@@ -607,9 +608,9 @@ mod tests {
         let (n, k) = (37, 1024);
         let w = weights(n * k, 6);
         let row_blocks = n.div_ceil(ROWS) * ROWS * k / 32; // padded rows included
-        assert_eq!(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k)).bytes(), row_blocks * 36);
-        // Q4: at most Q4_0's 18 bytes plus 4 for the f32 scale per row-block.
-        assert_eq!(Q4x8Matrix::from_q4(&Q4Matrix::quantize(&w, n, k)).bytes(), row_blocks * 20);
+        // Exactly Q8_0's 34 and Q4_0's 18 bytes per row-block (only the padding rows are extra).
+        assert_eq!(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k)).bytes(), row_blocks * 34);
+        assert_eq!(Q4x8Matrix::from_q4(&Q4Matrix::quantize(&w, n, k)).bytes(), row_blocks * 18);
     }
 
     /// Extreme integers: the i16 intermediate sums must neither saturate nor wrap. With one block
