@@ -22,7 +22,7 @@ export function comparisonSvg(rows, title) {
     out.push(`<text x="${x0}" y="72" font-weight="bold">${esc(name)}</text>`)
     rows.forEach((r, i) => {
       const y = 84 + i * 44
-      const scale = (v) => ((panelW - 150) * v) / max
+      const scale = (v) => ((panelW - 220) * v) / max
       out.push(`<text x="${x0}" y="${y + 14}">${esc(r.label)}</text>`)
       out.push(`<rect x="${x0 + 110}" y="${y}" width="${scale(r.ours[key]).toFixed(1)}" height="16" fill="#2b6cb0"/>`)
       out.push(`<text x="${(x0 + 114 + scale(r.ours[key])).toFixed(1)}" y="${y + 12}">${r.ours[key].toFixed(1)}</text>`)

@@ -82,10 +82,11 @@ const ablation = []
 if (process.env.BENCH_ABLATION !== '0') {
   const mode = process.env.BENCH_ABLATION_MODE ?? 'dynamic_int8'
   const variants = [
-    ['defaults (flash attention, fused kernels on)', {}],
+    ['defaults (flash attention, fused kernels, repacking on)', {}],
     ['useFlashAttention: false', { useFlashAttention: false }],
     ['useFusedKernels: false', { useFusedKernels: false }],
-    ['both off', { useFlashAttention: false, useFusedKernels: false }],
+    ['useChannelsLast: false (no repacking)', { useChannelsLast: false }],
+    ['all three off', { useFlashAttention: false, useFusedKernels: false, useChannelsLast: false }],
     ["compileMode: 'reduce-overhead'", { useTorchCompile: true, compileMode: 'reduce-overhead' }],
     ["kvCacheDtype: 'f16'", { kvCacheDtype: 'f16' }],
   ]

@@ -176,6 +176,8 @@ impl Engine {
         if acc.use_channels_last {
             model.repack_weights();
         }
+        // Measured again: repacking pads the last group of 8 rows.
+        model.weight_bytes = model.tensor_classes().iter().map(|c| c.bytes).sum();
         let exec = ExecOptions {
             flash_attention: acc.use_flash_attention,
             fused: acc.use_fused_kernels,
@@ -339,6 +341,8 @@ impl Engine {
     /// `prefill_chunk` tokens when chunked prefill is on (activation memory bounded by the chunk).
     fn run(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Vec<f32>> {
         let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
+        // The cache grows by doubling; sized once here, chunks don't pay for (and hold) the copies.
+        cache.reserve(tokens.len());
         self.pool.install(|| {
             let mut out = Vec::new();
             for part in tokens.chunks(chunk) {
