@@ -66,3 +66,15 @@ test('memory report: bytes per tensor class add up to the weights, int8 and int4
     await runner.dispose()
   }
 })
+
+test('kvCacheDtype f16 halves the KV cache and keeps the logits close', async (t) => {
+  const [f32, f16] = await Promise.all(
+    ['f32', 'f16'].map((kvCacheDtype) => ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { kvCacheDtype } })),
+  )
+  t.is(f16.estimateMemoryUsage().kvCacheBytesPerToken * 2, f32.estimateMemoryUsage().kvCacheBytesPerToken)
+  t.regex(f16.getAccelerationInfo().items.find((i) => i.option === 'useFlashAttention').detail, /KV cache in f16/)
+  const p = reference.prompts[0].input_ids
+  const err = relL2(await f16.computeLogits(p), await f32.computeLogits(p))
+  t.true(err < 2e-3 && err > 0, `relative L2 ${err}`)
+  await Promise.all([f32.dispose(), f16.dispose()])
+})

@@ -330,10 +330,10 @@ impl Qwen3Model {
         classes
     }
 
-    /// Bytes one cached token costs across all layers (K and V).
-    pub fn kv_bytes_per_token(&self) -> usize {
+    /// Bytes one cached token costs across all layers (K and V), for a cache element of `elem` bytes.
+    pub fn kv_bytes_per_token(&self, elem: usize) -> usize {
         let c = &self.config;
-        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * DType::F32.size_in_bytes()
+        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elem
     }
 
     fn rope_slice(&self, start: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {

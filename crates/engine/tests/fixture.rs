@@ -124,6 +124,23 @@ fn batched_forward_equals_one_by_one() {
         .unwrap();
     assert!(rel_l2(&out[0].to_vec1::<f32>().unwrap(), &engine.compute_logits(&a, false).unwrap()) < 1e-5);
     assert!(rel_l2(&out[1].to_vec1::<f32>().unwrap(), &engine.compute_logits(&b, false).unwrap()) < 1e-5);
+    // The serving path too, with both sequences continuing from different cache lengths.
+    let (mut ca, mut cb) = (engine.new_cache(), engine.new_cache());
+    let one = |t: &[u32], c: &mut nano_qwen3_engine::kv_cache::KvCache| {
+        engine.model.forward_fast(&mut [SequenceInput { tokens: t, cache: c }], LogitsFor::LastToken, &engine.exec).unwrap()
+    };
+    one(&a[..2], &mut ca);
+    one(&b[..3], &mut cb);
+    let out = engine
+        .model
+        .forward_fast(
+            &mut [SequenceInput { tokens: &a[2..], cache: &mut ca }, SequenceInput { tokens: &b[3..], cache: &mut cb }],
+            LogitsFor::LastToken,
+            &engine.exec,
+        )
+        .unwrap();
+    assert!(rel_l2(&out[0], &engine.compute_logits(&a, false).unwrap()) < 1e-5);
+    assert!(rel_l2(&out[1], &engine.compute_logits(&b, false).unwrap()) < 1e-5);
 }
 
 #[test]
