@@ -276,6 +276,9 @@ impl Qwen3Model {
         if opts.reuse_buffers && batch.len() == 1 {
             batch[0].cache.workspace = Some(ws);
         }
+        if lens.len() == 1 {
+            return Ok(vec![logits]); // one sequence: its rows are all of them, no copy
+        }
         let mut out = Vec::with_capacity(lens.len());
         let mut at = 0;
         for &n in &lens {
