@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { NanoQwenError } from './errors.js'
+import { progressBar } from './progress.js'
 
 export interface DownloadProgress {
   file: string
@@ -56,19 +57,12 @@ export function findInCache(repo: string, revision = 'main'): string | undefined
 }
 
 function stderrBar(): (p: DownloadProgress) => void {
-  let last = 0
+  const draw = progressBar(true)
   return (p) => {
-    const now = Date.now()
-    const done = p.totalBytes !== undefined && p.downloadedBytes >= p.totalBytes
-    if (!done && now - last < 200) return
-    last = now
     const mb = (n: number) => (n / 1048576).toFixed(1)
     const total = p.totalBytes ?? 0
-    const frac = total ? Math.min(1, p.downloadedBytes / total) : 0
-    const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '-')
-    const line = `${p.file} [${bar}] ${mb(p.downloadedBytes)}${total ? `/${mb(total)}` : ''} MB`
-    if (process.stderr.isTTY) process.stderr.write(`\r${line}${done ? '\n' : ''}`)
-    else if (done) process.stderr.write(`${line}\n`)
+    const done = p.totalBytes !== undefined && p.downloadedBytes >= p.totalBytes
+    draw(p.file, total ? p.downloadedBytes / total : 0, `${mb(p.downloadedBytes)}${total ? `/${mb(total)}` : ''} MB`, done)
   }
 }
 

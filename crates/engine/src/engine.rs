@@ -155,13 +155,12 @@ impl Engine {
             .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
         let tensors = opened.tensors;
         let progress = opts.progress.as_ref();
+        let calib = opts.acceleration.calibration.clone().unwrap_or_default();
         let (model, calibration) = pool.install(|| -> Result<_> {
             if opts.acceleration.quantization == Quantization::StaticInt8 {
-                let calib = opts.acceleration.calibration.clone().unwrap_or_default();
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 Ok((m, Some(r)))
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
-                let calib = opts.acceleration.calibration.clone().unwrap_or_default();
                 let importance = crate::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
                 Ok((Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None))
             } else {
@@ -176,8 +175,6 @@ impl Engine {
         if acc.use_channels_last {
             model.repack_weights();
         }
-        // Measured again: repacking pads the last group of 8 rows.
-        model.weight_bytes = model.tensor_classes().iter().map(|c| c.bytes).sum();
         let exec = ExecOptions {
             flash_attention: acc.use_flash_attention,
             fused: acc.use_fused_kernels,

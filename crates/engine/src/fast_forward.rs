@@ -172,8 +172,7 @@ impl Qwen3Model {
         let mut row = 0;
         for s in batch.iter() {
             for p in s.cache.len()..s.cache.len() + s.tokens.len() {
-                for i in 0..half {
-                    let inv = 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32);
+                for (i, inv) in self.inv_freq.iter().enumerate() {
                     let a = p as f32 * inv;
                     ws.cos[row * half + i] = a.cos();
                     ws.sin[row * half + i] = a.sin();

@@ -30,60 +30,74 @@ pub enum ExportData<'a> {
     Q4 { blocks: Cow<'a, [BlockQ4]>, n: usize, k: usize },
 }
 
+/// Rows `start..start + n` of a row-major block matrix with `k / per_block` blocks per row.
+fn block_rows<T>(blocks: &[T], k: usize, per_block: usize, start: usize, n: usize) -> &[T] {
+    let bpr = k / per_block;
+    &blocks[start * bpr..(start + n) * bpr]
+}
+
+/// Rows concatenated; None when the row lengths differ.
+fn stack_blocks<T: Copy>(parts: &[(&[T], usize, usize)]) -> Option<(Vec<T>, usize, usize)> {
+    let k = parts.first()?.2;
+    if parts.iter().any(|p| p.2 != k) {
+        return None;
+    }
+    Some((parts.iter().flat_map(|p| p.0.iter().copied()).collect(), parts.iter().map(|p| p.1).sum(), k))
+}
+
 impl Linear {
+    /// The block formats behind their shared interface (all but export, stacking and static scales).
+    fn quant(&self) -> Option<Arc<dyn QuantMatrix>> {
+        match self {
+            Linear::Dense(_) => None,
+            Linear::Q8(q) => Some(q.clone()),
+            Linear::Q4(q) => Some(q.clone()),
+            Linear::Q8x8(q) => Some(q.clone()),
+            Linear::Q4x8(q) => Some(q.clone()),
+        }
+    }
+
     /// Output features.
     pub fn n(&self) -> usize {
-        match self {
-            Linear::Dense(w) => w.dims()[0],
-            Linear::Q8(q) => q.n,
-            Linear::Q4(q) => q.n,
-            Linear::Q8x8(q) => q.n,
-            Linear::Q4x8(q) => q.n,
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => w.dims()[0],
+            (_, q) => q.map_or(0, |q| q.n()),
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.contiguous()?;
-        match self {
-            Linear::Dense(w) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
-            Linear::Q8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
-            Linear::Q4(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
-            Linear::Q8x8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
-            Linear::Q4x8(q) => x.apply_op1_no_bwd(&QuantLinearOp(q.clone())),
+        match (self, self.quant()) {
+            (_, Some(q)) => x.apply_op1_no_bwd(&QuantLinearOp(q)),
+            (Linear::Dense(w), None) => x.apply_op2_no_bwd(w, &nano_qwen3_kernels::LinearOp),
+            _ => unreachable!("only dense matrices have no block format"),
         }
     }
 
     /// `y[m, n] = x[m, k] · Wᵀ` on plain slices (the fast forward path).
     pub fn forward_slice(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let isa = active_isa();
-        match self {
-            Linear::Dense(w) => {
-                let (n, k) = (w.dims()[0], w.dims()[1]);
-                let (storage, layout) = w.storage_and_layout();
-                let Storage::Cpu(cpu) = &*storage else { panic!("linear: weights must be on the CPU") };
-                let off = layout.start_offset();
-                let weights = match cpu {
-                    candle_core::CpuStorage::F32(v) => Weights::F32(&v[off..off + n * k]),
-                    candle_core::CpuStorage::BF16(v) => Weights::Bf16(&v[off..off + n * k]),
-                    candle_core::CpuStorage::F16(v) => Weights::F16(&v[off..off + n * k]),
-                    _ => panic!("linear: unsupported weight dtype {:?}", w.dtype()),
-                };
-                nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa);
-            }
-            Linear::Q8(q) => q.linear(x, m, y, isa),
-            Linear::Q4(q) => q.linear(x, m, y, isa),
-            Linear::Q8x8(q) => q.linear(x, m, y, isa),
-            Linear::Q4x8(q) => q.linear(x, m, y, isa),
+        if let Some(q) = self.quant() {
+            return q.linear(x, m, y, isa);
         }
+        let Linear::Dense(w) = self else { unreachable!("only dense matrices have no block format") };
+        let (n, k) = (w.dims()[0], w.dims()[1]);
+        let (storage, layout) = w.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { panic!("linear: weights must be on the CPU") };
+        let off = layout.start_offset();
+        let weights = match cpu {
+            candle_core::CpuStorage::F32(v) => Weights::F32(&v[off..off + n * k]),
+            candle_core::CpuStorage::BF16(v) => Weights::Bf16(&v[off..off + n * k]),
+            candle_core::CpuStorage::F16(v) => Weights::F16(&v[off..off + n * k]),
+            _ => panic!("linear: unsupported weight dtype {:?}", w.dtype()),
+        };
+        nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa);
     }
 
     pub fn bytes(&self) -> usize {
-        match self {
-            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Linear::Q8(q) => q.bytes(),
-            Linear::Q4(q) => q.bytes(),
-            Linear::Q8x8(q) => q.bytes(),
-            Linear::Q4x8(q) => q.bytes(),
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => w.elem_count() * w.dtype().size_in_bytes(),
+            (_, q) => q.map_or(0, |q| q.bytes()),
         }
     }
 
@@ -99,54 +113,42 @@ impl Linear {
 
     /// Rows `ids` as f32 [ids.len(), in]: the embedding lookup (dequantizes only those rows).
     pub fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Linear::Dense(w) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
-            Linear::Q8(q) => dequantized_rows(q.as_ref(), ids, dev),
-            Linear::Q4(q) => dequantized_rows(q.as_ref(), ids, dev),
-            Linear::Q8x8(q) => dequantized_rows(q.as_ref(), ids, dev),
-            Linear::Q4x8(q) => dequantized_rows(q.as_ref(), ids, dev),
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
+            (_, q) => {
+                let q = q.expect("a block format");
+                let mut out = vec![0f32; ids.len() * q.k()];
+                self.rows_into(ids, &mut out)?;
+                Tensor::from_vec(out, (ids.len(), q.k()), dev)
+            }
         }
     }
 
     /// Rows `ids` as f32 into `out` (len ids.len() * in): the embedding lookup on slices.
     pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> candle_core::Result<()> {
-        match self {
-            Linear::Dense(w) => {
-                let k = w.dims()[1];
-                for (row, &id) in out.chunks_exact_mut(k).zip(ids) {
-                    let r = w.get(id as usize)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                    row.copy_from_slice(&r);
-                }
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => {
+                let rows = w.index_select(&Tensor::new(ids, w.device())?, 0)?.to_dtype(DType::F32)?;
+                out[..rows.elem_count()].copy_from_slice(&rows.flatten_all()?.to_vec1::<f32>()?);
             }
-            Linear::Q8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
-            Linear::Q4(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
-            Linear::Q8x8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
-            Linear::Q4x8(q) => ids.iter().zip(out.chunks_exact_mut(q.k)).for_each(|(&id, r)| q.dequantize_row(id as usize, r)),
+            (_, q) => {
+                let q = q.expect("a block format");
+                ids.iter().zip(out.chunks_exact_mut(q.k())).for_each(|(&id, r)| q.dequantize_row(id as usize, r));
+            }
         }
         Ok(())
     }
 
     /// Rows `start..start + n` for export.
     pub fn export_rows(&self, start: usize, n: usize) -> candle_core::Result<ExportData<'_>> {
+        use nano_qwen3_kernels::{q4::QK4, q8::QK8};
         Ok(match self {
             Linear::Dense(w) => ExportData::Dense(w.narrow(0, start, n)?),
-            Linear::Q8(q) => {
-                let bpr = q.k / nano_qwen3_kernels::q8::QK8;
-                ExportData::Q8 { blocks: Cow::Borrowed(&q.blocks[start * bpr..(start + n) * bpr]), n, k: q.k }
-            }
-            Linear::Q4(q) => {
-                let bpr = q.k / nano_qwen3_kernels::q4::QK4;
-                ExportData::Q4 { blocks: Cow::Borrowed(&q.blocks[start * bpr..(start + n) * bpr]), n, k: q.k }
-            }
+            Linear::Q8(q) => ExportData::Q8 { blocks: Cow::Borrowed(block_rows(&q.blocks, q.k, QK8, start, n)), n, k: q.k },
+            Linear::Q4(q) => ExportData::Q4 { blocks: Cow::Borrowed(block_rows(&q.blocks, q.k, QK4, start, n)), n, k: q.k },
             // Repacked: back to row-major blocks (exact inverse), then the rows.
-            Linear::Q8x8(q) => {
-                let bpr = q.k / nano_qwen3_kernels::q8::QK8;
-                ExportData::Q8 { blocks: Cow::Owned(q.to_q8().blocks[start * bpr..(start + n) * bpr].to_vec()), n, k: q.k }
-            }
-            Linear::Q4x8(q) => {
-                let bpr = q.k / nano_qwen3_kernels::q4::QK4;
-                ExportData::Q4 { blocks: Cow::Owned(q.to_q4().blocks[start * bpr..(start + n) * bpr].to_vec()), n, k: q.k }
-            }
+            Linear::Q8x8(q) => ExportData::Q8 { blocks: Cow::Owned(block_rows(&q.to_q8().blocks, q.k, QK8, start, n).to_vec()), n, k: q.k },
+            Linear::Q4x8(q) => ExportData::Q4 { blocks: Cow::Owned(block_rows(&q.to_q4().blocks, q.k, QK4, start, n).to_vec()), n, k: q.k },
         })
     }
 
@@ -156,17 +158,14 @@ impl Linear {
 
     /// Fix static int8 activation scales; false when this matrix is not int8.
     pub fn set_static_scales(&mut self, scales: &[f32]) -> bool {
-        match self {
-            Linear::Q8(q) => {
-                Arc::get_mut(q).expect("static scales are set before the model is shared").act_scales = Some(scales.to_vec());
-                true
-            }
-            Linear::Q8x8(q) => {
-                Arc::get_mut(q).expect("static scales are set before the model is shared").act_scales = Some(scales.to_vec());
-                true
-            }
-            _ => false,
-        }
+        const SHARED: &str = "static scales are set before the model is shared";
+        let slot = match self {
+            Linear::Q8(q) => &mut Arc::get_mut(q).expect(SHARED).act_scales,
+            Linear::Q8x8(q) => &mut Arc::get_mut(q).expect(SHARED).act_scales,
+            _ => return false,
+        };
+        *slot = Some(scales.to_vec());
+        true
     }
 
     /// The block formats repacked 8 rows interleaved; dense matrices stay as they are.
@@ -178,60 +177,29 @@ impl Linear {
         }
     }
 
-    /// Stack matrices with the same input into one (rows concatenated), when their formats allow.
+    /// Stack row-major matrices with the same input into one (rows concatenated), when their
+    /// formats allow: all dense of one dtype, all Q4, or all Q8 with the same activation scales
+    /// (they read the same input). Runs before repacking.
     fn stack(parts: Vec<Linear>) -> Result<Linear, Vec<Linear>> {
-        // int8 parts stack when their activation scales agree (they read the same input).
-        let scales = |l: &Linear| if let Linear::Q8(q) = l { q.act_scales.clone() } else { None };
-        let first_scales = scales(&parts[0]);
-        let owned_q8 = |l: &Linear| matches!(l, Linear::Q8(q) if q.act_scales == first_scales);
-        if parts.iter().all(|p| matches!(p, Linear::Dense(_))) {
-            let ts: Vec<&Tensor> = parts.iter().map(|p| if let Linear::Dense(t) = p { t } else { unreachable!() }).collect();
-            if ts.windows(2).all(|w| w[0].dtype() == w[1].dtype()) {
-                if let Ok(t) = Tensor::cat(&ts, 0) {
-                    return Ok(Linear::Dense(t));
-                }
-            }
-        } else if parts.iter().all(owned_q8) {
-            let k = if let Linear::Q8(q) = &parts[0] { q.k } else { 0 };
-            let mut blocks = Vec::new();
-            let mut n = 0;
-            for p in &parts {
-                if let Linear::Q8(q) = p {
-                    if q.k != k {
-                        return Err(parts);
-                    }
-                    blocks.extend_from_slice(&q.blocks);
-                    n += q.n;
-                }
-            }
-            let mut m = Q8Matrix::from_blocks(n, k, blocks);
-            m.act_scales = first_scales;
-            return Ok(Linear::Q8(Arc::new(m)));
-        } else if parts.iter().all(|p| matches!(p, Linear::Q4(_))) {
-            let k = if let Linear::Q4(q) = &parts[0] { q.k } else { 0 };
-            let mut blocks = Vec::new();
-            let mut n = 0;
-            for p in &parts {
-                if let Linear::Q4(q) = p {
-                    if q.k != k {
-                        return Err(parts);
-                    }
-                    blocks.extend_from_slice(&q.blocks);
-                    n += q.n;
-                }
-            }
-            return Ok(Linear::Q4(Arc::new(Q4Matrix { n, k, blocks })));
-        }
-        Err(parts)
+        let dense: Vec<&Tensor> = parts.iter().filter_map(|p| if let Linear::Dense(t) = p { Some(t) } else { None }).collect();
+        let q8: Vec<&Q8Matrix> = parts.iter().filter_map(|p| if let Linear::Q8(q) = p { Some(q.as_ref()) } else { None }).collect();
+        let q4: Vec<&Q4Matrix> = parts.iter().filter_map(|p| if let Linear::Q4(q) = p { Some(q.as_ref()) } else { None }).collect();
+        let stacked = if dense.len() == parts.len() && dense.windows(2).all(|w| w[0].dtype() == w[1].dtype()) {
+            Tensor::cat(&dense, 0).ok().map(Linear::Dense)
+        } else if q8.len() == parts.len() && q8.windows(2).all(|w| w[0].act_scales == w[1].act_scales) {
+            stack_blocks(&q8.iter().map(|q| (&q.blocks[..], q.n, q.k)).collect::<Vec<_>>()).map(|(blocks, n, k)| {
+                let mut m = Q8Matrix::from_blocks(n, k, blocks);
+                m.act_scales = q8[0].act_scales.clone();
+                Linear::Q8(Arc::new(m))
+            })
+        } else if q4.len() == parts.len() {
+            stack_blocks(&q4.iter().map(|q| (&q.blocks[..], q.n, q.k)).collect::<Vec<_>>())
+                .map(|(blocks, n, k)| Linear::Q4(Arc::new(Q4Matrix { n, k, blocks })))
+        } else {
+            None
+        };
+        stacked.ok_or(parts)
     }
-}
-
-fn dequantized_rows(q: &impl QuantMatrix, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
-    let mut out = vec![0f32; ids.len() * q.k()];
-    for (row, &id) in out.chunks_exact_mut(q.k()).zip(ids) {
-        q.dequantize_row(id as usize, row);
-    }
-    Tensor::from_vec(out, (ids.len(), q.k()), dev)
 }
 
 /// Projections that read the same input (q/k/v, or gate/up).

@@ -86,17 +86,20 @@ pub struct Qwen3Model {
     pub(crate) lm_head: Option<Linear>, // None when tied to the embedding
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: RmsNorm,
+    /// RoPE inverse frequencies [head_dim/2] (the fast path computes its angles from them).
+    pub(crate) inv_freq: Vec<f32>,
     /// cos/sin tables [positions, head_dim/2] in f32, grown on demand.
     rope: RwLock<(Tensor, Tensor)>,
-    pub weight_bytes: usize,
+}
+
+/// RoPE's inverse frequencies, in f32 as transformers computes them; angles are position * inv_freq in f32.
+fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    (0..cfg.head_dim / 2).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32)).collect()
 }
 
 fn rope_tables(cfg: &ModelConfig, positions: usize, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    // Same arithmetic as transformers: inv_freq in f32, then position * inv_freq in f32.
     let half = cfg.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
-        .collect();
+    let inv = inv_freq(cfg);
     let mut freqs = Vec::with_capacity(positions * half);
     for p in 0..positions {
         freqs.extend(inv.iter().map(|f| p as f32 * f));
@@ -138,7 +141,6 @@ impl Qwen3Model {
         let mut done = 0usize;
         let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        let mut weight_bytes = 0usize;
         let mut unquantized = Vec::new();
         let eps = cfg.rms_norm_eps as f32;
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
@@ -152,17 +154,14 @@ impl Qwen3Model {
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
                 (WeightFormat::Q4, s) if fits => {
                     let w = s.into_f32_vec()?;
-                    Linear::Q4(Arc::new(match importance.and_then(|m| m.get(name)) {
-                        Some(imp) => Q4Matrix::quantize_weighted(&w, shape[0], shape[1], imp),
-                        None => Q4Matrix::quantize(&w, shape[0], shape[1]),
-                    }))
+                    let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
+                    Linear::Q4(Arc::new(Q4Matrix::quantize_weighted(&w, shape[0], shape[1], imp)))
                 }
                 (WeightFormat::Q8 | WeightFormat::Q4, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
                     Linear::Dense(s.into_dense(None)?)
                 }
             };
-            weight_bytes += l.bytes();
             done += 1;
             if let Some(p) = report {
                 p(&Progress { stage: "quantize", done, total: matrices, unit: "tensors" });
@@ -185,9 +184,8 @@ impl Qwen3Model {
         }
         // Some checkpoints say tied but still ship lm_head.weight; the flag decides, as in transformers.
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin("lm_head.weight", [cfg.vocab_size, h])?) };
-        let mut norm = |name: String, size: usize| -> Result<RmsNorm> {
+        let norm = |name: String, size: usize| -> Result<RmsNorm> {
             let weight = src.load_stored(&name, &[size], dev)?.into_dense(Some(DType::F32))?;
-            weight_bytes += size * 4;
             let values = weight.to_vec1::<f32>()?;
             Ok(RmsNorm { weight, values, eps })
         };
@@ -219,8 +217,8 @@ impl Qwen3Model {
             lm_head,
             layers,
             norm,
+            inv_freq: inv_freq(cfg),
             rope: RwLock::new(rope),
-            weight_bytes,
         })
     }
 
@@ -328,6 +326,11 @@ impl Qwen3Model {
             add("lm_head", h.format(), h.bytes());
         }
         classes
+    }
+
+    /// Bytes of all weights as held now (after any fusing or repacking), measured per tensor.
+    pub fn weight_bytes(&self) -> usize {
+        self.tensor_classes().iter().map(|c| c.bytes).sum()
     }
 
     /// Bytes one cached token costs across all layers (K and V), for a cache element of `elem` bytes.

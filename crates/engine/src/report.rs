@@ -157,7 +157,7 @@ impl Engine {
 
     pub fn memory_usage(&self) -> MemoryUsage {
         let base = self.model.config.num_parameters() * 4;
-        let now = self.model.weight_bytes;
+        let now = self.model.weight_bytes();
         let per_token = self.model.kv_bytes_per_token(self.kv_dtype.size());
         MemoryUsage {
             base_model_size_mb: base as f64 / MB,

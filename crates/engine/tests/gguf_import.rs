@@ -74,7 +74,7 @@ fn exports_read_back_bit_for_bit() {
         // Loaded with `none`, the file's Q8_0 / Q4_0 blocks run as they are.
         let back = load(&path, Quantization::None).unwrap();
         assert_eq!(back.model.weight_format, original.model.weight_format);
-        assert_eq!(back.model.weight_bytes, original.model.weight_bytes);
+        assert_eq!(back.model.weight_bytes(), original.model.weight_bytes());
         for p in prompts() {
             assert_eq!(back.compute_logits(&p, false).unwrap(), original.compute_logits(&p, false).unwrap(), "{}", q.name());
         }

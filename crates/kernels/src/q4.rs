@@ -33,17 +33,18 @@ fn encode(x: &[f32], d: f32) -> [i8; QK4] {
     q
 }
 
-/// Squared error of rounding `x` with scale `d`, plus the least-squares statistics (Σ x·q, Σ q²)
-/// of that rounding. Eight partial sums so that the loop vectorises.
-fn evaluate(x: &[f32; QK4], d: f32) -> (f32, f32, f32) {
+/// Squared error of rounding `x` with scale `d`, each element's error counted `imp[i]` times,
+/// plus the least-squares statistics (Σ imp·x·q, Σ imp·q²) of that rounding. Eight partial sums so
+/// that the loop vectorises.
+fn evaluate(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
     let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
     let (mut err, mut num, mut den) = ([0f32; 8], [0f32; 8], [0f32; 8]);
     for i in 0..QK4 {
         let q = ((x[i] * inv + 8.5).clamp(0.0, 15.0) as i32 - 8) as f32;
         let e = x[i] - q * d;
-        err[i % 8] += e * e;
-        num[i % 8] += x[i] * q;
-        den[i % 8] += q * q;
+        err[i % 8] += imp[i] * e * e;
+        num[i % 8] += imp[i] * x[i] * q;
+        den[i % 8] += imp[i] * q * q;
     }
     (err.iter().sum(), num.iter().sum(), den.iter().sum())
 }
@@ -66,62 +67,14 @@ pub fn quantize_block_absmax(x: &[f32]) -> BlockQ4 {
 /// Where the extreme value lands among the 16 levels, for each candidate scale.
 const CANDIDATE_STEPS: [f32; 16] = [-8.5, -8.25, -8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, 7.5, 7.25, 7.0, 6.75, 6.5, 6.0];
 
-/// Error-minimising block quantization (see the module docs).
+/// Error-minimising block quantization (see the module docs): every element counts alike.
 pub fn quantize_block(x: &[f32]) -> BlockQ4 {
-    let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
-    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
-    if m == 0.0 {
-        return pack(&[0; QK4], 0.0);
-    }
-    // Candidate scales: the extreme mapped to -8 (as Q4_0) or to +7, and slightly smaller ones
-    // that clip the extreme but resolve the bulk of the values more finely. Each candidate's
-    // rounding also gives its least-squares scale, which is tried too.
-    let evaluate = |x: &[f32; QK4], d: f32| {
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::active_isa() == Isa::Avx2 {
-            // SAFETY: AVX2+FMA support checked by active_isa.
-            return unsafe { avx2::evaluate(x, d) };
-        }
-        evaluate(x, d)
-    };
-    let mut best = (f32::INFINITY, 0f32);
-    for steps in CANDIDATE_STEPS {
-        let d0 = m / steps;
-        let (e0, num, den) = evaluate(x, d0);
-        if e0 < best.0 {
-            best = (e0, d0);
-        }
-        if den > 0.0 {
-            let d1 = num / den;
-            let (e1, _, _) = evaluate(x, d1);
-            if e1 < best.0 {
-                best = (e1, d1);
-            }
-        }
-    }
-    // Store the scale as f16 and round with the stored value, so the decoder sees what we scored.
-    let d = f16::from_f32(best.1).to_f32();
-    pack(&encode(x, d), d)
+    quantize_block_weighted(x, &[1.0; QK4])
 }
 
-/// [`evaluate`] where element i's squared error counts `imp[i]` times, and the least-squares
-/// statistics are weighted the same way.
-fn evaluate_weighted(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
-    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let (mut err, mut num, mut den) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-    for i in 0..QK4 {
-        let q = ((x[i] * inv + 8.5).clamp(0.0, 15.0) as i32 - 8) as f32;
-        let e = x[i] - q * d;
-        err[i % 8] += imp[i] * e * e;
-        num[i % 8] += imp[i] * x[i] * q;
-        den[i % 8] += imp[i] * q * q;
-    }
-    (err.iter().sum(), num.iter().sum(), den.iter().sum())
-}
-
-/// Activation-aware variant of [`quantize_block`]: the scale minimises Σ imp_i (x_i - q_i d)², where
-/// imp_i is the mean square of the activation that weight i multiplies (from calibration), so the
-/// error lands where it costs the layer's output least.
+/// Activation-aware [`quantize_block`]: the scale minimises Σ imp_i (x_i - q_i d)², where imp_i is
+/// the mean square of the activation that weight i multiplies (from calibration), so the error
+/// lands where it costs the layer's output least.
 pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
     let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
     let imp: &[f32; QK4] = imp.try_into().expect("q4: one importance per value");
@@ -129,29 +82,33 @@ pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
     if m == 0.0 {
         return pack(&[0; QK4], 0.0);
     }
-    let evaluate_weighted = |x: &[f32; QK4], imp: &[f32; QK4], d: f32| {
+    let evaluate = |d: f32| {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::active_isa() == Isa::Avx2 {
             // SAFETY: AVX2+FMA support checked by active_isa.
-            return unsafe { avx2::evaluate_weighted(x, imp, d) };
+            return unsafe { avx2::evaluate(x, imp, d) };
         }
-        evaluate_weighted(x, imp, d)
+        evaluate(x, imp, d)
     };
+    // Candidate scales: the extreme mapped to -8 (as Q4_0) or to +7, and slightly smaller ones
+    // that clip the extreme but resolve the bulk of the values more finely. Each candidate's
+    // rounding also gives its least-squares scale, which is tried too.
     let mut best = (f32::INFINITY, 0f32);
     for steps in CANDIDATE_STEPS {
         let d0 = m / steps;
-        let (e0, num, den) = evaluate_weighted(x, imp, d0);
+        let (e0, num, den) = evaluate(d0);
         if e0 < best.0 {
             best = (e0, d0);
         }
         if den > 0.0 {
             let d1 = num / den;
-            let (e1, _, _) = evaluate_weighted(x, imp, d1);
+            let (e1, _, _) = evaluate(d1);
             if e1 < best.0 {
                 best = (e1, d1);
             }
         }
     }
+    // Store the scale as f16 and round with the stored value, so the decoder sees what we scored.
     let d = f16::from_f32(best.1).to_f32();
     pack(&encode(x, d), d)
 }
@@ -172,29 +129,20 @@ pub struct Q4Matrix {
 impl Q4Matrix {
     /// Quantize `w: [n, k]` (f32), `k` a multiple of 32, in parallel over rows.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
-        use rayon::prelude::*;
-        assert!(k % QK4 == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}]");
-        let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
-        let rule = if llama_rule_requested() { quantize_block_absmax } else { quantize_block };
-        blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
-            for (b, x) in bs.iter_mut().zip(row.chunks_exact(QK4)) {
-                *b = rule(x);
-            }
-        });
-        Self { n, k, blocks }
+        Self::quantize_weighted(w, n, k, None)
     }
 
-    /// Activation-aware quantization: `importance[c]` (len k) is the mean square of input feature c.
-    pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: &[f32]) -> Self {
+    /// With `importance` (len k: the mean square of each input feature), activation-aware.
+    pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>) -> Self {
         use rayon::prelude::*;
-        assert!(k % QK4 == 0 && w.len() == n * k && importance.len() == k, "q4: bad shape [{n}, {k}]");
-        if llama_rule_requested() {
-            return Self::quantize(w, n, k);
-        }
+        assert!(k % QK4 == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}]");
+        let ones = [1.0f32; QK4];
+        let imp = |c: usize| importance.map_or(&ones[..], |i| &i[c * QK4..(c + 1) * QK4]);
+        let llama_rule = llama_rule_requested();
         let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
         blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
-            for ((b, x), imp) in bs.iter_mut().zip(row.chunks_exact(QK4)).zip(importance.chunks_exact(QK4)) {
-                *b = quantize_block_weighted(x, imp);
+            for (c, (b, x)) in bs.iter_mut().zip(row.chunks_exact(QK4)).enumerate() {
+                *b = if llama_rule { quantize_block_absmax(x) } else { quantize_block_weighted(x, imp(c)) };
             }
         });
         Self { n, k, blocks }
@@ -203,7 +151,9 @@ impl Q4Matrix {
 }
 
 impl QuantMatrix for Q4Matrix {
-    const NAME: &'static str = "nano-qwen3-q4-linear";
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q4-linear"
+    }
 
     fn n(&self) -> usize {
         self.n
@@ -278,26 +228,7 @@ mod avx2 {
 
     /// [`super::evaluate`] eight lanes at a time (same rounding: clamp to [0, 15], truncate).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn evaluate(x: &[f32; QK4], d: f32) -> (f32, f32, f32) {
-        let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let dv = _mm256_set1_ps(d);
-        let (zero, fifteen, half, eight) = (_mm256_setzero_ps(), _mm256_set1_ps(15.0), _mm256_set1_ps(8.5), _mm256_set1_ps(8.0));
-        let (mut err, mut num, mut den) = (zero, zero, zero);
-        for c in 0..QK4 / 8 {
-            let v = _mm256_loadu_ps(x.as_ptr().add(c * 8));
-            let t = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(v, inv, half), zero), fifteen);
-            let q = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(t)), eight);
-            let e = _mm256_fnmadd_ps(q, dv, v);
-            err = _mm256_fmadd_ps(e, e, err);
-            num = _mm256_fmadd_ps(v, q, num);
-            den = _mm256_fmadd_ps(q, q, den);
-        }
-        (hsum(err), hsum(num), hsum(den))
-    }
-
-    /// [`super::evaluate_weighted`] eight lanes at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn evaluate_weighted(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
+    pub unsafe fn evaluate(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
         let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
         let dv = _mm256_set1_ps(d);
         let (zero, fifteen, half, eight) = (_mm256_setzero_ps(), _mm256_set1_ps(15.0), _mm256_set1_ps(8.5), _mm256_set1_ps(8.0));
@@ -437,7 +368,7 @@ mod tests {
             let imp: &[f32; QK4] = imp.as_slice().try_into().unwrap();
             for block in x.chunks_exact(32) {
                 let b: &[f32; QK4] = block.try_into().unwrap();
-                let (a, c) = (evaluate_weighted(b, imp, 0.07), unsafe { avx2::evaluate_weighted(b, imp, 0.07) });
+                let (a, c) = (evaluate(b, imp, 0.07), unsafe { avx2::evaluate(b, imp, 0.07) });
                 for (p, q) in [(a.0, c.0), (a.1, c.1), (a.2, c.2)] {
                     assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "portable {p} vs avx2 {q}");
                 }

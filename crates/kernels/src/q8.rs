@@ -56,29 +56,26 @@ pub fn quantize_block_with_scale(x: &[f32], d: f32) -> BlockQ8 {
     BlockQ8 { d: f16::from_f32(d), qs }
 }
 
-/// Quantize rows with fixed per-block scales (`scales.len() == k / 32`).
-pub fn quantize_rows_static(x: &[f32], k: usize, scales: &[f32]) -> Vec<BlockQ8> {
+/// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows: per block
+/// abs-max (dynamic), or with fixed per-block `scales` (`len == k / 32`, static int8).
+pub fn quantize_activations(x: &[f32], k: usize, scales: Option<&[f32]>) -> Vec<BlockQ8> {
     use rayon::prelude::*;
+    assert!(k % QK8 == 0, "q8: row length {k} is not a multiple of {QK8}");
     let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
     out.par_chunks_mut(k / QK8).zip(x.par_chunks(k)).for_each(|(blocks, row)| {
-        for ((b, chunk), &d) in blocks.iter_mut().zip(row.chunks_exact(QK8)).zip(scales) {
-            *b = quantize_block_with_scale(chunk, d);
+        for (i, (b, chunk)) in blocks.iter_mut().zip(row.chunks_exact(QK8)).enumerate() {
+            *b = match scales {
+                Some(s) => quantize_block_with_scale(chunk, s[i]),
+                None => quantize_block(chunk),
+            };
         }
     });
     out
 }
 
-/// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows.
+/// Dynamic [`quantize_activations`] (also how weights are quantized).
 pub fn quantize_rows(x: &[f32], k: usize) -> Vec<BlockQ8> {
-    use rayon::prelude::*;
-    assert!(k % QK8 == 0, "q8: row length {k} is not a multiple of {QK8}");
-    let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
-    out.par_chunks_mut(k / QK8).zip(x.par_chunks(k)).for_each(|(blocks, row)| {
-        for (b, chunk) in blocks.iter_mut().zip(row.chunks_exact(QK8)) {
-            *b = quantize_block(chunk);
-        }
-    });
-    out
+    quantize_activations(x, k, None)
 }
 
 impl Q8Matrix {
@@ -103,7 +100,9 @@ impl Q8Matrix {
 }
 
 impl QuantMatrix for Q8Matrix {
-    const NAME: &'static str = "nano-qwen3-q8-linear";
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q8-linear"
+    }
 
     fn n(&self) -> usize {
         self.n
@@ -131,10 +130,7 @@ impl QuantMatrix for Q8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
-        let xq = match &self.act_scales {
-            Some(s) => quantize_rows_static(&x[..m * k], k, s),
-            None => quantize_rows(&x[..m * k], k),
-        };
+        let xq = quantize_activations(&x[..m * k], k, self.act_scales.as_deref());
         let bpr = k / QK8;
         let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
         drive(m, n, y, |i, j, mr, nr, out| unsafe {
@@ -269,7 +265,7 @@ mod tests {
         let x = fill(4 * 64, 9);
         // With each block's own abs-max scale, static quantization is the dynamic one.
         let own: Vec<f32> = x[..64].chunks(32).map(|c| c.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0).collect();
-        let st = quantize_rows_static(&x[..64], 64, &own);
+        let st = quantize_activations(&x[..64], 64, Some(&own));
         let dy = quantize_rows(&x[..64], 64);
         for (a, b) in st.iter().zip(&dy) {
             let diff = a.qs.iter().zip(&b.qs).map(|(p, q)| (*p as i32 - *q as i32).abs()).max().unwrap();

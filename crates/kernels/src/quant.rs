@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 /// A quantized `[n, k]` weight matrix.
 pub trait QuantMatrix: Send + Sync + 'static {
-    const NAME: &'static str;
+    /// The kernel's name (the candle op's name, error messages).
+    fn name(&self) -> &'static str;
     fn n(&self) -> usize;
     fn k(&self) -> usize;
     fn bytes(&self) -> usize;
@@ -24,21 +25,21 @@ pub trait QuantMatrix: Send + Sync + 'static {
 }
 
 /// [`QuantMatrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.
-pub struct QuantLinearOp<M: QuantMatrix>(pub Arc<M>);
+pub struct QuantLinearOp(pub Arc<dyn QuantMatrix>);
 
-impl<M: QuantMatrix> candle_core::CustomOp1 for QuantLinearOp<M> {
+impl candle_core::CustomOp1 for QuantLinearOp {
     fn name(&self) -> &'static str {
-        M::NAME
+        self.0.name()
     }
 
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::{bail, CpuStorage, Shape};
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("{}: x must be contiguous", M::NAME) };
-        let CpuStorage::F32(x) = s else { bail!("{}: activations must be f32", M::NAME) };
+        let Some((a, b)) = l.contiguous_offsets() else { bail!("{}: x must be contiguous", self.0.name()) };
+        let CpuStorage::F32(x) = s else { bail!("{}: activations must be f32", self.0.name()) };
         let dims = l.shape().dims();
         let (k, n) = (self.0.k(), self.0.n());
         if dims.last() != Some(&k) {
-            bail!("{}: x has shape {dims:?}, weights expect {k} features", M::NAME)
+            bail!("{}: x has shape {dims:?}, weights expect {k} features", self.0.name())
         }
         let m = (b - a) / k;
         let mut y = vec![0f32; m * n];

@@ -34,7 +34,7 @@
 //!   becomes `- 8 Σx` once per block. Pair sums are at most 2·15·128 = 3840, so all 8 groups of a
 //!   block add up in i16 (8·3840 < 32767) before a single `madd` per block.
 use crate::q4::{BlockQ4, Q4Matrix, QK4};
-use crate::q8::{quantize_rows, quantize_rows_static, BlockQ8, Q8Matrix, QK8};
+use crate::q8::{quantize_activations, BlockQ8, Q8Matrix, QK8};
 use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
@@ -184,7 +184,9 @@ fn prepare_q4(xq: &[BlockQ8]) -> Vec<XQ4> {
 }
 
 impl QuantMatrix for Q8x8Matrix {
-    const NAME: &'static str = "nano-qwen3-q8x8-linear";
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q8x8-linear"
+    }
 
     fn n(&self) -> usize {
         self.n
@@ -211,10 +213,7 @@ impl QuantMatrix for Q8x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
-        let xq = match &self.act_scales {
-            Some(s) => quantize_rows_static(&x[..m * k], k, s),
-            None => quantize_rows(&x[..m * k], k),
-        };
+        let xq = quantize_activations(&x[..m * k], k, self.act_scales.as_deref());
         let xq = prepare_q8(&xq);
         let bpr = k / QK8;
         let (xq, wq) = (&xq[..], &self.blocks[..]);
@@ -241,7 +240,9 @@ impl QuantMatrix for Q8x8Matrix {
 }
 
 impl QuantMatrix for Q4x8Matrix {
-    const NAME: &'static str = "nano-qwen3-q4x8-linear";
+    fn name(&self) -> &'static str {
+        "nano-qwen3-q4x8-linear"
+    }
 
     fn n(&self) -> usize {
         self.n
@@ -271,7 +272,7 @@ impl QuantMatrix for Q4x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
-        let xq = prepare_q4(&quantize_rows(&x[..m * k], k));
+        let xq = prepare_q4(&quantize_activations(&x[..m * k], k, None));
         let bpr = k / QK4;
         let (xq, wq) = (&xq[..], &self.blocks[..]);
         drive(m, n, y, |i, mr, g, out| unsafe {
@@ -495,7 +496,7 @@ mod tests {
                 let r = repack(&q);
                 for &m in &MS {
                     let x = test_data(m * k, (m * 13 + n) as u64);
-                    let what = format!("{} m={m} n={n} k={k}", R::NAME);
+                    let what = format!("{} m={m} n={n} k={k}", r.name());
                     // Sentinel outputs: padded rows must not write past n.
                     let (mut want, mut got) = (vec![0f32; m * n + 1], vec![f32::NAN; m * n + 1]);
                     want[m * n] = 7.0;
