@@ -12,6 +12,7 @@ use crate::generate::{FinishReason, GenerateOptions, StopMatcher, StopScan};
 use crate::kv_cache::KvCache;
 use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
 use crate::sampler::Sampler;
+use nano_qwen3_kernels::pool::ThreadPool;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::source::ModelFiles;
 use candle_core::Device;
@@ -68,7 +69,8 @@ pub struct Engine {
     pub prefill_chunk: Option<usize>,
     pub kv_dtype: KvDtype,
     checkpoint_bytes: usize,
-    pool: rayon::ThreadPool,
+    /// The kernels' threads (the caller plus `threads - 1` spinning workers).
+    pool: ThreadPool,
     live_kv_bytes: Arc<AtomicUsize>,
 }
 
@@ -148,33 +150,36 @@ impl Engine {
             Some(0) => return Err(EngineError::invalid_arg("threads", 0, "an integer >= 1")),
             Some(n) => n,
         };
-        let pool = rayon::ThreadPoolBuilder::new()
+        let cannot_start = |e: &dyn std::fmt::Display| EngineError::Unsupported(format!("cannot start {threads} threads: {e}"));
+        let pool = ThreadPool::new(threads).map_err(|e| cannot_start(&e))?;
+        // Loading and calibration also run rayon loops (quantizers, candle): same thread count.
+        let load_pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
-            .thread_name(|i| format!("nano-qwen3-{i}"))
+            .thread_name(|i| format!("nano-qwen3-load-{i}"))
             .build()
-            .map_err(|e| EngineError::Unsupported(format!("cannot start {threads} threads: {e}")))?;
+            .map_err(|e| cannot_start(&e))?;
         let tensors = opened.tensors;
         let progress = opts.progress.as_ref();
         let calib = opts.acceleration.calibration.clone().unwrap_or_default();
-        let (model, calibration) = pool.install(|| -> Result<_> {
-            if opts.acceleration.quantization == Quantization::StaticInt8 {
+        let acc = &opts.acceleration;
+        let (model, calibration) = load_pool.install(|| pool.install(|| -> Result<_> {
+            let (mut model, calibration) = if opts.acceleration.quantization == Quantization::StaticInt8 {
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
-                Ok((m, Some(r)))
+                (m, Some(r))
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
                 let importance = crate::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
-                Ok((Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None))
+                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None)
             } else {
-                Ok((Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None))
+                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None)
+            };
+            if acc.use_fused_kernels {
+                model.fuse_projections();
             }
-        })?;
-        let mut model = model;
-        let acc = &opts.acceleration;
-        if acc.use_fused_kernels {
-            model.fuse_projections();
-        }
-        if acc.use_channels_last {
-            model.repack_weights();
-        }
+            if acc.use_channels_last {
+                model.repack_weights();
+            }
+            Ok((model, calibration))
+        }))?;
         let exec = ExecOptions {
             flash_attention: acc.use_flash_attention,
             fused: acc.use_fused_kernels,

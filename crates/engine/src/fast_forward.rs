@@ -9,7 +9,7 @@ use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
 use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem};
 use nano_qwen3_kernels::fused;
 use nano_qwen3_kernels::{active_isa, Isa};
-use rayon::prelude::*;
+use nano_qwen3_kernels::pool::parallel_chunks_mut;
 
 /// Which optimizations the fast path uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,34 +81,31 @@ fn attention_plain<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], s: &
     let (hd, n, total) = (s.head_dim, s.q_len, s.start + s.q_len);
     let group = s.heads / s.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let per_head: Vec<Vec<f32>> = (0..s.heads)
-        .into_par_iter()
-        .map(|h| {
-            let (kh, vh) = (&k[(h / group) * s.kv_stride..], &v[(h / group) * s.kv_stride..]);
-            let mut scores = vec![f32::NEG_INFINITY; n * total];
-            let mut o = vec![0f32; n * hd];
-            for i in 0..n {
-                let qi = &q[(i * s.heads + h) * hd..][..hd];
-                let row = &mut scores[i * total..(i + 1) * total];
-                for (j, sc) in row.iter_mut().enumerate().take(s.start + i + 1) {
-                    *sc = qi.iter().zip(&kh[j * hd..(j + 1) * hd]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-                }
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for sc in row.iter_mut() {
-                    *sc = (*sc - m).exp();
-                    sum += *sc;
-                }
-                for (j, p) in row.iter().enumerate().take(s.start + i + 1) {
-                    for (o, vv) in o[i * hd..(i + 1) * hd].iter_mut().zip(&vh[j * hd..(j + 1) * hd]) {
-                        *o += p / sum * vv.to_f32();
-                    }
+    // Head-major scratch ([heads][n][hd]): each task owns one head's rows.
+    let mut per_head = vec![0f32; s.heads * n * hd];
+    parallel_chunks_mut(&mut per_head, n * hd, |h, o| {
+        let (kh, vh) = (&k[(h / group) * s.kv_stride..], &v[(h / group) * s.kv_stride..]);
+        let mut scores = vec![f32::NEG_INFINITY; n * total];
+        for i in 0..n {
+            let qi = &q[(i * s.heads + h) * hd..][..hd];
+            let row = &mut scores[i * total..(i + 1) * total];
+            for (j, sc) in row.iter_mut().enumerate().take(s.start + i + 1) {
+                *sc = qi.iter().zip(&kh[j * hd..(j + 1) * hd]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+            }
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for sc in row.iter_mut() {
+                *sc = (*sc - m).exp();
+                sum += *sc;
+            }
+            for (j, p) in row.iter().enumerate().take(s.start + i + 1) {
+                for (o, vv) in o[i * hd..(i + 1) * hd].iter_mut().zip(&vh[j * hd..(j + 1) * hd]) {
+                    *o += p / sum * vv.to_f32();
                 }
             }
-            o
-        })
-        .collect();
-    for (h, o) in per_head.iter().enumerate() {
+        }
+    });
+    for (h, o) in per_head.chunks_exact(n * hd).enumerate() {
         for i in 0..n {
             out[i * s.heads * hd + h * hd..][..hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }

@@ -9,13 +9,13 @@
 //! - GQA: the query heads that share a KV head, over a tile of query tokens, are the rows of one
 //!   work item, so each K/V tile is brought into cache once for the whole group and used by every
 //!   row while hot, instead of being streamed once per query head.
-//! - Parallelism (current rayon pool): work items are (kv head, query tile). When there are too
+//! - Parallelism (current kernel pool): work items are (kv head, query tile). When there are too
 //!   few of them to keep the pool busy (decode, short chunks against a long cache) the KV length is
 //!   also split into chunks; each chunk leaves a partial `(m, l, acc)` per row and the partials are
 //!   merged exactly afterwards.
 use crate::simd::Isa;
 use half::{bf16, f16};
-use rayon::prelude::*;
+use crate::pool::{parallel_chunks_mut, parallel_for};
 use std::cell::Cell;
 use std::ops::Range;
 
@@ -176,11 +176,11 @@ impl AttentionShape {
 ///   `start + q_len` are never read.
 /// - `out`: `[q_len, heads * head_dim]`. Scale `1 / sqrt(head_dim)`.
 ///
-/// Runs on the current rayon pool. `isa` picks the SIMD path (pass [`crate::active_isa`]);
+/// Runs on the current kernel pool ([`crate::pool`]). `isa` picks the SIMD path (pass [`crate::active_isa`]);
 /// AVX2 needs `head_dim % 8 == 0` and falls back to the portable path otherwise.
 pub fn flash_attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &AttentionShape, isa: Isa) {
     shape.check(q.len(), k.len(), v.len(), out.len());
-    let plan = Plan::choose(shape, rayon::current_num_threads());
+    let plan = Plan::choose(shape, crate::pool::current_threads());
     run(q, k, v, out, shape, isa, plan);
 }
 
@@ -246,7 +246,7 @@ fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &Attentio
     let groups = shape.kv_heads * p.q_tiles();
     let dst = OutPtr(out.as_mut_ptr());
     if chunks == 1 {
-        (0..groups).into_par_iter().for_each(|gi| {
+        parallel_for(groups, |gi| {
             let (kh, tokens) = p.group_of(gi);
             with_scratch(|s| {
                 p.attend(kh, tokens.clone(), 0..shape.kv_len(), s);
@@ -259,7 +259,7 @@ fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &Attentio
     // Split KV: every (group, chunk) leaves its partial softmax, then each group merges its own.
     let part_len = p.part_len();
     with_partials(groups * chunks * part_len, |parts| {
-        parts.par_chunks_mut(part_len).enumerate().for_each(|(item, part)| {
+        parallel_chunks_mut(parts, part_len, |item, part| {
             let (kh, tokens) = p.group_of(item / chunks);
             let c = item % chunks;
             with_scratch(|s| {
@@ -267,7 +267,7 @@ fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &Attentio
                 s.save(tokens.len() * shape.group(), shape.head_dim, part);
             })
         });
-        (0..groups).into_par_iter().for_each(|gi| {
+        parallel_for(groups, |gi| {
             let (kh, tokens) = p.group_of(gi);
             // SAFETY: as above, one writer per (tokens, heads) block.
             unsafe { p.merge(kh, tokens, &parts[gi * chunks * part_len..][..chunks * part_len], dst) }
@@ -848,7 +848,7 @@ mod tests {
     fn in_pools(mut f: impl FnMut(&str) + Send) {
         f("global");
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = crate::pool::ThreadPool::new(threads).unwrap();
             pool.install(|| f(&format!("{threads} threads")));
         }
     }

@@ -1,7 +1,7 @@
 //! Elementwise kernels of a transformer layer, fused so each activation row is read and written
 //! as few times as possible: residual add + RMSNorm, per-head RMSNorm + RoPE in place, SiLU(gate)·up.
 //! Each has its unfused reference in the tests. Rows are independent: large batches run in parallel.
-use rayon::prelude::*;
+use crate::pool::{parallel_chunks_mut, parallel_chunks_mut2};
 
 /// Rows per parallel task: below this the work is too small to be worth a thread hop.
 const ROWS_PER_TASK: usize = 16;
@@ -30,7 +30,8 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     let run = |(x, out): (&[f32], &mut [f32])| scale_into(x, w, inv_rms(x, eps), out);
     if x.len() / h >= 2 * ROWS_PER_TASK {
-        x.par_chunks(h).zip(out.par_chunks_mut(h)).with_min_len(ROWS_PER_TASK).for_each(run);
+        let block = ROWS_PER_TASK * h;
+        parallel_chunks_mut(out, block, |i, out| x[i * block..].chunks(h).zip(out.chunks_mut(h)).for_each(run));
     } else {
         x.chunks(h).zip(out.chunks_mut(h)).for_each(run);
     }
@@ -46,7 +47,10 @@ pub fn add_rms_norm(x: &mut [f32], delta: &[f32], w: &[f32], eps: f32, out: &mut
         scale_into(x, w, inv_rms(x, eps), out);
     };
     if x.len() / h >= 2 * ROWS_PER_TASK {
-        x.par_chunks_mut(h).zip(delta.par_chunks(h)).zip(out.par_chunks_mut(h)).with_min_len(ROWS_PER_TASK).for_each(run);
+        let block = ROWS_PER_TASK * h;
+        parallel_chunks_mut2(x, block, out, block, |i, x, out| {
+            x.chunks_mut(h).zip(delta[i * block..].chunks(h)).zip(out.chunks_mut(h)).for_each(run)
+        });
     } else {
         x.chunks_mut(h).zip(delta.chunks(h)).zip(out.chunks_mut(h)).for_each(run);
     }
@@ -78,11 +82,13 @@ pub fn head_norm_rope(x: &mut [f32], stride: usize, heads: usize, w: &[f32], eps
             }
         }
     };
-    let tables = cos.chunks(half).zip(sin.chunks(half));
     if x.len() / stride >= 2 * ROWS_PER_TASK {
-        x.par_chunks_mut(stride).zip(cos.par_chunks(half).zip(sin.par_chunks(half))).with_min_len(ROWS_PER_TASK).for_each(run);
+        let t = ROWS_PER_TASK * half;
+        parallel_chunks_mut(x, ROWS_PER_TASK * stride, |i, x| {
+            x.chunks_mut(stride).zip(cos[i * t..].chunks(half).zip(sin[i * t..].chunks(half))).for_each(run)
+        });
     } else {
-        x.chunks_mut(stride).zip(tables).for_each(run);
+        x.chunks_mut(stride).zip(cos.chunks(half).zip(sin.chunks(half))).for_each(run);
     }
 }
 
@@ -144,7 +150,8 @@ pub fn silu_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
         }
     };
     if out.len() / inter >= 2 * ROWS_PER_TASK {
-        gu.par_chunks(2 * inter).zip(out.par_chunks_mut(inter)).with_min_len(ROWS_PER_TASK).for_each(run);
+        let block = ROWS_PER_TASK * inter;
+        parallel_chunks_mut(out, block, |i, out| gu[2 * i * block..].chunks(2 * inter).zip(out.chunks_mut(inter)).for_each(run));
     } else {
         gu.chunks(2 * inter).zip(out.chunks_mut(inter)).for_each(run);
     }

@@ -1,14 +1,13 @@
 //! `y[m, n] = x[m, k] · w[n, k]ᵀ`: f32 activations, f32 / bf16 / f16 weights kept in their storage
 //! format (converted to f32 in registers), f32 accumulation.
 //!
-//! Work is split over output features (`n`) across the current rayon pool. Inside a task, rows of
+//! Work is split over output features (`n`) across the current kernel pool ([`crate::pool`]). Inside a task, rows of
 //! `x` are taken in blocks that stay in L2 while a register tile of MR x-rows by NR w-rows is
 //! computed, so each loaded weight vector feeds MR multiply-adds (prefill) and decode (m = 1) streams
 //! the weights once.
 use crate::simd::Isa;
 use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// Weight matrix `[n, k]`, row-major, in its storage format.
 #[derive(Clone, Copy)]
@@ -79,11 +78,11 @@ fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize,
 /// Split output columns across the pool; each task sweeps x in L2-sized row blocks and calls
 /// `tile(i, j, mr, nr, &mut y[i, j])` for MR x NR tiles.
 pub(crate) fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::current_threads();
     // Enough chunks for load balance, each a multiple of NR rows.
     let chunk = (n.div_ceil(threads * 8)).next_multiple_of(NR).max(NR);
     let out = OutPtr(y.as_mut_ptr());
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+    crate::pool::parallel_for(n.div_ceil(chunk), |c| {
         let out = out;
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
         for i0 in (0..m).step_by(M_BLOCK) {

@@ -59,10 +59,10 @@ pub fn quantize_block_with_scale(x: &[f32], d: f32) -> BlockQ8 {
 /// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows: per block
 /// abs-max (dynamic), or with fixed per-block `scales` (`len == k / 32`, static int8).
 pub fn quantize_activations(x: &[f32], k: usize, scales: Option<&[f32]>) -> Vec<BlockQ8> {
-    use rayon::prelude::*;
     assert!(k % QK8 == 0, "q8: row length {k} is not a multiple of {QK8}");
     let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
-    out.par_chunks_mut(k / QK8).zip(x.par_chunks(k)).for_each(|(blocks, row)| {
+    crate::pool::parallel_chunks_mut(&mut out, k / QK8, |r, blocks| {
+        let row = &x[r * k..(r + 1) * k];
         for (i, (b, chunk)) in blocks.iter_mut().zip(row.chunks_exact(QK8)).enumerate() {
             *b = match scales {
                 Some(s) => quantize_block_with_scale(chunk, s[i]),

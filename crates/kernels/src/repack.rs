@@ -345,16 +345,16 @@ const MR: usize = 4;
 /// 32 rows of k = 3072 are 200 KB of prepared Q8 activations.
 const M_BLOCK: usize = 32;
 
-/// Split the 8-row groups over the current rayon pool; each task sweeps x in L2-sized row blocks
+/// Split the 8-row groups over the current kernel pool; each task sweeps x in L2-sized row blocks
 /// and calls `tile(i, mr, g, &mut y[i, 8 g])` for `mr` rows by one group.
 /// (Two groups per tile for decode, sharing each activation broadcast, measured no faster.)
 fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
     let groups = n.div_ceil(ROWS);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::current_threads();
     // Enough tasks for load balance: 8 per thread.
     let chunk = groups.div_ceil(threads * 8).max(1);
     let out = OutPtr(y.as_mut_ptr());
-    (0..groups.div_ceil(chunk)).into_par_iter().for_each(|c| {
+    crate::pool::parallel_for(groups.div_ceil(chunk), |c| {
         let out = out;
         let (g0, g1) = (c * chunk, ((c + 1) * chunk).min(groups));
         for i0 in (0..m).step_by(M_BLOCK) {
@@ -653,7 +653,7 @@ mod tests {
         let mut a = vec![0f32; m * n];
         r.linear(&x, m, &mut a, isa);
         for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = crate::pool::ThreadPool::new(threads).unwrap();
             let mut b = vec![0f32; m * n];
             pool.install(|| r.linear(&x, m, &mut b, isa));
             assert_eq!(bits(&a), bits(&b), "{threads} threads");

@@ -1,0 +1,328 @@
+//! A persistent thread pool for the kernels: `parallel_for(n, f)` runs `f(0..n)` on the pool's
+//! threads and the caller, and returns when every task is done.
+//!
+//! Why not rayon: a decode step is ~200 small parallel ops. Rayon's idle workers go to sleep
+//! within microseconds and each op pays to wake them; here workers spin on a generation counter
+//! between ops (and park only after a longer idle time), a dispatch is a few atomic writes, and
+//! nothing is allocated per op, so a pre-planned decode step allocates nothing at all.
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks: covers the gap between ops and between decode
+/// steps (sampling), short enough not to hold a core when the engine is idle.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// A task body with its lifetime erased; only dereferenced while its `parallel_for` call waits.
+type Job = *const (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// `generation << 32 | next task index`: a worker claims a task with one compare-exchange, and
+    /// a claim made for an older generation fails.
+    state: AtomicU64,
+    tasks: AtomicUsize,
+    done: AtomicUsize,
+    /// The job of the current generation: written before the generation is published, read
+    /// only after a task of it is claimed (the claim acquires the publishing store).
+    job: UnsafeCell<Job>,
+    sleepers: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+// SAFETY: `job` is the only non-Sync field; its accesses are ordered by `state` (see above).
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+fn idle_job(_: usize) {}
+
+/// Worker threads plus the calling thread; `threads` in all.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    threads: usize,
+    /// One `parallel_for` at a time per pool (callers from several threads take turns per op).
+    dispatch: Mutex<()>,
+}
+
+thread_local! {
+    /// The pool `parallel_for` uses on this thread (set by [`ThreadPool::install`]).
+    static CURRENT: Cell<*const ThreadPool> = const { Cell::new(std::ptr::null()) };
+    /// Inside a task: nested `parallel_for` calls run serially.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+impl ThreadPool {
+    /// A pool of `threads` (>= 1): the caller plus `threads - 1` workers.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(0),
+            tasks: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            job: UnsafeCell::new(&idle_job as &(dyn Fn(usize) + Sync) as Job),
+            sleepers: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let s = shared.clone();
+            workers.push(std::thread::Builder::new().name(format!("nano-qwen3-{i}")).spawn(move || worker(&s))?);
+        }
+        Ok(Self { shared, workers, threads, dispatch: Mutex::new(()) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Run `f` with this pool as the current thread's pool for [`parallel_for`].
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        let prev = CURRENT.with(|c| c.replace(self));
+        struct Restore(*const ThreadPool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(prev);
+        f()
+    }
+
+    /// `f(i)` for every `i < tasks`, on all threads; returns when all are done.
+    pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if tasks == 0 {
+            return;
+        }
+        if self.threads == 1 || tasks == 1 || IN_TASK.with(|t| t.get()) {
+            return (0..tasks).for_each(f);
+        }
+        assert!(tasks < u32::MAX as usize, "pool: {tasks} tasks");
+        let _turn = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        // SAFETY (lifetime erasure): workers dereference the job only for a task they claimed in
+        // this generation, and this call returns only after all those tasks are done.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+        // SAFETY: no worker reads `job` now: every claim of the last generation has finished.
+        unsafe { *s.job.get() = job };
+        s.tasks.store(tasks, Relaxed);
+        s.done.store(0, Relaxed);
+        let generation = (s.state.load(Relaxed) >> 32) + 1;
+        s.state.store(generation << 32, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _g = s.park.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let finished = claim_and_run(s, generation, tasks);
+        let mut spins = 0u32;
+        while s.done.load(Acquire) + finished < tasks {
+            spins = spins.wrapping_add(1);
+            if spins % 4096 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Claim tasks of `generation` until none are left; how many this thread ran (not yet in `done`).
+fn claim_and_run(s: &Shared, generation: u64, tasks: usize) -> usize {
+    let mut ran = 0;
+    let mut v = s.state.load(Acquire);
+    loop {
+        if v >> 32 != generation || (v & 0xffff_ffff) as usize >= tasks {
+            return ran;
+        }
+        match s.state.compare_exchange_weak(v, v + 1, AcqRel, Acquire) {
+            Ok(_) => {
+                // SAFETY: the claim succeeded for this generation, so its job is still borrowed
+                // by the waiting caller (which stored it before publishing the generation).
+                let job: Job = unsafe { *s.job.get() };
+                let was = IN_TASK.with(|t| t.replace(true));
+                unsafe { (*job)((v & 0xffff_ffff) as usize) };
+                IN_TASK.with(|t| t.set(was));
+                ran += 1;
+                v += 1;
+            }
+            Err(actual) => v = actual,
+        }
+    }
+}
+
+fn worker(s: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        // Spin for the next generation, then park.
+        let started = Instant::now();
+        let mut spins = 0u32;
+        let generation = loop {
+            let g = s.state.load(Acquire) >> 32;
+            if g != seen || s.shutdown.load(Relaxed) {
+                break g;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && started.elapsed() > SPIN {
+                s.sleepers.fetch_add(1, SeqCst);
+                let mut guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
+                while s.state.load(SeqCst) >> 32 == seen && !s.shutdown.load(SeqCst) {
+                    guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                drop(guard);
+                s.sleepers.fetch_sub(1, SeqCst);
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        if s.shutdown.load(Relaxed) {
+            return;
+        }
+        seen = generation;
+        let tasks = s.tasks.load(Acquire);
+        let ran = claim_and_run(s, generation, tasks);
+        if ran > 0 {
+            s.done.fetch_add(ran, Release);
+        }
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, SeqCst);
+        {
+            let _g = self.shared.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The pool used outside any [`ThreadPool::install`]: one thread per available core.
+fn default_pool() -> &'static ThreadPool {
+    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ThreadPool::new(n).expect("cannot start the kernel threads")
+    })
+}
+
+fn with_current<R>(f: impl FnOnce(&ThreadPool) -> R) -> R {
+    let p = CURRENT.with(|c| c.get());
+    // SAFETY: `install` keeps the pool borrowed while it is current.
+    f(if p.is_null() { default_pool() } else { unsafe { &*p } })
+}
+
+/// Threads of the current pool (1 inside a task: nested work runs serially).
+pub fn current_threads() -> usize {
+    if IN_TASK.with(|t| t.get()) {
+        return 1;
+    }
+    with_current(|p| p.threads())
+}
+
+/// `f(i)` for every `i < tasks` on the current pool.
+pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
+    with_current(|p| p.run(tasks, &f))
+}
+
+/// `f(i, chunk)` for each `chunk_len` piece of `out` (the last may be shorter), in parallel.
+pub fn parallel_chunks_mut<T: Send>(out: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk_len = chunk_len.max(1);
+    let (ptr, len) = (SyncPtr(out.as_mut_ptr()), out.len());
+    parallel_for(len.div_ceil(chunk_len), |i| {
+        let ptr = &ptr;
+        let start = i * chunk_len;
+        // SAFETY: each task gets a distinct, in-bounds chunk of `out`, borrowed for this call.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(start), chunk_len.min(len - start)) };
+        f(i, chunk)
+    })
+}
+
+/// [`parallel_chunks_mut`] over two slices cut into the same number of chunks: `f(i, a_i, b_i)`.
+pub fn parallel_chunks_mut2<A: Send, B: Send>(
+    a: &mut [A],
+    a_chunk: usize,
+    b: &mut [B],
+    b_chunk: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let (a_chunk, b_chunk) = (a_chunk.max(1), b_chunk.max(1));
+    let tasks = a.len().div_ceil(a_chunk);
+    assert_eq!(tasks, b.len().div_ceil(b_chunk), "parallel_chunks_mut2: the slices cut into different chunk counts");
+    let (pa, la, pb, lb) = (SyncPtr(a.as_mut_ptr()), a.len(), SyncPtr(b.as_mut_ptr()), b.len());
+    parallel_for(tasks, |i| {
+        let (pa, pb) = (&pa, &pb);
+        // SAFETY: as in `parallel_chunks_mut`, for each slice.
+        let (ca, cb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.0.add(i * a_chunk), a_chunk.min(la - i * a_chunk)),
+                std::slice::from_raw_parts_mut(pb.0.add(i * b_chunk), b_chunk.min(lb - i * b_chunk)),
+            )
+        };
+        f(i, ca, cb)
+    })
+}
+
+struct SyncPtr<T>(*mut T);
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_for_any_count_and_pool_size() {
+        for threads in [1, 2, 3, 5] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for tasks in [0, 1, 2, 3, 7, 64, 1000] {
+                let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(tasks, &|i| {
+                    hits[i].fetch_add(1, Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "{threads} threads, {tasks} tasks");
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_and_nested_calls_run_serially() {
+        let pool = ThreadPool::new(3).unwrap();
+        let mut v = vec![0usize; 1001];
+        pool.install(|| {
+            parallel_chunks_mut(&mut v, 64, |c, chunk| {
+                assert_eq!(current_threads(), 1);
+                parallel_for(chunk.len(), |_| {}); // nested: serial, no deadlock
+                for (j, x) in chunk.iter_mut().enumerate() {
+                    *x = c * 64 + j;
+                }
+            })
+        });
+        assert!(v.iter().enumerate().all(|(i, &x)| i == x));
+    }
+
+    #[test]
+    fn workers_wake_after_parking_and_several_callers_take_turns() {
+        let pool = Arc::new(ThreadPool::new(2).unwrap());
+        std::thread::sleep(SPIN * 3); // the worker parks
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..200 {
+                        pool.run(4, &|_| {
+                            total.fetch_add(1, Relaxed);
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Relaxed), 3 * 200 * 4);
+    }
+}
