@@ -205,7 +205,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             "useTorchCompile",
             format!("true ({compile})"),
             true,
-            "activation buffers sized once per sequence and reused by every decode step",
+            "the decode step is planned: activation buffers kept with the sequence, the KV cache sized for the whole request, kernel scratch reused; a warm step allocates nothing",
         ),
         (true, CompileMode::MaxAutotune) => item("useTorchCompile", format!("true ({compile})"), false, &format!("compile mode max-autotune {not_yet}")),
         (true, CompileMode::Default) => item("useTorchCompile", "true (default)", false, "compile mode default: nothing to plan on CPU"),

@@ -71,6 +71,7 @@ pub struct Engine {
     checkpoint_bytes: usize,
     /// The kernels' threads (the caller plus `threads - 1` spinning workers).
     pool: ThreadPool,
+    _load_pool: rayon::ThreadPool,
     live_kv_bytes: Arc<AtomicUsize>,
 }
 
@@ -152,16 +153,18 @@ impl Engine {
         };
         let cannot_start = |e: &dyn std::fmt::Display| EngineError::Unsupported(format!("cannot start {threads} threads: {e}"));
         let pool = ThreadPool::new(threads).map_err(|e| cannot_start(&e))?;
+        let tensors = opened.tensors;
+        let progress = opts.progress.as_ref();
+        let calib = opts.acceleration.calibration.clone().unwrap_or_default();
+        let acc = &opts.acceleration;
         // Loading and calibration also run rayon loops (quantizers, candle): same thread count.
+        // The pool is kept (its threads sleep): threads exiting later would run their
+        // destructors in the middle of serving.
         let load_pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("nano-qwen3-load-{i}"))
             .build()
             .map_err(|e| cannot_start(&e))?;
-        let tensors = opened.tensors;
-        let progress = opts.progress.as_ref();
-        let calib = opts.acceleration.calibration.clone().unwrap_or_default();
-        let acc = &opts.acceleration;
         let (model, calibration) = load_pool.install(|| pool.install(|| -> Result<_> {
             let (mut model, calibration) = if opts.acceleration.quantization == Quantization::StaticInt8 {
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
@@ -201,6 +204,7 @@ impl Engine {
             load_time_ms: started.elapsed().as_secs_f64() * 1000.0,
             calibration,
             pool,
+            _load_pool: load_pool,
             live_kv_bytes: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -236,7 +240,9 @@ impl Engine {
         self.check_prompt(ids)?;
         let mut cache = self.new_cache();
         let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
-        self.run(ids, &mut cache, which)
+        let mut logits = Vec::new();
+        self.forward(ids, &mut cache, which, &mut logits)?;
+        Ok(logits)
     }
 
     fn eos_ids(&self, opts: &GenerateOptions) -> Vec<u32> {
@@ -264,13 +270,18 @@ impl Engine {
         let mut sampler = Sampler::new(opts.sampling.clone(), prompt);
         let mut decoder = StreamDecoder::new(true);
         let mut cache = self.new_cache();
+        if self.exec.reuse_buffers {
+            // reduce-overhead plans the whole request: the cache is sized once, not doubled.
+            cache.reserve(prompt.len() + budget);
+        }
         let (mut text, mut released, mut pending_ids) = (String::new(), 0usize, Vec::new());
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
         let mut trimmed_at_stop_string = false;
 
         let t0 = Instant::now();
-        let mut logits = self.step(prompt, &mut cache)?;
+        let mut logits = Vec::new();
+        self.forward(prompt, &mut cache, LogitsFor::LastToken, &mut logits)?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let t1 = Instant::now();
         while tokens.len() < budget {
@@ -304,7 +315,7 @@ impl Engine {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(EngineError::Aborted);
                 }
-                logits = self.step(&[next], &mut cache)?;
+                self.forward(&[next], &mut cache, LogitsFor::LastToken, &mut logits)?;
             }
         }
         if !trimmed_at_stop_string {
@@ -335,27 +346,24 @@ impl Engine {
         })
     }
 
-    fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        self.run(tokens, cache, LogitsFor::LastToken)
-    }
-
-    /// Forward `tokens` of one sequence on the engine's threads, in chunks of at most
-    /// `prefill_chunk` tokens when chunked prefill is on (activation memory bounded by the chunk).
-    fn run(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Vec<f32>> {
+    /// Forward `tokens` of one sequence (appended to `cache`) on the engine's threads; `logits`
+    /// is replaced by the last position's logits or every position's (row-major `[n, vocab]`).
+    /// Prompts run in chunks of at most `prefill_chunk` tokens when chunked prefill is on
+    /// (activation memory bounded by the chunk). With reduce-overhead, a reserved cache and a
+    /// reused `logits`, a decode step allocates nothing.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor, logits: &mut Vec<f32>) -> Result<()> {
         let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
         // The cache grows by doubling; sized once here, chunks don't pay for (and hold) the copies.
         cache.reserve(tokens.len());
+        logits.clear();
         self.pool.install(|| {
-            let mut out = Vec::new();
             for part in tokens.chunks(chunk) {
-                let mut logits = self.model.forward_fast(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec)?;
-                if which == LogitsFor::AllTokens {
-                    out.append(&mut logits[0]);
-                } else {
-                    out = std::mem::take(&mut logits[0]);
+                if which == LogitsFor::LastToken {
+                    logits.clear(); // only the last chunk's last row is wanted
                 }
+                self.model.forward_fast_into(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec, logits)?;
             }
-            Ok(out)
+            Ok(())
         })
     }
 

@@ -44,6 +44,10 @@ pub struct Workspace {
     cos: Vec<f32>,
     sin: Vec<f32>,
     ids: Vec<u32>,
+    /// Tokens per sequence, and the rows that go through the final norm and lm_head.
+    lens: Vec<usize>,
+    rows: Vec<usize>,
+    sel: Vec<f32>,
 }
 
 fn fit(v: &mut Vec<f32>, n: usize) {
@@ -145,18 +149,41 @@ impl Qwen3Model {
     /// The forward pass on slices (see the module docs); same contract as [`Qwen3Model::forward`],
     /// logits as one `Vec` per sequence (`[vocab]` or `[n, vocab]`).
     pub fn forward_fast(&self, batch: &mut [SequenceInput], which: LogitsFor, opts: &ExecOptions) -> Result<Vec<Vec<f32>>> {
+        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
+        let mut logits = Vec::new();
+        self.forward_fast_into(batch, which, opts, &mut logits)?;
+        if lens.len() == 1 {
+            return Ok(vec![logits]); // one sequence: its rows are all of them, no copy
+        }
+        let vocab = self.config.vocab_size;
+        let mut out = Vec::with_capacity(lens.len());
+        let mut at = 0;
+        for &n in &lens {
+            let r = if which == LogitsFor::LastToken { 1 } else { n };
+            out.push(logits[at * vocab..(at + r) * vocab].to_vec());
+            at += r;
+        }
+        Ok(out)
+    }
+
+    /// [`Qwen3Model::forward_fast`] appending every sequence's logits rows, in batch order, to
+    /// `logits`. With `reuse_buffers`, a KV cache reserved ahead and `logits` with room for the
+    /// rows, a step allocates nothing (the compile mode reduce-overhead; tested).
+    pub fn forward_fast_into(&self, batch: &mut [SequenceInput], which: LogitsFor, opts: &ExecOptions, logits: &mut Vec<f32>) -> Result<()> {
         let cfg = &self.config;
         let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let (nq, nkvd) = (nh * hd, nkv * hd);
         let eps = cfg.rms_norm_eps as f32;
-        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
-        let t: usize = lens.iter().sum();
         let isa = active_isa();
         let mut ws = match (opts.reuse_buffers, batch.len()) {
             (true, 1) => batch[0].cache.workspace.take().unwrap_or_default(),
             _ => Workspace::default(),
         };
+        let mut lens = std::mem::take(&mut ws.lens);
+        lens.clear();
+        lens.extend(batch.iter().map(|s| s.tokens.len()));
+        let t: usize = lens.iter().sum();
         ws.ensure(self, t);
         ws.ids.clear();
         for s in batch.iter_mut() {
@@ -252,7 +279,8 @@ impl Qwen3Model {
             s.cache.commit(*n);
         }
         // Only the rows we return go through the final norm and the (large) lm_head.
-        let mut rows = Vec::new();
+        let mut rows = std::mem::take(&mut ws.rows);
+        rows.clear();
         let mut offset = 0;
         for &n in &lens {
             match which {
@@ -261,27 +289,19 @@ impl Qwen3Model {
             }
             offset += n;
         }
-        let mut sel = vec![0f32; rows.len() * h];
+        fit(&mut ws.sel, rows.len() * h);
+        let sel = &mut ws.sel[..rows.len() * h];
         for (dst, &r) in sel.chunks_exact_mut(h).zip(&rows) {
             fused::rms_norm(&ws.x[r * h..(r + 1) * h], final_norm, eps, dst);
         }
         let head: &Linear = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let vocab = cfg.vocab_size;
-        let mut logits = vec![0f32; rows.len() * vocab];
-        head.forward_slice(&sel, rows.len(), &mut logits);
+        let at = logits.len();
+        logits.resize(at + rows.len() * cfg.vocab_size, 0.0);
+        head.forward_slice(sel, rows.len(), &mut logits[at..]);
+        (ws.lens, ws.rows) = (lens, rows);
         if opts.reuse_buffers && batch.len() == 1 {
             batch[0].cache.workspace = Some(ws);
         }
-        if lens.len() == 1 {
-            return Ok(vec![logits]); // one sequence: its rows are all of them, no copy
-        }
-        let mut out = Vec::with_capacity(lens.len());
-        let mut at = 0;
-        for &n in &lens {
-            let r = if which == LogitsFor::LastToken { 1 } else { n };
-            out.push(logits[at * vocab..(at + r) * vocab].to_vec());
-            at += r;
-        }
-        Ok(out)
+        Ok(())
     }
 }

@@ -45,6 +45,20 @@ fn stack_blocks<T: Copy>(parts: &[(&[T], usize, usize)]) -> Option<(Vec<T>, usiz
     Some((parts.iter().flat_map(|p| p.0.iter().copied()).collect(), parts.iter().map(|p| p.1).sum(), k))
 }
 
+/// A contiguous 2-D CPU weight tensor's elements, as the dense kernels take them.
+fn with_dense<R>(w: &Tensor, f: impl FnOnce(Weights) -> R) -> R {
+    let (n, k) = (w.dims()[0], w.dims()[1]);
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { panic!("linear: weights must be on the CPU") };
+    let off = layout.start_offset();
+    f(match cpu {
+        candle_core::CpuStorage::F32(v) => Weights::F32(&v[off..off + n * k]),
+        candle_core::CpuStorage::BF16(v) => Weights::Bf16(&v[off..off + n * k]),
+        candle_core::CpuStorage::F16(v) => Weights::F16(&v[off..off + n * k]),
+        _ => panic!("linear: unsupported weight dtype {:?}", w.dtype()),
+    })
+}
+
 impl Linear {
     /// The block formats behind their shared interface (all but export, stacking and static scales).
     fn quant(&self) -> Option<Arc<dyn QuantMatrix>> {
@@ -82,16 +96,7 @@ impl Linear {
         }
         let Linear::Dense(w) = self else { unreachable!("only dense matrices have no block format") };
         let (n, k) = (w.dims()[0], w.dims()[1]);
-        let (storage, layout) = w.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else { panic!("linear: weights must be on the CPU") };
-        let off = layout.start_offset();
-        let weights = match cpu {
-            candle_core::CpuStorage::F32(v) => Weights::F32(&v[off..off + n * k]),
-            candle_core::CpuStorage::BF16(v) => Weights::Bf16(&v[off..off + n * k]),
-            candle_core::CpuStorage::F16(v) => Weights::F16(&v[off..off + n * k]),
-            _ => panic!("linear: unsupported weight dtype {:?}", w.dtype()),
-        };
-        nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa);
+        with_dense(w, |weights| nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa));
     }
 
     pub fn bytes(&self) -> usize {
@@ -128,8 +133,18 @@ impl Linear {
     pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> candle_core::Result<()> {
         match (self, self.quant()) {
             (Linear::Dense(w), _) => {
-                let rows = w.index_select(&Tensor::new(ids, w.device())?, 0)?.to_dtype(DType::F32)?;
-                out[..rows.elem_count()].copy_from_slice(&rows.flatten_all()?.to_vec1::<f32>()?);
+                // Straight from the storage: the decode step's lookup allocates nothing.
+                let k = w.dims()[1];
+                with_dense(w, |weights| {
+                    for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
+                        let at = id as usize * k;
+                        match weights {
+                            Weights::F32(v) => row.copy_from_slice(&v[at..at + k]),
+                            Weights::Bf16(v) => row.iter_mut().zip(&v[at..at + k]).for_each(|(o, x)| *o = x.to_f32()),
+                            Weights::F16(v) => row.iter_mut().zip(&v[at..at + k]).for_each(|(o, x)| *o = x.to_f32()),
+                        }
+                    }
+                });
             }
             (_, q) => {
                 let q = q.expect("a block format");

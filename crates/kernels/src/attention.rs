@@ -15,7 +15,8 @@
 //!   merged exactly afterwards.
 use crate::simd::Isa;
 use half::{bf16, f16};
-use crate::pool::{parallel_chunks_mut, parallel_for};
+use crate::pool::{current_threads, parallel_chunks_mut, parallel_for, thread_index};
+use std::cell::UnsafeCell;
 use std::cell::Cell;
 use std::ops::Range;
 
@@ -245,10 +246,12 @@ fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &Attentio
     let chunks = shape.kv_len().div_ceil(plan.kv_chunk);
     let groups = shape.kv_heads * p.q_tiles();
     let dst = OutPtr(out.as_mut_ptr());
+    let max_rows = plan.q_tile * shape.group();
     if chunks == 1 {
-        parallel_for(groups, |gi| {
-            let (kh, tokens) = p.group_of(gi);
-            with_scratch(|s| {
+        with_scratches(max_rows, shape.head_dim, |scratches| {
+            parallel_for(groups, |gi| {
+                let (kh, tokens) = p.group_of(gi);
+                let s = scratches.get();
                 p.attend(kh, tokens.clone(), 0..shape.kv_len(), s);
                 // SAFETY: `check` sized `out`; this item alone writes its (tokens, heads) block.
                 unsafe { p.write_out(kh, tokens, s, dst) }
@@ -259,10 +262,11 @@ fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &Attentio
     // Split KV: every (group, chunk) leaves its partial softmax, then each group merges its own.
     let part_len = p.part_len();
     with_partials(groups * chunks * part_len, |parts| {
-        parallel_chunks_mut(parts, part_len, |item, part| {
-            let (kh, tokens) = p.group_of(item / chunks);
-            let c = item % chunks;
-            with_scratch(|s| {
+        with_scratches(max_rows, shape.head_dim, |scratches| {
+            parallel_chunks_mut(parts, part_len, |item, part| {
+                let (kh, tokens) = p.group_of(item / chunks);
+                let c = item % chunks;
+                let s = scratches.get();
                 p.attend(kh, tokens.clone(), c * plan.kv_chunk..(c + 1) * plan.kv_chunk, s);
                 s.save(tokens.len() * shape.group(), shape.head_dim, part);
             })
@@ -299,6 +303,23 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Room for items of up to `rows` rows, so that `reset` and `widen` never allocate.
+    fn reserve(&mut self, rows: usize, hd: usize) {
+        for (v, len) in [
+            (&mut self.q, rows * hd),
+            (&mut self.acc, rows * hd),
+            (&mut self.p, rows * KV_TILE),
+            (&mut self.m, rows),
+            (&mut self.l, rows),
+            (&mut self.corr, rows),
+            (&mut self.wide, KV_TILE * hd),
+        ] {
+            if v.capacity() < len {
+                v.reserve(len - v.len());
+            }
+        }
+    }
+
     fn reset(&mut self, rows: usize, hd: usize) {
         fn fill(v: &mut Vec<f32>, len: usize, x: f32) {
             v.clear();
@@ -321,16 +342,38 @@ impl Scratch {
 }
 
 thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+    static SCRATCHES: Cell<Vec<UnsafeCell<Scratch>>> = const { Cell::new(Vec::new()) };
     static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's scratch, kept between calls to avoid allocating per item.
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let mut s = cell.take();
-        let r = f(&mut s);
-        cell.set(s);
+/// One scratch per pool thread, owned by the calling thread and sized by it before the items run:
+/// an item never allocates, whichever thread runs it (so a warm decode step allocates nothing).
+struct Scratches(Vec<UnsafeCell<Scratch>>);
+// SAFETY: each scratch is used only by the thread whose pool index it has (see `get`).
+unsafe impl Sync for Scratches {}
+
+impl Scratches {
+    /// The running thread's scratch.
+    #[allow(clippy::mut_from_ref)]
+    fn get(&self) -> &mut Scratch {
+        // SAFETY: tasks running at the same time have distinct thread indices, and an item does
+        // not call back into attention, so this is the only live reference to the entry.
+        unsafe { &mut *self.0[thread_index()].get() }
+    }
+}
+
+/// Runs `f` with this call's scratches, reserved for items of up to `rows` rows.
+fn with_scratches<R>(rows: usize, hd: usize, f: impl FnOnce(&Scratches) -> R) -> R {
+    SCRATCHES.with(|cell| {
+        let mut v = cell.take();
+        let needed = current_threads().max(thread_index() + 1);
+        if v.len() < needed {
+            v.resize_with(needed, Default::default);
+        }
+        v.iter_mut().for_each(|s| s.get_mut().reserve(rows, hd));
+        let scratches = Scratches(v);
+        let r = f(&scratches);
+        cell.set(scratches.0);
         r
     })
 }

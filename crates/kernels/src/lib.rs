@@ -13,6 +13,7 @@ pub mod linear;
 pub mod q4;
 pub mod q8;
 pub mod repack;
+mod scratch;
 pub mod pool;
 pub mod quant;
 pub mod simd;

@@ -60,16 +60,23 @@ pub fn linear(x: &[f32], w: Weights, m: usize, k: usize, n: usize, y: &mut [f32]
     }
 }
 
+thread_local! {
+    /// The bf16 path's rearranged activations (see [`crate::scratch`]).
+    static EVEN_ODD: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
     assert!(w.len() >= n * k, "linear: weights too small for n={n} k={k}");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && W::IS_BF16 {
         // bf16 rows are read 16 at a time and split into even/odd lanes by shift and mask, so x
         // is rearranged to match once per call (see avx2::tile_bf16).
-        let xp = avx2::even_odd(x, m, k);
-        return drive(m, n, y, |i, j, mr, nr, out| unsafe {
-            let w = w.as_ptr() as *const u16; // bf16 bits
-            avx2::tile_bf16(x.as_ptr().add(i * k), xp.as_ptr().add(i * k), w.add(j * k), k, out, n, mr, nr)
+        return crate::scratch::with_buffer(&EVEN_ODD, m * k, 0.0, |xp| {
+            avx2::even_odd(x, m, k, xp);
+            drive(m, n, y, |i, j, mr, nr, out| unsafe {
+                let w = w.as_ptr() as *const u16; // bf16 bits
+                avx2::tile_bf16(x.as_ptr().add(i * k), xp.as_ptr().add(i * k), w.add(j * k), k, out, n, mr, nr)
+            })
         });
     }
     drive(m, n, y, |i, j, mr, nr, out| unsafe { tile(isa, x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, out, n, mr, nr) });
@@ -246,8 +253,8 @@ mod avx2 {
     }
 
     /// x rearranged for [`tile_bf16`]: in each block of 16, the 8 even then the 8 odd elements.
-    pub fn even_odd(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-        let mut out = x[..m * k].to_vec();
+    pub fn even_odd(x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        out.copy_from_slice(&x[..m * k]);
         for row in out.chunks_exact_mut(k) {
             for block in row.chunks_exact_mut(16) {
                 let src: [f32; 16] = block.try_into().unwrap();
@@ -257,7 +264,6 @@ mod avx2 {
                 }
             }
         }
-        out
     }
 
     /// bf16 weights, MR (1..=2) x NR (1..=4) tile. One 256-bit load brings 16 weights: shifting

@@ -53,6 +53,14 @@ thread_local! {
     static CURRENT: Cell<*const ThreadPool> = const { Cell::new(std::ptr::null()) };
     /// Inside a task: nested `parallel_for` calls run serially.
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// 0 on callers, `1..threads` on a pool's workers.
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's index in its pool: 0 for the calling thread, `1..threads` for the workers. Tasks
+/// of one `parallel_for` running at the same time have distinct indices (per-thread scratch).
+pub fn thread_index() -> usize {
+    THREAD_INDEX.with(|i| i.get())
 }
 
 impl ThreadPool {
@@ -72,7 +80,10 @@ impl ThreadPool {
         let mut workers = Vec::new();
         for i in 1..threads {
             let s = shared.clone();
-            workers.push(std::thread::Builder::new().name(format!("nano-qwen3-{i}")).spawn(move || worker(&s))?);
+            workers.push(std::thread::Builder::new().name(format!("nano-qwen3-{i}")).spawn(move || {
+                THREAD_INDEX.with(|t| t.set(i));
+                worker(&s)
+            })?);
         }
         Ok(Self { shared, workers, threads, dispatch: Mutex::new(()) })
     }

@@ -20,6 +20,10 @@ pub struct BlockQ8 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ8>() == 34);
 
+impl BlockQ8 {
+    pub const ZERO: BlockQ8 = BlockQ8 { d: f16::ZERO, qs: [0; QK8] };
+}
+
 /// A `[n, k]` matrix as `n * k / 32` blocks, row-major.
 pub struct Q8Matrix {
     pub n: usize,
@@ -59,9 +63,16 @@ pub fn quantize_block_with_scale(x: &[f32], d: f32) -> BlockQ8 {
 /// Quantize rows of length `k` (a multiple of 32) into blocks, in parallel over rows: per block
 /// abs-max (dynamic), or with fixed per-block `scales` (`len == k / 32`, static int8).
 pub fn quantize_activations(x: &[f32], k: usize, scales: Option<&[f32]>) -> Vec<BlockQ8> {
+    let mut out = vec![BlockQ8::ZERO; x.len() / QK8];
+    quantize_activations_into(x, k, scales, &mut out);
+    out
+}
+
+/// [`quantize_activations`] into `out` (`x.len() / 32` blocks).
+pub fn quantize_activations_into(x: &[f32], k: usize, scales: Option<&[f32]>, out: &mut [BlockQ8]) {
     assert!(k % QK8 == 0, "q8: row length {k} is not a multiple of {QK8}");
-    let mut out = vec![BlockQ8 { d: f16::ZERO, qs: [0; QK8] }; x.len() / QK8];
-    crate::pool::parallel_chunks_mut(&mut out, k / QK8, |r, blocks| {
+    assert_eq!(out.len(), x.len() / QK8, "q8: output blocks for {} values", x.len());
+    crate::pool::parallel_chunks_mut(out, k / QK8, |r, blocks| {
         let row = &x[r * k..(r + 1) * k];
         for (i, (b, chunk)) in blocks.iter_mut().zip(row.chunks_exact(QK8)).enumerate() {
             *b = match scales {
@@ -70,7 +81,19 @@ pub fn quantize_activations(x: &[f32], k: usize, scales: Option<&[f32]>) -> Vec<
             };
         }
     });
-    out
+}
+
+thread_local! {
+    /// Quantized activations of the current linear call (see [`crate::scratch`]).
+    pub(crate) static ACT_BLOCKS: std::cell::Cell<Vec<BlockQ8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `x` quantized into this thread's reusable block buffer.
+pub(crate) fn with_quantized<R>(x: &[f32], k: usize, scales: Option<&[f32]>, f: impl FnOnce(&[BlockQ8]) -> R) -> R {
+    crate::scratch::with_buffer(&ACT_BLOCKS, x.len() / QK8, BlockQ8::ZERO, |xq| {
+        quantize_activations_into(x, k, scales, xq);
+        f(xq)
+    })
 }
 
 /// Dynamic [`quantize_activations`] (also how weights are quantized).
@@ -130,24 +153,25 @@ impl QuantMatrix for Q8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
-        let xq = quantize_activations(&x[..m * k], k, self.act_scales.as_deref());
-        let bpr = k / QK8;
-        let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
-        drive(m, n, y, |i, j, mr, nr, out| unsafe {
-            let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ8);
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
-                let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
-                return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
-            }
-            for a in 0..mr {
-                for b in 0..nr {
-                    let xr = xb.add((i + a) * bpr);
-                    let wr = wb.add((j + b) * bpr);
-                    *out.add(a * n + b) = dot(isa, xr, wr, bpr);
+        with_quantized(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
+            let bpr = k / QK8;
+            let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
+            drive(m, n, y, |i, j, mr, nr, out| unsafe {
+                let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ8);
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
+                    let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
+                    return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
                 }
-            }
-        });
+                for a in 0..mr {
+                    for b in 0..nr {
+                        let xr = xb.add((i + a) * bpr);
+                        let wr = wb.add((j + b) * bpr);
+                        *out.add(a * n + b) = dot(isa, xr, wr, bpr);
+                    }
+                }
+            });
+        })
     }
 }
 

@@ -34,7 +34,9 @@
 //!   becomes `- 8 Σx` once per block. Pair sums are at most 2·15·128 = 3840, so all 8 groups of a
 //!   block add up in i16 (8·3840 < 32767) before a single `madd` per block.
 use crate::q4::{BlockQ4, Q4Matrix, QK4};
-use crate::q8::{quantize_activations, BlockQ8, Q8Matrix, QK8};
+use crate::q8::{with_quantized, BlockQ8, Q8Matrix, QK8};
+use crate::scratch::with_buffer;
+use std::cell::Cell;
 use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
@@ -175,12 +177,35 @@ struct XQ4 {
     sum8: i32,
 }
 
-fn prepare_q8(xq: &[BlockQ8]) -> Vec<XQ8> {
-    xq.iter().map(|b| XQ8 { qs: b.qs, abs: b.qs.map(|q| q.unsigned_abs()), d: b.d.to_f32() }).collect()
+thread_local! {
+    static XQ8_BUF: Cell<Vec<XQ8>> = const { Cell::new(Vec::new()) };
+    static XQ4_BUF: Cell<Vec<XQ4>> = const { Cell::new(Vec::new()) };
 }
 
-fn prepare_q4(xq: &[BlockQ8]) -> Vec<XQ4> {
-    xq.iter().map(|b| XQ4 { qs: b.qs, d: b.d.to_f32(), sum8: 8 * b.qs.iter().map(|&q| q as i32).sum::<i32>() }).collect()
+/// `x` quantized and laid out for the Q8 kernels, in this thread's reusable buffer.
+fn with_prepared_q8<R>(x: &[f32], k: usize, scales: Option<&[f32]>, f: impl FnOnce(&[XQ8]) -> R) -> R {
+    let zero = XQ8 { qs: [0; QK8], abs: [0; QK8], d: 0.0 };
+    with_quantized(x, k, scales, |xq| {
+        with_buffer(&XQ8_BUF, xq.len(), zero, |out| {
+            for (o, b) in out.iter_mut().zip(xq) {
+                *o = XQ8 { qs: b.qs, abs: b.qs.map(|q| q.unsigned_abs()), d: b.d.to_f32() };
+            }
+            f(out)
+        })
+    })
+}
+
+/// `x` quantized and laid out for the Q4 kernels, in this thread's reusable buffer.
+fn with_prepared_q4<R>(x: &[f32], k: usize, f: impl FnOnce(&[XQ4]) -> R) -> R {
+    let zero = XQ4 { qs: [0; QK8], d: 0.0, sum8: 0 };
+    with_quantized(x, k, None, |xq| {
+        with_buffer(&XQ4_BUF, xq.len(), zero, |out| {
+            for (o, b) in out.iter_mut().zip(xq) {
+                *o = XQ4 { qs: b.qs, d: b.d.to_f32(), sum8: 8 * b.qs.iter().map(|&q| q as i32).sum::<i32>() };
+            }
+            f(out)
+        })
+    })
 }
 
 impl QuantMatrix for Q8x8Matrix {
@@ -213,10 +238,14 @@ impl QuantMatrix for Q8x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
-        let xq = quantize_activations(&x[..m * k], k, self.act_scales.as_deref());
-        let xq = prepare_q8(&xq);
-        let bpr = k / QK8;
-        let (xq, wq) = (&xq[..], &self.blocks[..]);
+        with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| self.run(xq, m, y, isa))
+    }
+}
+
+impl Q8x8Matrix {
+    fn run(&self, xq: &[XQ8], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, bpr) = (self.n, self.k / QK8);
+        let wq = &self.blocks[..];
         drive(m, n, y, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
@@ -272,9 +301,14 @@ impl QuantMatrix for Q4x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
-        let xq = prepare_q4(&quantize_activations(&x[..m * k], k, None));
-        let bpr = k / QK4;
-        let (xq, wq) = (&xq[..], &self.blocks[..]);
+        with_prepared_q4(&x[..m * k], k, |xq| self.run(xq, m, y, isa))
+    }
+}
+
+impl Q4x8Matrix {
+    fn run(&self, xq: &[XQ4], m: usize, y: &mut [f32], isa: Isa) {
+        let (n, bpr) = (self.n, self.k / QK4);
+        let wq = &self.blocks[..];
         drive(m, n, y, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
