@@ -8,6 +8,9 @@ import {
   NanoQwenError,
   QuantizationType,
 } from '../dist/index.mjs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fixtureDir, reference } from './helpers.mjs'
 
 const shared = ModelRunner.load({ modelName: fixtureDir, threads: 2 })
@@ -178,11 +181,36 @@ test('ModelAccelerator plans what runs and says why the rest does not', (t) => {
   t.true(flash.applied)
   t.regex(flash.detail, /online-softmax/)
   const autotune = new ModelAccelerator({ useTorchCompile: true, compileMode: 'max-autotune' }).plan()
-  t.regex(autotune.skippedOptimizations.join(), /useTorchCompile: compile mode max-autotune not implemented/)
+  t.true(autotune.appliedOptimizations.includes('useTorchCompile=true (max-autotune)'))
+  const nothing = new ModelAccelerator({ useTorchCompile: true }).plan()
+  t.regex(nothing.skippedOptimizations.join(), /useTorchCompile: compile mode default: nothing to plan/)
   t.regex(new ModelAccelerator({ quantization: 'static_int8' }).plan().items[0].detail, /SmoothQuant/)
   t.is(new ModelAccelerator({ quantization: 'dynamic_int8' }).plan().weightDtype, 'q8_0')
   // Python-style names are accepted.
   t.is(createAccelerationConfig({ use_flash_attention: false }).useFlashAttention, false)
+})
+
+test('max-autotune times the matmul tilings at load, caches them on disk and reuses them', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nano-qwen3-autotune-'))
+  const cache = join(dir, 'autotune.json')
+  process.env.NANO_QWEN3_AUTOTUNE_CACHE = cache // read by the engine at load
+  const accelerationConfig = { quantization: 'int4', useTorchCompile: true, compileMode: 'max-autotune' }
+  const load = () => ModelRunner.load({ modelName: fixtureDir, threads: 2, accelerationConfig, onLoadProgress: false })
+  const first = await load()
+  const tuned = first.getModelInfo().autotune
+  t.true(tuned.shapes >= 5)
+  t.is(tuned.measured, tuned.shapes)
+  t.is(tuned.cacheFile, cache)
+  t.is(Object.keys(JSON.parse(readFileSync(cache, 'utf8'))).length, tuned.shapes)
+  const second = await load()
+  t.is(second.getModelInfo().autotune.fromCache, tuned.shapes)
+  t.deepEqual(second.getModelInfo().autotune.chosen, tuned.chosen)
+  const a = await first.generate(prompt, { ...greedy, maxTokens: 12 })
+  const b = await second.generate(prompt, { ...greedy, maxTokens: 12 })
+  t.deepEqual(a.tokenIds, b.tokenIds)
+  await Promise.all([first.dispose(), second.dispose()])
+  delete process.env.NANO_QWEN3_AUTOTUNE_CACHE
+  rmSync(dir, { recursive: true })
 })
 
 test('chat and chatStream split reasoning and tool calls from the model output', async (t) => {

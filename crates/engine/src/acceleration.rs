@@ -133,6 +133,23 @@ pub struct ExecutionPlan {
     pub skipped_optimizations: Vec<String>,
 }
 
+impl ExecutionPlan {
+    /// Add what max-autotune did at load to its plan item.
+    pub fn describe_autotune(&mut self, t: &crate::autotune::AutotuneReport) {
+        if let Some(i) = self.items.iter_mut().find(|i| i.option == "useTorchCompile") {
+            let cache = match (&t.cache_file, &t.cache_error) {
+                (_, Some(e)) => format!("cache not used: {e}"),
+                (Some(f), None) => format!("cache {}", f.display()),
+                (None, None) => "no cache".into(),
+            };
+            i.detail = format!(
+                "{}: {} shapes, {} measured and {} from the cache in {:.0} ms ({cache})",
+                i.detail, t.shapes, t.measured, t.from_cache, t.ms
+            );
+        }
+    }
+}
+
 fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> PlanItem {
     PlanItem { option: option.into(), requested: requested.to_string(), applied, detail: detail.into() }
 }
@@ -165,7 +182,6 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
         ),
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
-    let not_yet = "not implemented on CPU yet: the plain path runs instead";
     let kv = format!("{:?}", cfg.kv_cache_dtype).to_lowercase();
     let on_off = |name: &str, on: bool, applied: &str, off: &str| {
         if on {
@@ -207,7 +223,12 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             true,
             "the decode step is planned: activation buffers kept with the sequence, the KV cache sized for the whole request, kernel scratch reused; a warm step allocates nothing",
         ),
-        (true, CompileMode::MaxAutotune) => item("useTorchCompile", format!("true ({compile})"), false, &format!("compile mode max-autotune {not_yet}")),
+        (true, CompileMode::MaxAutotune) => item(
+            "useTorchCompile",
+            format!("true ({compile})"),
+            true,
+            "matmul tilings (tasks per thread, activation rows per L2 block) timed per shape at load; winners cached on disk by CPU model, threads and shape",
+        ),
         (true, CompileMode::Default) => item("useTorchCompile", "true (default)", false, "compile mode default: nothing to plan on CPU"),
     });
     let applied = items.iter().filter(|i| i.applied).map(|i| format!("{}={}", i.option, i.requested)).collect();
@@ -247,13 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_flags_are_reported_not_credited() {
-        let cfg = AccelerationConfig { use_torch_compile: true, compile_mode: CompileMode::MaxAutotune, ..Default::default() };
+    fn flags_that_do_nothing_are_reported_not_credited() {
+        let cfg = AccelerationConfig { use_torch_compile: true, compile_mode: CompileMode::Default, ..Default::default() };
         let p = plan(&cfg, "auto").unwrap();
         assert_eq!(
             p.applied_optimizations,
             vec!["quantization=none", "useFlashAttention=true", "useFusedKernels=true", "useChannelsLast=true"]
         );
-        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useTorchCompile") && s.contains("max-autotune")));
+        assert!(p.skipped_optimizations.iter().any(|s| s.starts_with("useTorchCompile") && s.contains("nothing to plan")));
+        for mode in [CompileMode::ReduceOverhead, CompileMode::MaxAutotune] {
+            let cfg = AccelerationConfig { use_torch_compile: true, compile_mode: mode, ..Default::default() };
+            let p = plan(&cfg, "auto").unwrap();
+            assert!(p.applied_optimizations.iter().any(|s| s.starts_with("useTorchCompile")), "{mode:?}");
+        }
     }
 }

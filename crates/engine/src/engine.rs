@@ -72,6 +72,8 @@ pub struct Engine {
     /// The kernels' threads (the caller plus `threads - 1` spinning workers).
     pool: ThreadPool,
     _load_pool: rayon::ThreadPool,
+    /// What compile mode max-autotune measured or read from its cache at load.
+    pub autotune: Option<crate::autotune::AutotuneReport>,
     live_kv_bytes: Arc<AtomicUsize>,
 }
 
@@ -165,7 +167,7 @@ impl Engine {
             .thread_name(|i| format!("nano-qwen3-load-{i}"))
             .build()
             .map_err(|e| cannot_start(&e))?;
-        let (model, calibration) = load_pool.install(|| pool.install(|| -> Result<_> {
+        let (model, calibration, tuned) = load_pool.install(|| pool.install(|| -> Result<_> {
             let (mut model, calibration) = if opts.acceleration.quantization == Quantization::StaticInt8 {
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 (m, Some(r))
@@ -181,8 +183,15 @@ impl Engine {
             if acc.use_channels_last {
                 model.repack_weights();
             }
-            Ok((model, calibration))
+            // Tiling is tuned last: it depends on the final formats and layouts.
+            let tuned = (acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
+                .then(|| crate::autotune::autotune(&model, threads, progress));
+            Ok((model, calibration, tuned))
         }))?;
+        let mut plan = plan;
+        if let Some(t) = &tuned {
+            plan.describe_autotune(t);
+        }
         let exec = ExecOptions {
             flash_attention: acc.use_flash_attention,
             fused: acc.use_fused_kernels,
@@ -205,6 +214,7 @@ impl Engine {
             calibration,
             pool,
             _load_pool: load_pool,
+            autotune: tuned,
             live_kv_bytes: Arc::new(AtomicUsize::new(0)),
         })
     }

@@ -10,6 +10,7 @@
 //! # Ok::<(), nano_qwen3_engine::EngineError>(())
 //! ```
 pub mod acceleration;
+pub mod autotune;
 pub mod calibration;
 pub mod chat_template;
 pub mod config;

@@ -99,6 +99,22 @@ impl Linear {
         with_dense(w, |weights| nano_qwen3_kernels::linear(x, weights, m, k, n, y, isa));
     }
 
+    /// Input features.
+    pub fn k(&self) -> usize {
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => w.dims()[1],
+            (_, q) => q.map_or(0, |q| q.k()),
+        }
+    }
+
+    /// The kernel that multiplies by this matrix (tuning keys).
+    pub fn kernel_name(&self) -> &'static str {
+        match (self, self.quant()) {
+            (Linear::Dense(w), _) => with_dense(w, |w| w.kernel_name()),
+            (_, q) => q.map_or("none", |q| q.name()),
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         match (self, self.quant()) {
             (Linear::Dense(w), _) => w.elem_count() * w.dtype().size_in_bytes(),

@@ -297,6 +297,19 @@ impl Qwen3Model {
         Ok(out)
     }
 
+    /// The matrices the serving path multiplies by, with their class ("lm_head" for the output
+    /// projection, tied or not).
+    pub fn matmuls(&self) -> Vec<(&'static str, &Linear)> {
+        let mut out = vec![("lm_head", self.lm_head.as_ref().unwrap_or(&self.embed_tokens))];
+        for l in &self.layers {
+            out.extend(l.qkv.matrices(&["q_proj", "k_proj", "v_proj"], "qkv_proj"));
+            out.push(("o_proj", &l.o_proj));
+            out.extend(l.gate_up.matrices(&["gate_proj", "up_proj"], "gate_up_proj"));
+            out.push(("down_proj", &l.down_proj));
+        }
+        out
+    }
+
     /// Measured bytes and storage format of every class of tensor (q_proj of all layers, ...).
     pub fn tensor_classes(&self) -> Vec<TensorClass> {
         let mut classes: Vec<TensorClass> = Vec::new();

@@ -35,6 +35,8 @@ pub struct ModelInfo {
     pub threads: usize,
     pub load_time_ms: f64,
     pub has_chat_template: bool,
+    /// What compile mode max-autotune measured or read from its cache (null otherwise).
+    pub autotune: Option<crate::autotune::AutotuneReport>,
 }
 
 /// Which tensors are in which format, with measured bytes.
@@ -152,6 +154,7 @@ impl Engine {
             threads: self.threads,
             load_time_ms: self.load_time_ms,
             has_chat_template: self.template.is_some(),
+            autotune: self.autotune.clone(),
         }
     }
 

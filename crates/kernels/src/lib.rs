@@ -14,6 +14,7 @@ pub mod q4;
 pub mod q8;
 pub mod repack;
 mod scratch;
+pub mod tuning;
 pub mod pool;
 pub mod quant;
 pub mod simd;

@@ -6,6 +6,7 @@
 //! computed, so each loaded weight vector feeds MR multiply-adds (prefill) and decode (m = 1) streams
 //! the weights once.
 use crate::simd::Isa;
+use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
 use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 use half::{bf16, f16};
 
@@ -17,23 +18,39 @@ pub enum Weights<'a> {
     F16(&'a [f16]),
 }
 
+impl Weights<'_> {
+    /// The kernel that runs these weights (tuning keys).
+    pub fn kernel_name(&self) -> &'static str {
+        match self {
+            Weights::F32(_) => f32::KERNEL,
+            Weights::Bf16(_) => bf16::KERNEL,
+            Weights::F16(_) => f16::KERNEL,
+        }
+    }
+}
+
 /// A weight element that converts to f32.
 pub trait WeightElem: Copy + Send + Sync + 'static {
+    /// The dense kernel's name for this weight type (tuning keys).
+    const KERNEL: &'static str;
     fn to_f32(self) -> f32;
 }
 impl WeightElem for f32 {
+    const KERNEL: &'static str = "dense-f32";
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
 }
 impl WeightElem for bf16 {
+    const KERNEL: &'static str = "dense-bf16";
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }
 }
 impl WeightElem for f16 {
+    const KERNEL: &'static str = "dense-f16";
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -42,7 +59,8 @@ impl WeightElem for f16 {
 
 const MR: usize = 2; // x rows per register tile (3 spills ymm registers with bf16 conversion)
 const NR: usize = 4; // w rows per register tile
-const M_BLOCK: usize = 48; // x rows kept hot in L2 (multiple of MR)
+/// 8 tasks per thread; 48 x rows kept hot in L2 (a multiple of MR).
+pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 48 };
 
 /// Raw output pointer shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
@@ -73,27 +91,31 @@ fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize,
         // is rearranged to match once per call (see avx2::tile_bf16).
         return crate::scratch::with_buffer(&EVEN_ODD, m * k, 0.0, |xp| {
             avx2::even_odd(x, m, k, xp);
-            drive(m, n, y, |i, j, mr, nr, out| unsafe {
+            drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe {
                 let w = w.as_ptr() as *const u16; // bf16 bits
                 avx2::tile_bf16(x.as_ptr().add(i * k), xp.as_ptr().add(i * k), w.add(j * k), k, out, n, mr, nr)
             })
         });
     }
-    drive(m, n, y, |i, j, mr, nr, out| unsafe { tile(isa, x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, out, n, mr, nr) });
+    drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe { tile(isa, x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, out, n, mr, nr) });
 }
 
 /// Split output columns across the pool; each task sweeps x in L2-sized row blocks and calls
 /// `tile(i, j, mr, nr, &mut y[i, j])` for MR x NR tiles.
-pub(crate) fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
+/// `kernel` and `k` name the shape for its tuned [`Tiling`] (compile mode max-autotune).
+pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
     let threads = crate::pool::current_threads();
+    let key = ShapeKey { kernel, n, k, threads, decode: m == 1 };
+    let tiling = tiling_for(key, DEFAULT_TILING);
     // Enough chunks for load balance, each a multiple of NR rows.
-    let chunk = (n.div_ceil(threads * 8)).next_multiple_of(NR).max(NR);
+    let chunk = chunk_len(n, threads, tiling, NR);
+    let m_block = tiling.m_block.next_multiple_of(MR);
     let out = OutPtr(y.as_mut_ptr());
     crate::pool::parallel_for(n.div_ceil(chunk), |c| {
         let out = out;
         let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-        for i0 in (0..m).step_by(M_BLOCK) {
-            let i1 = (i0 + M_BLOCK).min(m);
+        for i0 in (0..m).step_by(m_block) {
+            let i1 = (i0 + m_block).min(m);
             let mut j = j0;
             while j < j1 {
                 let nr = (j1 - j).min(NR);

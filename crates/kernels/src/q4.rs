@@ -185,7 +185,7 @@ impl QuantMatrix for Q4Matrix {
         crate::q8::with_quantized(&x[..m * k], k, None, |xq| {
             let bpr = k / QK8;
             let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
-            drive(m, n, y, |i, j, mr, nr, out| unsafe {
+            drive(self.name(), m, n, k, y, |i, j, mr, nr, out| unsafe {
                 let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ4);
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx2 && nr == 4 && mr <= 2 {

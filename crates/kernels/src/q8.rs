@@ -156,7 +156,7 @@ impl QuantMatrix for Q8Matrix {
         with_quantized(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
             let bpr = k / QK8;
             let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
-            drive(m, n, y, |i, j, mr, nr, out| unsafe {
+            drive(self.name(), m, n, k, y, |i, j, mr, nr, out| unsafe {
                 let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ8);
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx2 && nr == 4 && mr <= 2 {

@@ -39,6 +39,7 @@ use crate::scratch::with_buffer;
 use std::cell::Cell;
 use crate::quant::QuantMatrix;
 use crate::simd::Isa;
+use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
 use half::f16;
 use rayon::prelude::*;
 
@@ -246,7 +247,7 @@ impl Q8x8Matrix {
     fn run(&self, xq: &[XQ8], m: usize, y: &mut [f32], isa: Isa) {
         let (n, bpr) = (self.n, self.k / QK8);
         let wq = &self.blocks[..];
-        drive(m, n, y, |i, mr, g, out| unsafe {
+        drive(self.name(), m, n, self.k, y, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
             #[cfg(target_arch = "x86_64")]
@@ -309,7 +310,7 @@ impl Q4x8Matrix {
     fn run(&self, xq: &[XQ4], m: usize, y: &mut [f32], isa: Isa) {
         let (n, bpr) = (self.n, self.k / QK4);
         let wq = &self.blocks[..];
-        drive(m, n, y, |i, mr, g, out| unsafe {
+        drive(self.name(), m, n, self.k, y, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
             #[cfg(target_arch = "x86_64")]
@@ -375,24 +376,26 @@ unsafe impl Sync for OutPtr {}
 /// Activation rows per register tile (prefill): 4 i32 sums, 4 f32 accumulators, the weight vector,
 /// constants and temporaries fill the 16 ymm registers.
 const MR: usize = 4;
-/// Activation rows kept hot in L2 while a task sweeps its weight groups (multiple of MR):
-/// 32 rows of k = 3072 are 200 KB of prepared Q8 activations.
-const M_BLOCK: usize = 32;
+/// 8 tasks per thread; activation rows kept hot in L2 while a task sweeps its weight groups
+/// (multiple of MR): 32 rows of k = 3072 are 200 KB of prepared Q8 activations.
+pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
 
 /// Split the 8-row groups over the current kernel pool; each task sweeps x in L2-sized row blocks
 /// and calls `tile(i, mr, g, &mut y[i, 8 g])` for `mr` rows by one group.
 /// (Two groups per tile for decode, sharing each activation broadcast, measured no faster.)
-fn drive(m: usize, n: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
+/// `kernel` and `k` name the shape for its tuned [`Tiling`] (compile mode max-autotune).
+fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
     let groups = n.div_ceil(ROWS);
     let threads = crate::pool::current_threads();
-    // Enough tasks for load balance: 8 per thread.
-    let chunk = groups.div_ceil(threads * 8).max(1);
+    let tiling = tiling_for(ShapeKey { kernel, n, k, threads, decode: m == 1 }, DEFAULT_TILING);
+    let chunk = chunk_len(groups, threads, tiling, 1);
+    let m_block = tiling.m_block.next_multiple_of(MR);
     let out = OutPtr(y.as_mut_ptr());
     crate::pool::parallel_for(groups.div_ceil(chunk), |c| {
         let out = out;
         let (g0, g1) = (c * chunk, ((c + 1) * chunk).min(groups));
-        for i0 in (0..m).step_by(M_BLOCK) {
-            let i1 = (i0 + M_BLOCK).min(m);
+        for i0 in (0..m).step_by(m_block) {
+            let i1 = (i0 + m_block).min(m);
             for g in g0..g1 {
                 let mut i = i0;
                 while i < i1 {
