@@ -7,7 +7,7 @@
 //   BENCH_MODES=none,bf16,fp16,dynamic_int8,static_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2
 //   BENCH_PEER=0 (skip llama.cpp)  BENCH_ABLATION=0 (skip ablations)  BENCH_ABLATION_MODE=dynamic_int8
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -88,16 +88,22 @@ if (process.env.BENCH_ABLATION !== '0') {
     ['useChannelsLast: false (no repacking)', { useChannelsLast: false }],
     ['all three off', { useFlashAttention: false, useFusedKernels: false, useChannelsLast: false }],
     ["compileMode: 'reduce-overhead'", { useTorchCompile: true, compileMode: 'reduce-overhead' }],
+    ["compileMode: 'max-autotune' (tilings measured at load)", { useTorchCompile: true, compileMode: 'max-autotune' }],
     ["kvCacheDtype: 'f16'", { kvCacheDtype: 'f16' }],
   ]
+  // max-autotune measures at load when its cache is empty: a fresh cache so the load time shows it.
+  process.env.NANO_QWEN3_AUTOTUNE_CACHE = join(dirname(model), 'autotune-bench.json')
+  rmSync(process.env.NANO_QWEN3_AUTOTUNE_CACHE, { force: true })
   for (const [label, accel] of variants) {
     console.error(`ablation (${mode}): ${label} ...`)
     ablation.push({ label, ...measure('engine-bench.mjs', ['--model', model, '--quantization', mode, '--accel', JSON.stringify(accel)]) })
   }
   console.log(`\nEach optimization alone (${mode}; every other option at its default)\n`)
-  console.log('| configuration | prefill tok/s | decode tok/s | peak RSS MB |')
-  console.log('|---|---|---|---|')
-  for (const a of ablation) console.log(`| ${a.label} | ${f(a.prefillTokensPerSecond)} | ${f(a.decodeTokensPerSecond, 2)} | ${f(a.peakRssMb, 0)} |`)
+  console.log('| configuration | prefill tok/s | decode tok/s | peak RSS MB | load s |')
+  console.log('|---|---|---|---|---|')
+  for (const a of ablation) {
+    console.log(`| ${a.label} | ${f(a.prefillTokensPerSecond)} | ${f(a.decodeTokensPerSecond, 2)} | ${f(a.peakRssMb, 0)} | ${f(a.loadMs / 1000, 1)} |`)
+  }
   // Chunked prefill: a 4096-token prompt, peak RSS with and without.
   const long = []
   for (const [label, accel] of [['whole prompt', {}], ['useGradientCheckpointing: true (chunks of 256)', { useGradientCheckpointing: true }]]) {

@@ -190,6 +190,14 @@ pub mod simd_load {
         #[cfg(target_arch = "x86_64")]
         unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
     }
+
+    // Elsewhere the dense kernels are portable only: nothing to load.
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Load8 for f32 {}
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Load8 for half::bf16 {}
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Load8 for half::f16 {}
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -260,6 +260,16 @@ impl Q8x8Matrix {
                     _ => t::<4>(x, w, bpr, out, n, cols),
                 };
             }
+            #[cfg(target_arch = "aarch64")]
+            if isa == Isa::NeonDotprod {
+                use neon::q8_tile as t;
+                return match mr {
+                    1 => t::<1>(x, w, bpr, out, n, cols),
+                    2 => t::<2>(x, w, bpr, out, n, cols),
+                    3 => t::<3>(x, w, bpr, out, n, cols),
+                    _ => t::<4>(x, w, bpr, out, n, cols),
+                };
+            }
             let _ = isa;
             for a in 0..mr {
                 let acc = portable_q8(x.add(a * bpr), w, bpr);
@@ -316,6 +326,16 @@ impl Q4x8Matrix {
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx2 {
                 use avx2::q4_tile as t;
+                return match mr {
+                    1 => t::<1>(x, w, bpr, out, n, cols),
+                    2 => t::<2>(x, w, bpr, out, n, cols),
+                    3 => t::<3>(x, w, bpr, out, n, cols),
+                    _ => t::<4>(x, w, bpr, out, n, cols),
+                };
+            }
+            #[cfg(target_arch = "aarch64")]
+            if isa == Isa::NeonDotprod {
+                use neon::q4_tile as t;
                 return match mr {
                     1 => t::<1>(x, w, bpr, out, n, cols),
                     2 => t::<2>(x, w, bpr, out, n, cols),
@@ -408,6 +428,10 @@ fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile
         }
     });
 }
+
+#[cfg(target_arch = "aarch64")]
+#[path = "repack_neon.rs"]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -518,9 +542,9 @@ mod tests {
         v.iter().map(|f| f.to_bits()).collect()
     }
 
-    fn avx2_close(simd: &[f32], portable: &[f32], what: &str) {
+    fn simd_close(simd: &[f32], portable: &[f32], what: &str) {
         for (a, b) in simd.iter().zip(portable) {
-            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: avx2 {a} vs portable {b}");
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: simd {a} vs portable {b}");
         }
     }
 
@@ -541,11 +565,11 @@ mod tests {
                     q.linear(&x, m, &mut want, Isa::Portable);
                     r.linear(&x, m, &mut got, Isa::Portable);
                     assert_eq!(bits(&got), bits(&want), "{what}: portable differs from the row-major kernel");
-                    if Isa::Avx2.supported() {
+                    for isa in Isa::simd_paths() {
                         let mut simd = vec![f32::NAN; m * n + 1];
                         simd[m * n] = 7.0;
-                        r.linear(&x, m, &mut simd, Isa::Avx2);
-                        avx2_close(&simd, &want, &what);
+                        r.linear(&x, m, &mut simd, isa);
+                        simd_close(&simd, &want, &format!("{what} {}", isa.name()));
                         assert_eq!(simd[m * n], 7.0);
                     }
                 }
@@ -580,9 +604,9 @@ mod tests {
             let mut dynamic = vec![0f32; m * n];
             Q8x8Matrix::from_q8(&Q8Matrix::quantize(&weights(n * k, 22), n, k)).linear(&x, m, &mut dynamic, Isa::Portable);
             assert_ne!(bits(&dynamic), bits(&want));
-            if Isa::Avx2.supported() {
-                r.linear(&x, m, &mut got, Isa::Avx2);
-                avx2_close(&got, &want, "static");
+            for isa in Isa::simd_paths() {
+                r.linear(&x, m, &mut got, isa);
+                simd_close(&got, &want, &format!("static {}", isa.name()));
             }
         }
     }
@@ -655,15 +679,15 @@ mod tests {
     /// both paths round once (`0 + s·d` vs `fma(s, d, 0)`), so they must agree exactly.
     #[test]
     fn repack_extreme_values_do_not_overflow() {
-        if !Isa::Avx2.supported() {
-            return;
-        }
         let (m, n, k) = (3, 9, 32);
         let run = |f: &dyn Fn(&mut [f32], Isa)| {
-            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            let mut a = vec![0f32; m * n];
             f(&mut a, Isa::Portable);
-            f(&mut b, Isa::Avx2);
-            assert_eq!(bits(&a), bits(&b));
+            for isa in Isa::simd_paths() {
+                let mut b = vec![0f32; m * n];
+                f(&mut b, isa);
+                assert_eq!(bits(&a), bits(&b), "{}", isa.name());
+            }
             a
         };
         let near = |y: &[f32], want: f32| assert!(y.iter().all(|v| (v - want).abs() < 0.01 * want.abs()), "{y:?} vs {want}");
@@ -686,7 +710,7 @@ mod tests {
         let (m, n, k) = (5, 203, 96);
         let x = test_data(m * k, 31);
         let r = Q4x8Matrix::from_q4(&Q4Matrix::quantize(&weights(n * k, 32), n, k));
-        let isa = if Isa::Avx2.supported() { Isa::Avx2 } else { Isa::Portable };
+        let isa = crate::active_isa();
         let mut a = vec![0f32; m * n];
         r.linear(&x, m, &mut a, isa);
         for threads in [1, 3] {

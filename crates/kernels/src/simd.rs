@@ -1,5 +1,6 @@
 //! Run-time instruction-set choice: one binary, the best path each CPU supports.
-//! `NANO_QWEN3_ISA=portable` (or `avx2`) forces a path, so tests can compare them.
+//! `NANO_QWEN3_ISA=portable` (or `avx2`, `neon-dotprod`) forces a path, so tests can compare them.
+//! A kernel without a path for the chosen ISA runs its portable code.
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,6 +9,9 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// aarch64 NEON with the int8 dot product (`sdot`, Armv8.4 / Apple M1 / Graviton 2 and later):
+    /// the int8 and int4 matmuls.
+    NeonDotprod,
 }
 
 impl Isa {
@@ -15,7 +19,26 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2+fma+f16c",
+            Isa::NeonDotprod => "neon+dotprod",
         }
+    }
+
+    /// The `NANO_QWEN3_ISA` spelling: "portable", "avx2", "neon-dotprod".
+    pub fn parse(name: &str) -> Option<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::NeonDotprod].into_iter().find(|i| i.env_name() == name)
+    }
+
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    /// Every SIMD path this CPU can run (tests compare each with the portable one).
+    pub fn simd_paths() -> Vec<Isa> {
+        [Isa::Avx2, Isa::NeonDotprod].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// Whether this CPU can run `self`.
@@ -28,6 +51,10 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::NeonDotprod => false,
         }
     }
 }
@@ -36,15 +63,10 @@ impl Isa {
 pub fn active_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let forced = match std::env::var("NANO_QWEN3_ISA").as_deref() {
-            Ok("portable") => Some(Isa::Portable),
-            Ok("avx2") => Some(Isa::Avx2),
-            _ => None,
-        };
+        let forced = std::env::var("NANO_QWEN3_ISA").ok().and_then(|v| Isa::parse(&v));
         match forced {
             Some(isa) if isa.supported() => isa,
-            _ if Isa::Avx2.supported() => Isa::Avx2,
-            _ => Isa::Portable,
+            _ => Isa::simd_paths().first().copied().unwrap_or(Isa::Portable),
         }
     })
 }
@@ -68,5 +90,24 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f16_to_f32(h: half::f16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test scripts name the paths their machine must have (`NANO_QWEN3_REQUIRE_ISA=neon-dotprod`
+    /// under QEMU), so a missed detection cannot pass as "portable only".
+    #[test]
+    fn required_simd_paths_are_detected() {
+        let required = std::env::var("NANO_QWEN3_REQUIRE_ISA").unwrap_or_default();
+        for name in required.split(',').filter(|s| !s.is_empty()) {
+            let isa = Isa::parse(name).unwrap_or_else(|| panic!("unknown ISA {name:?}"));
+            assert!(isa.supported(), "{name} is required but not detected");
+        }
+        for isa in [Isa::Portable, Isa::Avx2, Isa::NeonDotprod] {
+            assert_eq!(Isa::parse(isa.env_name()), Some(isa));
+        }
     }
 }

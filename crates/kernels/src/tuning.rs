@@ -79,7 +79,7 @@ mod tests {
     use super::*;
     use crate::quant::test_data;
     use crate::repack::{Q4x8Matrix, Q8x8Matrix};
-    use crate::{linear, Isa, Q4Matrix, Q8Matrix, QuantMatrix, Weights};
+    use crate::{linear, Q4Matrix, Q8Matrix, QuantMatrix, Weights};
     use half::bf16;
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -97,7 +97,7 @@ mod tests {
         let q4 = Q4Matrix::quantize_weighted(&w, n, k, None);
         let quant: Vec<Box<dyn QuantMatrix>> =
             vec![Box::new(Q8x8Matrix::from_q8(&q8)), Box::new(Q4x8Matrix::from_q4(&q4)), Box::new(q8), Box::new(q4)];
-        let isa = if Isa::Avx2.supported() { Isa::Avx2 } else { Isa::Portable };
+        let isa = crate::active_isa();
         let pool = crate::pool::ThreadPool::new(3).unwrap();
         pool.install(|| {
             for m in [1, 70] {
