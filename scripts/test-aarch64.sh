@@ -3,6 +3,7 @@
 # the NEON paths are checked against the portable ones on an x86-64 machine.
 # Needs: Debian's gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user (installed here when
 # missing and run as root), and the Rust target (rustup target add aarch64-unknown-linux-gnu).
+# `--setup-only` installs those and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
@@ -14,6 +15,7 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
   fi
 fi
 rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+[ "${1:-}" = --setup-only ] && exit 0
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 run() {
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $1" \

@@ -16,8 +16,9 @@ use nano_qwen3_kernels::pool::parallel_chunks_mut;
 pub struct ExecOptions {
     /// Tiled online-softmax attention; off: scores materialised per head, then softmax.
     pub flash_attention: bool,
-    /// Residual+RMSNorm, q/k RMSNorm+RoPE and SiLU·up in one pass each (stacked q/k/v and gate/up
-    /// weights are decided at load); off: one pass per operation.
+    /// Residual+RMSNorm, q/k RMSNorm+RoPE in one pass each, SiLU·up in the gate/up matmul's
+    /// epilogue (repacked int8 / int4; one pass after the matmul otherwise); stacked q/k/v and
+    /// gate/up weights are decided at load. Off: one pass per operation.
     pub fused: bool,
     /// Keep the activation buffers with the sequence between calls (compile mode reduce-overhead).
     pub reuse_buffers: bool,
@@ -262,8 +263,7 @@ impl Qwen3Model {
             add_norm(&mut ws.x[..t * h], &ws.o[..t * h], post_w, eps, &mut ws.xn[..t * h], opts.fused);
             match &layer.gate_up {
                 Proj::Fused { w, .. } => {
-                    w.forward_slice(&ws.xn[..t * h], t, &mut ws.gu[..t * 2 * inter]);
-                    fused::silu_mul(&ws.gu[..t * 2 * inter], inter, &mut ws.act[..t * inter]);
+                    w.forward_swiglu_slice(&ws.xn[..t * h], t, &mut ws.gu[..t * 2 * inter], &mut ws.act[..t * inter]);
                 }
                 Proj::Separate(ps) => {
                     let (g, u) = ws.gu.split_at_mut(t * inter);

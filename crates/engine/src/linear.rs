@@ -115,6 +115,19 @@ impl Linear {
         }
     }
 
+    /// Stacked gate/up rows (`n = 2 inter`): `gu = x · Wᵀ` and `act = silu(gate) * up`, in the
+    /// matmul's epilogue where the kernel has one (repacked int8 / int4), else as a second pass.
+    pub fn forward_swiglu_slice(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32]) {
+        match self.quant() {
+            Some(q) => q.linear_swiglu(x, m, gu, act, active_isa()),
+            None => {
+                self.forward_slice(x, m, gu);
+                let inter = self.n() / 2;
+                nano_qwen3_kernels::fused::silu_mul(&gu[..m * 2 * inter], inter, &mut act[..m * inter]);
+            }
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         match (self, self.quant()) {
             (Linear::Dense(w), _) => w.elem_count() * w.dtype().size_in_bytes(),

@@ -140,14 +140,21 @@ pub fn silu_mul_separate(gate: &mut [f32], up: &[f32], out: &mut [f32], fused: b
     }
 }
 
+/// `out[j] = silu(gate[j]) * up[j]`: the arithmetic of every SwiGLU path (matmul epilogues
+/// included), so they all give the same bits.
+#[inline]
+pub fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
 /// SwiGLU: `out[t, j] = silu(gu[t, j]) * gu[t, inter + j]`, where each row of `gu` holds the gate
 /// outputs then the up outputs (one matmul with the gate and up weights stacked).
 pub fn silu_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
     let run = |(gu, out): (&[f32], &mut [f32])| {
         let (g, u) = gu.split_at(inter);
-        for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        silu_mul_into(g, u, out);
     };
     if out.len() / inter >= 2 * ROWS_PER_TASK {
         let block = ROWS_PER_TASK * inter;

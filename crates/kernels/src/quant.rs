@@ -22,6 +22,20 @@ pub trait QuantMatrix: Send + Sync + 'static {
     }
     /// `y[m, n] = x[m, k] · Wᵀ`.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa);
+
+    /// For gate and up stacked as rows `[gate; up]` (`n = 2 inter`): `gu = x · Wᵀ` as
+    /// [`QuantMatrix::linear`], and `act[i, j] = silu(gu[i, j]) * gu[i, inter + j]`. Kernels with a
+    /// SwiGLU epilogue do the second part in the matmul's tasks; the rest run it after.
+    fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
+        swiglu_unfused(self, x, m, gu, act, isa)
+    }
+}
+
+/// [`QuantMatrix::linear_swiglu`] as a matmul, then a separate SwiGLU pass.
+pub fn swiglu_unfused<Q: QuantMatrix + ?Sized>(q: &Q, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
+    q.linear(x, m, gu, isa);
+    let inter = q.n() / 2;
+    crate::fused::silu_mul(&gu[..m * q.n()], inter, &mut act[..m * inter]);
 }
 
 /// [`QuantMatrix::linear`] as a candle op on `x [.., k]` (f32) -> `[.., n]` f32.

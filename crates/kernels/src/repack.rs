@@ -37,7 +37,7 @@ use crate::q4::{BlockQ4, Q4Matrix, QK4};
 use crate::q8::{with_quantized, BlockQ8, Q8Matrix, QK8};
 use crate::scratch::with_buffer;
 use std::cell::Cell;
-use crate::quant::QuantMatrix;
+use crate::quant::{swiglu_unfused, QuantMatrix};
 use crate::simd::Isa;
 use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
 use half::f16;
@@ -239,15 +239,23 @@ impl QuantMatrix for Q8x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
-        with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| self.run(xq, m, y, isa))
+        with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| self.run(xq, m, y, None, isa))
+    }
+
+    fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
+        if self.n % (2 * ROWS) != 0 {
+            return swiglu_unfused(self, x, m, gu, act, isa);
+        }
+        assert!(x.len() >= m * self.k && gu.len() >= m * self.n, "q8x8 linear: buffers too small");
+        with_prepared_q8(&x[..m * self.k], self.k, self.act_scales.as_deref(), |xq| self.run(xq, m, gu, Some(act), isa))
     }
 }
 
 impl Q8x8Matrix {
-    fn run(&self, xq: &[XQ8], m: usize, y: &mut [f32], isa: Isa) {
+    fn run(&self, xq: &[XQ8], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
         let (n, bpr) = (self.n, self.k / QK8);
         let wq = &self.blocks[..];
-        drive(self.name(), m, n, self.k, y, |i, mr, g, out| unsafe {
+        drive(self.name(), m, n, self.k, y, act, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
             #[cfg(target_arch = "x86_64")]
@@ -312,15 +320,23 @@ impl QuantMatrix for Q4x8Matrix {
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
-        with_prepared_q4(&x[..m * k], k, |xq| self.run(xq, m, y, isa))
+        with_prepared_q4(&x[..m * k], k, |xq| self.run(xq, m, y, None, isa))
+    }
+
+    fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
+        if self.n % (2 * ROWS) != 0 {
+            return swiglu_unfused(self, x, m, gu, act, isa);
+        }
+        assert!(x.len() >= m * self.k && gu.len() >= m * self.n, "q4x8 linear: buffers too small");
+        with_prepared_q4(&x[..m * self.k], self.k, |xq| self.run(xq, m, gu, Some(act), isa))
     }
 }
 
 impl Q4x8Matrix {
-    fn run(&self, xq: &[XQ4], m: usize, y: &mut [f32], isa: Isa) {
+    fn run(&self, xq: &[XQ4], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
         let (n, bpr) = (self.n, self.k / QK4);
         let wq = &self.blocks[..];
-        drive(self.name(), m, n, self.k, y, |i, mr, g, out| unsafe {
+        drive(self.name(), m, n, self.k, y, act, |i, mr, g, out| unsafe {
             let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
             let cols = (n - g * ROWS).min(ROWS);
             #[cfg(target_arch = "x86_64")]
@@ -404,25 +420,56 @@ pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
 /// and calls `tile(i, mr, g, &mut y[i, 8 g])` for `mr` rows by one group.
 /// (Two groups per tile for decode, sharing each activation broadcast, measured no faster.)
 /// `kernel` and `k` name the shape for its tuned [`Tiling`] (compile mode max-autotune).
-fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
+///
+/// With `act` (SwiGLU epilogue; rows stacked `[gate; up]`, `n = 2 inter`, `inter % 8 == 0`), a
+/// task takes gate group `g` together with up group `g + inter / 8`, and after each row block
+/// writes `act[i, j] = silu(y[i, j]) * y[i, inter + j]` for its columns, while they are in cache.
+fn drive(
+    kernel: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    act: Option<&mut [f32]>,
+    tile: impl Fn(usize, usize, usize, *mut f32) + Sync,
+) {
     let groups = n.div_ceil(ROWS);
+    let inter = n / 2;
+    let (units, pair) = match act {
+        Some(_) => (groups / 2, groups / 2),
+        None => (groups, 0),
+    };
+    assert!(act.as_ref().is_none_or(|a| n % (2 * ROWS) == 0 && a.len() >= m * inter), "swiglu epilogue: n = {n}");
     let threads = crate::pool::current_threads();
     let tiling = tiling_for(ShapeKey { kernel, n, k, threads, decode: m == 1 }, DEFAULT_TILING);
-    let chunk = chunk_len(groups, threads, tiling, 1);
+    let chunk = chunk_len(units, threads, tiling, 1);
     let m_block = tiling.m_block.next_multiple_of(MR);
-    let out = OutPtr(y.as_mut_ptr());
-    crate::pool::parallel_for(groups.div_ceil(chunk), |c| {
-        let out = out;
-        let (g0, g1) = (c * chunk, ((c + 1) * chunk).min(groups));
+    let (out, act) = (OutPtr(y.as_mut_ptr()), act.map(|a| OutPtr(a.as_mut_ptr())));
+    crate::pool::parallel_for(units.div_ceil(chunk), |c| {
+        let (out, act) = (out, act);
+        let (g0, g1) = (c * chunk, ((c + 1) * chunk).min(units));
         for i0 in (0..m).step_by(m_block) {
             let i1 = (i0 + m_block).min(m);
             for g in g0..g1 {
-                let mut i = i0;
-                while i < i1 {
-                    let mr = (i1 - i).min(MR);
-                    // SAFETY: in bounds (asserts in `linear`); this task alone writes groups g0..g1.
-                    tile(i, mr, g, unsafe { out.0.add(i * n + g * ROWS) });
-                    i += mr;
+                for g in [g, g + pair].into_iter().take(if act.is_some() { 2 } else { 1 }) {
+                    let mut i = i0;
+                    while i < i1 {
+                        let mr = (i1 - i).min(MR);
+                        // SAFETY: in bounds (asserts in `linear`); this task alone writes its groups.
+                        tile(i, mr, g, unsafe { out.0.add(i * n + g * ROWS) });
+                        i += mr;
+                    }
+                }
+            }
+            if let Some(act) = act {
+                for i in i0..i1 {
+                    // SAFETY: this task alone wrote (and now reads) these gate and up columns of
+                    // row i, and alone writes the same columns of act.
+                    let (gu, a) = unsafe {
+                        (std::slice::from_raw_parts(out.0.add(i * n), n), std::slice::from_raw_parts_mut(act.0.add(i * inter), inter))
+                    };
+                    let cols = g0 * ROWS..g1 * ROWS;
+                    crate::fused::silu_mul_into(&gu[cols.clone()], &gu[inter + cols.start..inter + cols.end], &mut a[cols]);
                 }
             }
         }
@@ -701,6 +748,37 @@ mod tests {
             near(&run(&|y, isa| q8.linear(&x, m, y, isa)), -32.0 * sign);
             near(&run(&|y, isa| q4_lo.linear(&x, m, y, isa)), -256.0 * sign);
             near(&run(&|y, isa| q4_hi.linear(&x, m, y, isa)), 224.0 * sign);
+        }
+    }
+
+    /// The SwiGLU epilogue gives the bits of the matmul followed by the separate pass, on every
+    /// ISA and pool size; odd `inter` (not a multiple of 8) takes the unfused route.
+    #[test]
+    fn swiglu_epilogue_matches_matmul_then_silu_mul() {
+        let k = 96;
+        for inter in [8, 40, 44] {
+            let n = 2 * inter;
+            let w = weights(n * k, inter as u64);
+            let mats: Vec<Box<dyn QuantMatrix>> =
+                vec![Box::new(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k))), Box::new(Q4x8Matrix::from_q4(&Q4Matrix::quantize(&w, n, k)))];
+            for threads in [1, 3] {
+                let pool = crate::pool::ThreadPool::new(threads).unwrap();
+                for m in [1, 5, 37] {
+                    let x = test_data(m * k, (m + inter) as u64);
+                    for q in &mats {
+                        for isa in std::iter::once(Isa::Portable).chain(Isa::simd_paths()) {
+                            let (mut gu, mut want) = (vec![0f32; m * n], vec![0f32; m * inter]);
+                            q.linear(&x, m, &mut gu, isa);
+                            crate::fused::silu_mul(&gu, inter, &mut want);
+                            let (mut gu2, mut act) = (vec![f32::NAN; m * n], vec![f32::NAN; m * inter]);
+                            pool.install(|| q.linear_swiglu(&x, m, &mut gu2, &mut act, isa));
+                            let what = format!("{} {} m={m} inter={inter} threads={threads}", q.name(), isa.name());
+                            assert_eq!(bits(&act), bits(&want), "{what}");
+                            assert_eq!(bits(&gu2), bits(&gu), "{what}");
+                        }
+                    }
+                }
+            }
         }
     }
 
