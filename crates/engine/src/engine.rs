@@ -167,7 +167,7 @@ impl Engine {
             .thread_name(|i| format!("nano-qwen3-load-{i}"))
             .build()
             .map_err(|e| cannot_start(&e))?;
-        let (model, calibration, tuned) = load_pool.install(|| pool.install(|| -> Result<_> {
+        let (model, calibration, tuned) = load_pool.install(|| pool.enter(|| -> Result<_> {
             let (mut model, calibration) = if opts.acceleration.quantization == Quantization::StaticInt8 {
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 (m, Some(r))

@@ -1,5 +1,7 @@
 //! A persistent thread pool for the kernels: `parallel_for(n, f)` runs `f(0..n)` on the pool's
-//! threads and the caller, and returns when every task is done.
+//! threads and the caller, and returns when every task is done. [`ThreadPool::install`] runs a
+//! whole computation on the pool's leader thread, so its per-thread scratch and allocator arenas
+//! stay in one thread whichever thread calls (Node calls from any of libuv's).
 //!
 //! Why not rayon: a decode step is ~200 small parallel ops. Rayon's idle workers go to sleep
 //! within microseconds and each op pays to wake them; here workers spin on a generation counter
@@ -14,6 +16,9 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it parks: covers the gap between ops and between decode
 /// steps (sampling), short enough not to hold a core when the engine is idle.
 const SPIN: Duration = Duration::from_millis(2);
+/// The leader waits for the next `install` only briefly (one hand-off per forward call): its
+/// caller is sampling meanwhile and needs the core.
+const LEADER_SPIN: Duration = Duration::from_micros(100);
 
 /// A task body with its lifetime erased; only dereferenced while its `parallel_for` call waits.
 type Job = *const (dyn Fn(usize) + Sync);
@@ -27,6 +32,9 @@ struct Shared {
     /// The job of the current generation: written before the generation is published, read
     /// only after a task of it is claimed (the claim acquires the publishing store).
     job: UnsafeCell<Job>,
+    /// The first panic of the current job's tasks, re-raised on the caller once all are done
+    /// (a worker must not die: the caller would wait for its tasks forever).
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     sleepers: AtomicUsize,
     park: Mutex<()>,
     wake: Condvar,
@@ -39,9 +47,11 @@ unsafe impl Send for Shared {}
 
 fn idle_job(_: usize) {}
 
-/// Worker threads plus the calling thread; `threads` in all.
+/// `threads` compute threads: a leader (runs [`ThreadPool::install`] jobs and takes part in their
+/// tasks) and `threads - 1` workers.
 pub struct ThreadPool {
     shared: Arc<Shared>,
+    leader: Arc<Leader>,
     workers: Vec<JoinHandle<()>>,
     threads: usize,
     /// One `parallel_for` at a time per pool (callers from several threads take turns per op).
@@ -55,6 +65,54 @@ thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
     /// 0 on callers, `1..threads` on a pool's workers.
     static THREAD_INDEX: Cell<usize> = const { Cell::new(0) };
+    /// On a pool's leader thread (a nested `install` runs in place).
+    static IS_LEADER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// An `install` job on the caller's stack, its lifetime erased (the caller waits for it).
+struct LeaderJob(*mut (dyn FnMut() + Send), *const ThreadPool);
+unsafe impl Send for LeaderJob {}
+
+/// The hand-off of `install` jobs to the leader thread.
+struct Leader {
+    slot: Mutex<Option<LeaderJob>>,
+    pending: AtomicBool,
+    wake: Condvar,
+    done: Mutex<bool>,
+    finished: Condvar,
+    /// One `install` at a time (concurrent callers take turns per call).
+    turn: Mutex<()>,
+    shutdown: AtomicBool,
+}
+
+fn leader(l: &Leader) {
+    IS_LEADER.with(|t| t.set(true));
+    loop {
+        let started = Instant::now();
+        let mut spins = 0u32;
+        while !l.pending.load(Acquire) && !l.shutdown.load(Acquire) {
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 && started.elapsed() > LEADER_SPIN {
+                let mut slot = l.slot.lock().unwrap_or_else(|e| e.into_inner());
+                while !l.pending.load(Acquire) && !l.shutdown.load(Acquire) {
+                    slot = l.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                }
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if l.shutdown.load(Acquire) {
+            return;
+        }
+        let Some(LeaderJob(job, pool)) = l.slot.lock().unwrap_or_else(|e| e.into_inner()).take() else { continue };
+        l.pending.store(false, Release);
+        CURRENT.with(|c| c.set(pool));
+        // SAFETY: the caller waits on `done` until this returns; the job catches its own panics.
+        unsafe { (*job)() };
+        CURRENT.with(|c| c.set(std::ptr::null()));
+        *l.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        l.finished.notify_all();
+    }
 }
 
 /// This thread's index in its pool: 0 for the calling thread, `1..threads` for the workers. Tasks
@@ -64,7 +122,7 @@ pub fn thread_index() -> usize {
 }
 
 impl ThreadPool {
-    /// A pool of `threads` (>= 1): the caller plus `threads - 1` workers.
+    /// A pool of `threads` (>= 1) compute threads: the leader plus `threads - 1` workers.
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
@@ -72,6 +130,7 @@ impl ThreadPool {
             tasks: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             job: UnsafeCell::new(&idle_job as &(dyn Fn(usize) + Sync) as Job),
+            panic: Mutex::new(None),
             sleepers: AtomicUsize::new(0),
             park: Mutex::new(()),
             wake: Condvar::new(),
@@ -85,15 +144,59 @@ impl ThreadPool {
                 worker(&s)
             })?);
         }
-        Ok(Self { shared, workers, threads, dispatch: Mutex::new(()) })
+        let leader = Arc::new(Leader {
+            slot: Mutex::new(None),
+            pending: AtomicBool::new(false),
+            wake: Condvar::new(),
+            done: Mutex::new(false),
+            finished: Condvar::new(),
+            turn: Mutex::new(()),
+            shutdown: AtomicBool::new(false),
+        });
+        let l = leader.clone();
+        workers.push(std::thread::Builder::new().name("nano-qwen3-0".into()).spawn(move || self::leader(&l))?);
+        Ok(Self { shared, leader, workers, threads, dispatch: Mutex::new(()) })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Run `f` with this pool as the current thread's pool for [`parallel_for`].
-    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Run `f` on the pool's leader thread, with this pool current there for [`parallel_for`];
+    /// the caller blocks until it returns (a panic in `f` is re-raised here). Allocates nothing.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if IS_LEADER.with(|t| t.get()) {
+            return self.enter(f);
+        }
+        let l = &*self.leader;
+        let _turn = l.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut f, mut out) = (Some(f), None);
+        let mut job = || out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f.take().expect("runs once"))));
+        let job: &mut (dyn FnMut() + Send) = &mut job;
+        // SAFETY (lifetime erasure): the leader runs the job before setting `done`, and this call
+        // waits for `done`, so the borrow outlives every use.
+        let job: *mut (dyn FnMut() + Send) = unsafe { std::mem::transmute(job) };
+        *l.done.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        {
+            let mut slot = l.slot.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(LeaderJob(job, self));
+            l.pending.store(true, Release);
+            l.wake.notify_one();
+        }
+        let mut done = l.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = l.finished.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(done);
+        match out.expect("the leader ran the job") {
+            Ok(r) => r,
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
+
+    /// Run `f` on the calling thread with this pool as its pool for [`parallel_for`] (the caller
+    /// takes part in the tasks). For work that must stay on its thread (inside another pool).
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         let prev = CURRENT.with(|c| c.replace(self));
         struct Restore(*const ThreadPool);
         impl Drop for Restore {
@@ -139,6 +242,9 @@ impl ThreadPool {
                 std::hint::spin_loop();
             }
         }
+        if let Some(payload) = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(payload);
+        }
     }
 }
 
@@ -156,8 +262,11 @@ fn claim_and_run(s: &Shared, generation: u64, tasks: usize) -> usize {
                 // by the waiting caller (which stored it before publishing the generation).
                 let job: Job = unsafe { *s.job.get() };
                 let was = IN_TASK.with(|t| t.replace(true));
-                unsafe { (*job)((v & 0xffff_ffff) as usize) };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*job)((v & 0xffff_ffff) as usize) }));
                 IN_TASK.with(|t| t.set(was));
+                if let Err(payload) = result {
+                    s.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+                }
                 ran += 1;
                 v += 1;
             }
@@ -204,6 +313,11 @@ fn worker(s: &Shared) {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
+        self.leader.shutdown.store(true, SeqCst);
+        {
+            let _g = self.leader.slot.lock().unwrap_or_else(|e| e.into_inner());
+            self.leader.wake.notify_all();
+        }
         self.shared.shutdown.store(true, SeqCst);
         {
             let _g = self.shared.park.lock().unwrap_or_else(|e| e.into_inner());
@@ -316,6 +430,38 @@ mod tests {
             })
         });
         assert!(v.iter().enumerate().all(|(i, &x)| i == x));
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_pool_keeps_working() {
+        let pool = ThreadPool::new(3).unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(16, &|i| {
+                if i == 11 {
+                    panic!("task {i} failed");
+                }
+            })
+        }));
+        let msg = caught.unwrap_err().downcast::<String>().unwrap();
+        assert_eq!(*msg, "task 11 failed");
+        let total = AtomicUsize::new(0);
+        pool.run(16, &|_| {
+            total.fetch_add(1, Relaxed);
+        });
+        assert_eq!(total.load(Relaxed), 16);
+    }
+
+    #[test]
+    fn install_runs_on_the_leader_returns_its_value_and_reraises_its_panic() {
+        let pool = ThreadPool::new(2).unwrap();
+        let me = std::thread::current().id();
+        let (id, nested) = pool.install(|| (std::thread::current().id(), pool.install(|| std::thread::current().id())));
+        assert_ne!(id, me);
+        assert_eq!(nested, id, "a nested install runs in place");
+        assert_eq!(pool.install(|| pool.install(|| current_threads())), 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| panic!("in the leader"))));
+        assert_eq!(*caught.unwrap_err().downcast::<&str>().unwrap(), "in the leader");
+        assert_eq!(pool.install(|| 7), 7, "the leader survives a panicking job");
     }
 
     #[test]
