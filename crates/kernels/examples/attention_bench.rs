@@ -1,13 +1,13 @@
 //! Flash attention timings on Qwen3-0.6B's shape (16 query heads, 8 KV heads, head_dim 128):
 //! `cargo run --example attention_bench -p nano-qwen3-kernels`
-//! (`NANO_QWEN3_ISA=portable` for the plain path, `RAYON_NUM_THREADS` for the pool size).
+//! (`NANO_QWEN3_ISA=portable` for the plain path; the kernel pool has one thread per core).
 use half::{bf16, f16};
 use nano_qwen3_kernels::active_isa;
 use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem};
 use std::time::Instant;
 
 fn main() {
-    println!("isa {}, {} threads", active_isa().name(), rayon::current_num_threads());
+    println!("isa {}, {} threads", active_isa().name(), nano_qwen3_kernels::pool::current_threads());
     for (q_len, start) in [(1, 511), (1, 4095), (512, 0)] {
         let kind = if q_len == 1 { "decode " } else { "prefill" };
         let f32_us = time::<f32>(q_len, start);

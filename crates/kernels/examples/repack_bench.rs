@@ -196,10 +196,12 @@ fn main() {
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let what = args.get(2).cloned().unwrap_or_default();
     let isa = active_isa();
+    let kernels = nano_qwen3_kernels::pool::ThreadPool::new(2).unwrap();
+    // The bandwidth probe reads with 2 rayon threads, the kernels run on their own pool of 2.
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     println!("isa {}, 2 threads, {rounds} rounds", isa.name());
-    pool.install(|| {
-        read_bandwidth(rounds);
+    pool.install(|| read_bandwidth(rounds));
+    kernels.install(|| {
         bench("Q8_0 vs Q8x8", rounds, &what, &q8, &Q8x8Matrix::from_q8, isa);
         bench("Q4_0 vs Q4x8", rounds, &what, &q4, &Q4x8Matrix::from_q4, isa);
     });

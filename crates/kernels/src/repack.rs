@@ -508,7 +508,7 @@ mod avx2 {
 
     /// `MR` activation rows by one 8-row group: each weight vector (4 elements of 8 rows) feeds MR
     /// rows. Per 32 products: sign, maddubs, madd, add, plus two broadcast loads.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); MR];
@@ -537,7 +537,7 @@ mod avx2 {
 
     /// Q4 tile: one 32-byte load gives elements 4v..4v+4 (low nibbles) and 16+4v.. (high) of 8
     /// rows; the 8 groups of a block accumulate in i16, widened and offset once per block.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: *const BlockQ4x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
         let mask = _mm256_set1_epi8(0xF);
         let mut acc = [_mm256_setzero_ps(); MR];
