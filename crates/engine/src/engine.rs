@@ -69,7 +69,7 @@ pub struct Engine {
     pub prefill_chunk: Option<usize>,
     pub kv_dtype: KvDtype,
     checkpoint_bytes: usize,
-    /// The kernels' threads (the caller plus `threads - 1` spinning workers).
+    /// The kernels' threads: a leader that runs each forward call and `threads - 1` workers.
     pool: ThreadPool,
     _load_pool: rayon::ThreadPool,
     /// What compile mode max-autotune measured or read from its cache at load.

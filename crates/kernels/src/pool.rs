@@ -287,7 +287,12 @@ fn worker(s: &Shared) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && started.elapsed() > SPIN {
+            if spins % 1024 != 0 {
+                std::hint::spin_loop();
+            } else if started.elapsed() <= SPIN {
+                // Where cores are oversubscribed (several engines, other work), let others run.
+                std::thread::yield_now();
+            } else {
                 s.sleepers.fetch_add(1, SeqCst);
                 let mut guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
                 while s.state.load(SeqCst) >> 32 == seen && !s.shutdown.load(SeqCst) {
@@ -295,8 +300,6 @@ fn worker(s: &Shared) {
                 }
                 drop(guard);
                 s.sleepers.fetch_sub(1, SeqCst);
-            } else {
-                std::hint::spin_loop();
             }
         };
         if s.shutdown.load(Relaxed) {
