@@ -359,22 +359,23 @@ impl Engine {
     /// Forward `tokens` of one sequence (appended to `cache`) on the engine's threads; `logits`
     /// is replaced by the last position's logits or every position's (row-major `[n, vocab]`).
     /// Prompts run in chunks of at most `prefill_chunk` tokens when chunked prefill is on
-    /// (activation memory bounded by the chunk). With reduce-overhead, a reserved cache and a
-    /// reused `logits`, a decode step allocates nothing.
+    /// (activation memory bounded by the chunk, and other requests' steps run between chunks).
+    /// With reduce-overhead, a reserved cache and a reused `logits`, a decode step allocates nothing.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor, logits: &mut Vec<f32>) -> Result<()> {
         let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
         // The cache grows by doubling; sized once here, chunks don't pay for (and hold) the copies.
         cache.reserve(tokens.len());
         logits.clear();
-        self.pool.install(|| {
-            for part in tokens.chunks(chunk) {
-                if which == LogitsFor::LastToken {
-                    logits.clear(); // only the last chunk's last row is wanted
-                }
-                self.model.forward_fast_into(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec, logits)?;
+        for part in tokens.chunks(chunk) {
+            if which == LogitsFor::LastToken {
+                logits.clear(); // only the last chunk's last row is wanted
             }
-            Ok(())
-        })
+            // One hand-off to the pool's leader per chunk: the engine's calls take turns there.
+            self.pool.install(|| {
+                self.model.forward_fast_into(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec, logits)
+            })?;
+        }
+        Ok(())
     }
 
     pub fn live_kv_bytes(&self) -> usize {
