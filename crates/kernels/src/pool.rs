@@ -165,7 +165,8 @@ impl ThreadPool {
     /// Run `f` on the pool's leader thread, with this pool current there for [`parallel_for`];
     /// the caller blocks until it returns (a panic in `f` is re-raised here). Allocates nothing.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        if IS_LEADER.with(|t| t.get()) {
+        // Already on the leader, or inside a task (waiting for the leader would deadlock): in place.
+        if IS_LEADER.with(|t| t.get()) || IN_TASK.with(|t| t.get()) {
             return self.enter(f);
         }
         let l = &*self.leader;
@@ -462,6 +463,13 @@ mod tests {
         assert_ne!(id, me);
         assert_eq!(nested, id, "a nested install runs in place");
         assert_eq!(pool.install(|| pool.install(|| current_threads())), 2);
+        let from_tasks = AtomicUsize::new(0);
+        pool.install(|| {
+            parallel_for(8, |_| {
+                from_tasks.fetch_add(pool.install(|| 1), Relaxed); // in place, no deadlock
+            })
+        });
+        assert_eq!(from_tasks.load(Relaxed), 8);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| panic!("in the leader"))));
         assert_eq!(*caught.unwrap_err().downcast::<&str>().unwrap(), "in the leader");
         assert_eq!(pool.install(|| 7), 7, "the leader survives a panicking job");
