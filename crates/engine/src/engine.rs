@@ -298,6 +298,10 @@ impl Engine {
             if cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Aborted);
             }
+            // Padding rows of the lm_head have no token: never sample them.
+            if let Some(pad) = logits.get_mut(self.tokenizer.vocab_size()..) {
+                pad.fill(f32::NEG_INFINITY);
+            }
             let next = sampler.sample(&mut logits);
             sampler.observe(next);
             if stop_ids.contains(&next) {

@@ -41,13 +41,16 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
+    /// Token ids this tokenizer can decode: `0..vocab_size` (the model's matrices may be padded
+    /// past it, e.g. 151936 rows for Qwen3's 151669 tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
 }
 
 /// Turns a growing token sequence into text deltas. A delta is released only when the decoded text

@@ -284,3 +284,24 @@ fn repacked_weights_give_the_row_major_results() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The lm_head has padding rows past the tokenizer's vocabulary (151936 vs 151669); sampling must
+/// never pick one (it could not be decoded). Near-uniform sampling over many tokens would hit the
+/// 267 padding ids with probability ~97% if they were not masked.
+#[test]
+fn sampling_never_picks_the_lm_head_padding() {
+    let engine = load(Quantization::None);
+    let vocab = engine.tokenizer.vocab_size();
+    assert!(vocab < engine.model.config.vocab_size, "the fixture has padding rows");
+    let prompt = engine.tokenizer.encode("Hello", false).unwrap();
+    let mut seen = 0;
+    for seed in 0..4 {
+        let opts = GenerateRequest { max_tokens: Some(500.0), temperature: Some(100.0), top_k: Some(0.0), ignore_eos: true, seed: Some(seed as f64), ..Default::default() }
+            .resolve(&engine.generation_defaults)
+            .unwrap();
+        let out = engine.generate(&prompt, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        assert!(out.token_ids.iter().all(|&t| (t as usize) < vocab), "seed {seed}: sampled a padding id");
+        seen += out.token_ids.len();
+    }
+    assert_eq!(seen, 2000);
+}
