@@ -307,6 +307,7 @@ mod tests {
 
     /// The AVX2 quantizer gives the portable bits: random blocks at several magnitudes, exact
     /// half-step ties (rounded away from zero), zeros, negative zeros and a lone outlier.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_quantize_matches_portable() {
         if !crate::Isa::Avx2.supported() {
