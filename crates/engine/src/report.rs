@@ -33,6 +33,9 @@ pub struct ModelInfo {
     pub compute_dtype: String,
     pub device: String,
     pub threads: usize,
+    /// The kernels' instruction set, chosen at run time ("avx2+fma+f16c", "neon+dotprod",
+    /// "portable"; `NANO_QWEN3_ISA` forces one).
+    pub simd: &'static str,
     pub load_time_ms: f64,
     pub has_chat_template: bool,
     /// What compile mode max-autotune measured or read from its cache (null otherwise).
@@ -155,6 +158,7 @@ impl Engine {
             load_time_ms: self.load_time_ms,
             has_chat_template: self.template.is_some(),
             autotune: self.autotune.clone(),
+            simd: nano_qwen3_kernels::active_isa().name(),
         }
     }
 
