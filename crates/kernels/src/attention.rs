@@ -17,6 +17,7 @@ use crate::simd::Isa;
 use half::{bf16, f16};
 use crate::pool::{current_threads, parallel_chunks_mut, parallel_for, thread_index};
 use std::cell::UnsafeCell;
+use crate::linear::WeightElem;
 use std::cell::Cell;
 use std::ops::Range;
 
@@ -29,17 +30,12 @@ const ROWS_PER_ITEM: usize = 32;
 const MIN_KV_CHUNK: usize = 128;
 
 /// Element type of the KV cache: f32, or [`f16`] / [`bf16`] (half the memory and bandwidth),
-/// widened to f32 when read.
-pub trait KvElem: Copy + Send + Sync + 'static + sealed::Storage {
-    fn to_f32(self) -> f32;
+/// widened to f32 when read (the weights' [`WeightElem::to_f32`]).
+pub trait KvElem: WeightElem + sealed::Storage {
     fn from_f32(x: f32) -> Self;
 }
 
 impl KvElem for f32 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
@@ -47,19 +43,11 @@ impl KvElem for f32 {
 }
 impl KvElem for f16 {
     #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
 }
 impl KvElem for bf16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
@@ -378,16 +366,11 @@ fn with_scratches<R>(rows: usize, hd: usize, f: impl FnOnce(&Scratches) -> R) ->
     })
 }
 
-/// Runs `f` with a reused buffer of `len` floats for split-KV partials. Taken out of the
-/// thread-local while in use, so a nested call (a stolen job) just allocates its own.
+/// Runs `f` with this thread's reused buffer of `len` zeroed floats for split-KV partials.
 fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PARTIALS.with(|cell| {
-        let mut buf = cell.take();
-        buf.clear();
-        buf.resize(len, 0.0);
-        let r = f(&mut buf);
-        cell.set(buf);
-        r
+    crate::scratch::with_buffer(&PARTIALS, len, 0.0, |buf| {
+        buf.fill(0.0);
+        f(buf)
     })
 }
 

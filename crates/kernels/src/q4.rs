@@ -5,8 +5,7 @@
 //! Unlike plain Q4_0 (scale fixed by the largest value), each block's scale is chosen to minimise
 //! the block's squared reconstruction error: a few candidate scales around the abs-max one are
 //! tried, each refined by least squares for its rounding, and the best is kept.
-use crate::linear::drive;
-use crate::q8::{BlockQ8, QK8};
+use crate::q8::{block_linear, BlockMatrix, BlockQ8, Tile};
 use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
@@ -180,25 +179,12 @@ impl QuantMatrix for Q4Matrix {
 
     /// x is quantized to int8 blocks per row at run time.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
-        let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k && y.len() >= m * n, "q4 linear: buffers too small");
-        crate::q8::with_quantized(&x[..m * k], k, None, |xq| {
-            let bpr = k / QK8;
-            let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
-            drive(self.name(), m, n, k, y, |i, j, mr, nr, out| unsafe {
-                let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ4);
-                #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
-                    let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
-                    return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
-                }
-                for a in 0..mr {
-                    for b in 0..nr {
-                        *out.add(a * n + b) = dot(isa, xb.add((i + a) * bpr), wb.add((j + b) * bpr), bpr);
-                    }
-                }
-            });
-        })
+        #[cfg(target_arch = "x86_64")]
+        let tiles: Option<[Tile<BlockQ4>; 2]> = (isa == Isa::Avx2).then_some([avx2::tile::<1>, avx2::tile::<2>]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiles: Option<[Tile<_>; 2]> = None;
+        let w = BlockMatrix { name: self.name(), blocks: &self.blocks, n: self.n, k: self.k };
+        block_linear(&w, x, m, y, None, tiles, dot, isa)
     }
 }
 

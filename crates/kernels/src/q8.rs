@@ -161,29 +161,76 @@ impl QuantMatrix for Q8Matrix {
 
     /// x is quantized per row at run time, or with the static scales when calibrated.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
-        let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k && y.len() >= m * n, "q8 linear: buffers too small");
-        with_quantized(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
-            let bpr = k / QK8;
-            let (xb, wb) = (xq.as_ptr() as usize, self.blocks.as_ptr() as usize);
-            drive(self.name(), m, n, k, y, |i, j, mr, nr, out| unsafe {
-                let (xb, wb) = (xb as *const BlockQ8, wb as *const BlockQ8);
-                #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx2 && nr == 4 && mr <= 2 {
-                    let (x, w) = (xb.add(i * bpr), wb.add(j * bpr));
-                    return if mr == 2 { avx2::tile::<2>(x, w, bpr, out, n) } else { avx2::tile::<1>(x, w, bpr, out, n) };
-                }
-                for a in 0..mr {
-                    for b in 0..nr {
-                        let xr = xb.add((i + a) * bpr);
-                        let wr = wb.add((j + b) * bpr);
-                        *out.add(a * n + b) = dot(isa, xr, wr, bpr);
-                    }
-                }
-            });
-        })
+        #[cfg(target_arch = "x86_64")]
+        let tiles: Option<[Tile<BlockQ8>; 2]> = (isa == Isa::Avx2).then_some([avx2::tile::<1>, avx2::tile::<2>]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiles: Option<[Tile<_>; 2]> = None;
+        let w = BlockMatrix { name: self.name(), blocks: &self.blocks, n: self.n, k: self.k };
+        block_linear(&w, x, m, y, self.act_scales.as_deref(), tiles, dot, isa)
     }
 }
+
+/// A register tile of the row-major block kernels: 1 or 2 activation rows by 4 weight rows.
+pub(crate) type Tile<W> = unsafe fn(*const BlockQ8, *const W, usize, *mut f32, usize);
+/// One activation row's dot product with one weight row, `blocks` blocks long.
+pub(crate) type Dot<W> = unsafe fn(Isa, *const BlockQ8, *const W, usize) -> f32;
+
+/// A row-major block matrix as [`block_linear`] reads it.
+pub(crate) struct BlockMatrix<'a, W> {
+    pub name: &'static str,
+    pub blocks: &'a [W],
+    pub n: usize,
+    pub k: usize,
+}
+
+/// `y = x · Wᵀ` for row-major Q8_0 or Q4_0 weights: x quantized into Q8 blocks (with static
+/// `scales`, or per token), `tiles[mr - 1]` on full 4-row tiles of 1-2 rows when the ISA has
+/// them, `dot` everywhere else.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn block_linear<W: Sync>(
+    w: &BlockMatrix<W>,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    scales: Option<&[f32]>,
+    tiles: Option<[Tile<W>; 2]>,
+    dot: Dot<W>,
+    isa: Isa,
+) {
+    let (n, k, bpr) = (w.n, w.k, w.k / QK8);
+    assert!(x.len() >= m * k && y.len() >= m * n, "{}: buffers too small", w.name);
+    with_quantized(&x[..m * k], k, scales, |xq| {
+        let (xb, wb) = (SyncConst(xq.as_ptr()), SyncConst(w.blocks.as_ptr()));
+        drive(w.name, m, n, k, y, |i, j, mr, nr, out| unsafe {
+            let (xb, wb) = (xb.get(), wb.get());
+            if let (Some(t), 4, 1..=2) = (tiles, nr, mr) {
+                return t[mr - 1](xb.add(i * bpr), wb.add(j * bpr), bpr, out, n);
+            }
+            for a in 0..mr {
+                for b in 0..nr {
+                    *out.add(a * n + b) = dot(isa, xb.add((i + a) * bpr), wb.add((j + b) * bpr), bpr);
+                }
+            }
+        });
+    })
+}
+
+/// A read-only pointer shared by the tasks of one matmul.
+struct SyncConst<T>(*const T);
+impl<T> SyncConst<T> {
+    /// Through a method, so closures capture the wrapper, not the bare pointer.
+    fn get(self) -> *const T {
+        self.0
+    }
+}
+impl<T> Clone for SyncConst<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncConst<T> {}
+unsafe impl<T: Sync> Sync for SyncConst<T> {}
+unsafe impl<T: Sync> Send for SyncConst<T> {}
 
 unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]

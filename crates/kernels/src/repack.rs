@@ -43,6 +43,18 @@ use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
 use half::f16;
 use rayon::prelude::*;
 
+/// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows.
+macro_rules! by_rows {
+    ($($tile:ident)::+, $mr:expr, $($arg:expr),*) => {
+        match $mr {
+            1 => $($tile)::+::<1>($($arg),*),
+            2 => $($tile)::+::<2>($($arg),*),
+            3 => $($tile)::+::<3>($($arg),*),
+            _ => $($tile)::+::<4>($($arg),*),
+        }
+    };
+}
+
 /// Weight rows interleaved per block.
 pub const ROWS: usize = 8;
 
@@ -237,53 +249,41 @@ impl QuantMatrix for Q8x8Matrix {
     }
 
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
-        let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
-        with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| self.run(xq, m, y, None, isa))
+        self.run(x, m, y, None, isa)
     }
 
     fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
         if self.n % (2 * ROWS) != 0 {
             return swiglu_unfused(self, x, m, gu, act, isa);
         }
-        assert!(x.len() >= m * self.k && gu.len() >= m * self.n, "q8x8 linear: buffers too small");
-        with_prepared_q8(&x[..m * self.k], self.k, self.act_scales.as_deref(), |xq| self.run(xq, m, gu, Some(act), isa))
+        self.run(x, m, gu, Some(act), isa)
     }
 }
 
 impl Q8x8Matrix {
-    fn run(&self, xq: &[XQ8], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
-        let (n, bpr) = (self.n, self.k / QK8);
-        let wq = &self.blocks[..];
-        drive(self.name(), m, n, self.k, y, act, |i, mr, g, out| unsafe {
-            let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
-            let cols = (n - g * ROWS).min(ROWS);
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx2 {
-                use avx2::q8_tile as t;
-                return match mr {
-                    1 => t::<1>(x, w, bpr, out, n, cols),
-                    2 => t::<2>(x, w, bpr, out, n, cols),
-                    3 => t::<3>(x, w, bpr, out, n, cols),
-                    _ => t::<4>(x, w, bpr, out, n, cols),
-                };
-            }
-            #[cfg(target_arch = "aarch64")]
-            if isa == Isa::NeonDotprod {
-                use neon::q8_tile as t;
-                return match mr {
-                    1 => t::<1>(x, w, bpr, out, n, cols),
-                    2 => t::<2>(x, w, bpr, out, n, cols),
-                    3 => t::<3>(x, w, bpr, out, n, cols),
-                    _ => t::<4>(x, w, bpr, out, n, cols),
-                };
-            }
-            let _ = isa;
-            for a in 0..mr {
-                let acc = portable_q8(x.add(a * bpr), w, bpr);
-                std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
-            }
-        });
+    /// `linear`, with the SwiGLU epilogue when `act` is given (see [`drive`]).
+    fn run(&self, x: &[f32], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
+        let (n, k, bpr) = (self.n, self.k, self.k / QK8);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
+        with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
+            drive(self.name(), m, n, k, y, act, |i, mr, g, out| unsafe {
+                let (x, w) = (xq.as_ptr().add(i * bpr), self.blocks.as_ptr().add(g * bpr));
+                let cols = (n - g * ROWS).min(ROWS);
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx2 {
+                    return by_rows!(avx2::q8_tile, mr, x, w, bpr, out, n, cols);
+                }
+                #[cfg(target_arch = "aarch64")]
+                if isa == Isa::NeonDotprod {
+                    return by_rows!(neon::q8_tile, mr, x, w, bpr, out, n, cols);
+                }
+                let _ = isa;
+                for a in 0..mr {
+                    let acc = portable_q8(x.add(a * bpr), w, bpr);
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
+                }
+            })
+        })
     }
 }
 
@@ -318,53 +318,41 @@ impl QuantMatrix for Q4x8Matrix {
 
     /// x is quantized to int8 blocks per row at run time (as [`Q4Matrix`]).
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
-        let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
-        with_prepared_q4(&x[..m * k], k, |xq| self.run(xq, m, y, None, isa))
+        self.run(x, m, y, None, isa)
     }
 
     fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
         if self.n % (2 * ROWS) != 0 {
             return swiglu_unfused(self, x, m, gu, act, isa);
         }
-        assert!(x.len() >= m * self.k && gu.len() >= m * self.n, "q4x8 linear: buffers too small");
-        with_prepared_q4(&x[..m * self.k], self.k, |xq| self.run(xq, m, gu, Some(act), isa))
+        self.run(x, m, gu, Some(act), isa)
     }
 }
 
 impl Q4x8Matrix {
-    fn run(&self, xq: &[XQ4], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
-        let (n, bpr) = (self.n, self.k / QK4);
-        let wq = &self.blocks[..];
-        drive(self.name(), m, n, self.k, y, act, |i, mr, g, out| unsafe {
-            let (x, w) = (xq.as_ptr().add(i * bpr), wq.as_ptr().add(g * bpr));
-            let cols = (n - g * ROWS).min(ROWS);
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx2 {
-                use avx2::q4_tile as t;
-                return match mr {
-                    1 => t::<1>(x, w, bpr, out, n, cols),
-                    2 => t::<2>(x, w, bpr, out, n, cols),
-                    3 => t::<3>(x, w, bpr, out, n, cols),
-                    _ => t::<4>(x, w, bpr, out, n, cols),
-                };
-            }
-            #[cfg(target_arch = "aarch64")]
-            if isa == Isa::NeonDotprod {
-                use neon::q4_tile as t;
-                return match mr {
-                    1 => t::<1>(x, w, bpr, out, n, cols),
-                    2 => t::<2>(x, w, bpr, out, n, cols),
-                    3 => t::<3>(x, w, bpr, out, n, cols),
-                    _ => t::<4>(x, w, bpr, out, n, cols),
-                };
-            }
-            let _ = isa;
-            for a in 0..mr {
-                let acc = portable_q4(x.add(a * bpr), w, bpr);
-                std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
-            }
-        });
+    /// `linear`, with the SwiGLU epilogue when `act` is given (see [`drive`]).
+    fn run(&self, x: &[f32], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
+        let (n, k, bpr) = (self.n, self.k, self.k / QK4);
+        assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
+        with_prepared_q4(&x[..m * k], k, |xq| {
+            drive(self.name(), m, n, k, y, act, |i, mr, g, out| unsafe {
+                let (x, w) = (xq.as_ptr().add(i * bpr), self.blocks.as_ptr().add(g * bpr));
+                let cols = (n - g * ROWS).min(ROWS);
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx2 {
+                    return by_rows!(avx2::q4_tile, mr, x, w, bpr, out, n, cols);
+                }
+                #[cfg(target_arch = "aarch64")]
+                if isa == Isa::NeonDotprod {
+                    return by_rows!(neon::q4_tile, mr, x, w, bpr, out, n, cols);
+                }
+                let _ = isa;
+                for a in 0..mr {
+                    let acc = portable_q4(x.add(a * bpr), w, bpr);
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
+                }
+            })
+        })
     }
 }
 
