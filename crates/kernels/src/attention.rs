@@ -387,7 +387,7 @@ struct Problem<'a, T> {
 
 impl<'a, T: KvElem> Problem<'a, T> {
     fn new(q: &'a [f32], k: &'a [T], v: &'a [T], shape: &AttentionShape, isa: Isa, plan: Plan) -> Self {
-        let avx2 = cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && shape.head_dim % 8 == 0 && Isa::Avx2.supported();
+        let avx2 = cfg!(target_arch = "x86_64") && isa.uses_avx2() && shape.head_dim % 8 == 0 && Isa::Avx2.supported();
         Problem { q, k, v, shape: *shape, plan, scale: 1.0 / (shape.head_dim as f32).sqrt(), avx2 }
     }
 

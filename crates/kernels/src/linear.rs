@@ -86,7 +86,7 @@ thread_local! {
 fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
     assert!(w.len() >= n * k, "linear: weights too small for n={n} k={k}");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && W::IS_BF16 {
+    if isa.uses_avx2() && W::IS_BF16 {
         // bf16 rows are read 16 at a time and split into even/odd lanes by shift and mask, so x
         // is rearranged to match once per call (see avx2::tile_bf16).
         return crate::scratch::with_buffer(&EVEN_ODD, m * k, 0.0, |xp| {
@@ -146,7 +146,7 @@ unsafe fn tile<W: WeightElem + simd_load::Load8>(
     nr: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.uses_avx2() {
         use avx2::tile as t;
         match (mr, nr) {
             (2, 4) => return avx2::tile_x4::<W, 2>(x, w, k, y, ldy),

@@ -75,19 +75,36 @@ pub fn quantize_block(x: &[f32]) -> BlockQ4 {
 /// the mean square of the activation that weight i multiplies (from calibration), so the error
 /// lands where it costs the layer's output least.
 pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
-    let x: &[f32; QK4] = x.try_into().expect("q4: a block is 32 values");
-    let imp: &[f32; QK4] = imp.try_into().expect("q4: one importance per value");
+    let mut out = [BlockQ4 { d: f16::ZERO, qs: [0; QK4 / 2] }];
+    quantize_group_weighted(x, imp, &mut out);
+    out[0]
+}
+
+/// [`quantize_block_weighted`] for a group of whole blocks sharing one scale (`x.len()` = 32 ×
+/// `out.len()`): the search scores the whole group, and every block stores the same scale, so
+/// the group is plain Q4_0 that the repacked kernels store with one scale per group.
+pub fn quantize_group_weighted(x: &[f32], imp: &[f32], out: &mut [BlockQ4]) {
+    assert!(x.len() == QK4 * out.len() && imp.len() == x.len(), "q4: a group is 32 values per block, one importance each");
     let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
     if m == 0.0 {
-        return pack(&[0; QK4], 0.0);
+        out.fill(pack(&[0; QK4], 0.0));
+        return;
     }
-    let evaluate = |d: f32| {
+    let evaluate_block = |x: &[f32; QK4], imp: &[f32; QK4], d: f32| {
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::active_isa() == Isa::Avx2 {
+        if crate::simd::active_isa().uses_avx2() {
             // SAFETY: AVX2+FMA support checked by active_isa.
             return unsafe { avx2::evaluate(x, imp, d) };
         }
         evaluate(x, imp, d)
+    };
+    let evaluate = |d: f32| {
+        let mut total = (0f32, 0f32, 0f32);
+        for (x, imp) in x.chunks_exact(QK4).zip(imp.chunks_exact(QK4)) {
+            let (e, num, den) = evaluate_block(x.try_into().unwrap(), imp.try_into().unwrap(), d);
+            total = (total.0 + e, total.1 + num, total.2 + den);
+        }
+        total
     };
     // Candidate scales: the extreme mapped to -8 (as Q4_0) or to +7, and slightly smaller ones
     // that clip the extreme but resolve the bulk of the values more finely. Each candidate's
@@ -109,8 +126,14 @@ pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
     }
     // Store the scale as f16 and round with the stored value, so the decoder sees what we scored.
     let d = f16::from_f32(best.1).to_f32();
-    pack(&encode(x, d), d)
+    for (b, x) in out.iter_mut().zip(x.chunks_exact(QK4)) {
+        *b = pack(&encode(x, d), d);
+    }
 }
+
+/// Weights per int4 scale the quantizer offers: 32 is Q4_0; 64 and 128 share one scale over 2 or
+/// 4 blocks (4.25 and 4.125 bits per weight instead of 4.5, in the repacked layout).
+pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 
 /// NANO_QWEN3_Q4_SCALES=absmax reproduces llama.cpp's own Q4_0 rule (no search, no importances):
 /// `npm run quality` exports "llama.cpp's Q4_0" of the same weights with it.
@@ -133,18 +156,41 @@ impl Q4Matrix {
 
     /// With `importance` (len k: the mean square of each input feature), activation-aware.
     pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>) -> Self {
+        Self::quantize_grouped(w, n, k, importance, QK4)
+    }
+
+    /// [`Self::quantize_weighted`] with one scale per `group` weights (one of [`GROUP_SIZES`],
+    /// dividing `k`). NANO_QWEN3_Q4_SCALES=absmax ignores the group: it is llama.cpp's Q4_0 rule.
+    pub fn quantize_grouped(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>, group: usize) -> Self {
         use rayon::prelude::*;
-        assert!(k % QK4 == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}]");
-        let ones = [1.0f32; QK4];
-        let imp = |c: usize| importance.map_or(&ones[..], |i| &i[c * QK4..(c + 1) * QK4]);
+        assert!(GROUP_SIZES.contains(&group), "q4: group size {group} is not one of {GROUP_SIZES:?}");
+        assert!(k % group == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}] for groups of {group}");
+        let ones = vec![1.0f32; group];
+        let imp = |c: usize| importance.map_or(&ones[..], |i| &i[c * group..(c + 1) * group]);
         let llama_rule = llama_rule_requested();
         let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
         blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
-            for (c, (b, x)) in bs.iter_mut().zip(row.chunks_exact(QK4)).enumerate() {
-                *b = if llama_rule { quantize_block_absmax(x) } else { quantize_block_weighted(x, imp(c)) };
+            for (c, (out, x)) in bs.chunks_exact_mut(group / QK4).zip(row.chunks_exact(group)).enumerate() {
+                if llama_rule {
+                    out.iter_mut().zip(x.chunks_exact(QK4)).for_each(|(b, x)| *b = quantize_block_absmax(x));
+                } else {
+                    quantize_group_weighted(x, imp(c), out);
+                }
             }
         });
         Self { n, k, blocks }
+    }
+
+    /// The most consecutive blocks (4, 2 or 1) whose scales are equal, bit for bit, in every
+    /// group of every row: what [`Self::quantize_grouped`] made, or a Q4_0 file exported from it.
+    pub fn shared_scale_blocks(&self) -> usize {
+        let bpr = self.k / QK4;
+        [4, 2].into_iter()
+            .find(|&g| {
+                bpr % g == 0
+                    && self.blocks.chunks_exact(g).all(|grp| grp.iter().all(|b| b.d.to_bits() == grp[0].d.to_bits()))
+            })
+            .unwrap_or(1)
     }
 
 }
@@ -180,7 +226,7 @@ impl QuantMatrix for Q4Matrix {
     /// x is quantized to int8 blocks per row at run time.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         #[cfg(target_arch = "x86_64")]
-        let tiles: Option<[Tile<BlockQ4>; 2]> = (isa == Isa::Avx2).then_some([avx2::tile::<1>, avx2::tile::<2>]);
+        let tiles: Option<[Tile<BlockQ4>; 2]> = isa.uses_avx2().then_some([avx2::tile::<1>, avx2::tile::<2>]);
         #[cfg(not(target_arch = "x86_64"))]
         let tiles: Option<[Tile<_>; 2]> = None;
         let w = BlockMatrix { name: self.name(), blocks: &self.blocks, n: self.n, k: self.k };
@@ -190,7 +236,7 @@ impl QuantMatrix for Q4Matrix {
 
 unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.uses_avx2() {
         return avx2::dot(x, w, blocks);
     }
     let _ = isa;
@@ -344,6 +390,36 @@ mod tests {
             plain += b as f64;
         }
         assert!(weighted < 0.9 * plain, "weighted error {weighted} vs unweighted search {plain}");
+    }
+
+    /// A shared scale per 64 or 128 weights: stored in every block, never worse than the group's
+    /// abs-max scale, and costing little over per-block scales on bell-shaped weights.
+    #[test]
+    fn grouped_scales_are_shared_and_searched() {
+        let (n, k) = (16, 1024);
+        let w = fill(n * k, 13);
+        let rmse = |q: &Q4Matrix| (q.dequantize().iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
+        let per_block = rmse(&Q4Matrix::quantize(&w, n, k));
+        assert_eq!(Q4Matrix::quantize(&w, n, k).shared_scale_blocks(), 1);
+        for (group, blocks) in [(64, 2), (128, 4)] {
+            let q = Q4Matrix::quantize_grouped(&w, n, k, None, group);
+            assert_eq!(q.shared_scale_blocks(), blocks);
+            for g in w.chunks_exact(group) {
+                let mut ours = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; blocks];
+                quantize_group_weighted(g, &vec![1.0; group], &mut ours);
+                // The abs-max rule over the whole group (Q4_0's rule, one scale).
+                let m = g.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                let d = f16::from_f32(m / -8.0).to_f32();
+                let absmax: Vec<BlockQ4> = g.chunks_exact(QK4).map(|x| pack(&encode(x, d), d)).collect();
+                let err = |bs: &[BlockQ4]| {
+                    let m = Q4Matrix { n: 1, k: group, blocks: bs.to_vec() };
+                    m.dequantize().iter().zip(g).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+                };
+                assert!(err(&ours) <= err(&absmax) * 1.0001, "group {group}: {} > abs-max {}", err(&ours), err(&absmax));
+            }
+            let e = rmse(&q);
+            assert!(e > per_block && e < 1.25 * per_block, "group {group}: rmse {e} vs per-block {per_block}");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct Q8Matrix {
 /// Abs-max quantization of one block: scale = max|x| / 127, q = round(x / scale).
 pub fn quantize_block(x: &[f32]) -> BlockQ8 {
     #[cfg(target_arch = "x86_64")]
-    if x.len() == QK8 && crate::active_isa() == crate::Isa::Avx2 {
+    if x.len() == QK8 && crate::active_isa().uses_avx2() {
         // SAFETY: AVX2 was detected; 32 values.
         return unsafe { avx2::quantize_block(x) };
     }
@@ -162,7 +162,7 @@ impl QuantMatrix for Q8Matrix {
     /// x is quantized per row at run time, or with the static scales when calibrated.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         #[cfg(target_arch = "x86_64")]
-        let tiles: Option<[Tile<BlockQ8>; 2]> = (isa == Isa::Avx2).then_some([avx2::tile::<1>, avx2::tile::<2>]);
+        let tiles: Option<[Tile<BlockQ8>; 2]> = isa.uses_avx2().then_some([avx2::tile::<1>, avx2::tile::<2>]);
         #[cfg(not(target_arch = "x86_64"))]
         let tiles: Option<[Tile<_>; 2]> = None;
         let w = BlockMatrix { name: self.name(), blocks: &self.blocks, n: self.n, k: self.k };
@@ -234,7 +234,7 @@ unsafe impl<T: Sync> Send for SyncConst<T> {}
 
 unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ8, blocks: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.uses_avx2() {
         return avx2::dot(x, w, blocks);
     }
     let _ = isa;

@@ -14,12 +14,14 @@
 //!
 //! - [`BlockQ8x8`] (272 bytes = 34 per row-block, as Q8_0): `d[r]` (f16) is row r's scale,
 //!   then `qs[32 s + 4 r + e]` = row r's int8 element `4 s + e` of the block (s: 0..8, e: 0..4).
-//! - [`BlockQ4x8`] (144 bytes = 18 per row-block, as Q4_0): `d[r]` (f16), then
-//!   `qs[32 v + 4 r + e]` = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low nibble is
-//!   element `4 v + e`, its high nibble element `16 + 4 v + e`. So one 32-byte load yields two
-//!   groups of 4 elements for 8 rows: `& 0xF` and `>> 4 & 0xF`.
+//! - [`Q4x8Matrix`]: nibbles and scales in two arrays. Per block, 128 bytes `qs[32 v + 4 r + e]`
+//!   = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low nibble is element `4 v + e`, its
+//!   high nibble element `16 + 4 v + e`. So one 32-byte load yields two groups of 4 elements for
+//!   8 rows: `& 0xF` and `>> 4 & 0xF`. Scales: 8 f16 per scale group `[group][scale group]`,
+//!   where a scale group is 1 block (Q4_0: 18 bytes per row-block), or 2 or 4 blocks when the
+//!   source's consecutive blocks share their scale (int4 groups of 64 / 128: 17 / 16.5 bytes).
 //!
-//! Both hold exactly the source's bytes, rearranged, so [`Q8x8Matrix::to_q8`] /
+//! Both hold exactly the source's values, rearranged, so [`Q8x8Matrix::to_q8`] /
 //! [`Q4x8Matrix::to_q4`] restore the original blocks bit for bit (GGUF export).
 //!
 //! Arithmetic is the row-major kernels' own: activations quantized per row to Q8_0 (or with the
@@ -67,15 +69,10 @@ pub struct BlockQ8x8 {
     pub qs: [i8; ROWS * QK8],
 }
 
-/// 8 rows x 32 4-bit weights, see the module docs; exactly as large as 8 Q4_0 blocks.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BlockQ4x8 {
-    pub d: [f16; ROWS],
-    pub qs: [u8; ROWS * QK4 / 2],
-}
+/// 8 rows x 32 4-bit weights' nibbles, see the module docs.
+pub type NibblesX8 = [u8; ROWS * QK4 / 2];
 
-const _: () = assert!(std::mem::size_of::<BlockQ8x8>() == 8 * 34 && std::mem::size_of::<BlockQ4x8>() == 8 * 18);
+const _: () = assert!(std::mem::size_of::<BlockQ8x8>() == 8 * 34);
 
 /// A `[n, k]` Q8_0 matrix in 8-row interleaved blocks.
 pub struct Q8x8Matrix {
@@ -91,8 +88,20 @@ pub struct Q8x8Matrix {
 pub struct Q4x8Matrix {
     pub n: usize,
     pub k: usize,
-    /// `n.div_ceil(8) * k / 32` blocks, `[group][block]`.
-    pub blocks: Vec<BlockQ4x8>,
+    /// Consecutive blocks sharing one scale: 1, 2 or 4.
+    pub group_blocks: usize,
+    /// `n.div_ceil(8) * k / 32` blocks' nibbles, `[group][block]`.
+    pub qs: Vec<NibblesX8>,
+    /// `n.div_ceil(8) * k / (32 group_blocks)` scale rows, `[group][scale group]`.
+    pub scales: Vec<[f16; ROWS]>,
+}
+
+/// One 8-row group of a [`Q4x8Matrix`], as the tiles read it.
+#[derive(Clone, Copy)]
+struct Q4Rows {
+    qs: *const NibblesX8,
+    d: *const [f16; ROWS],
+    group_blocks: usize,
 }
 
 impl Q8x8Matrix {
@@ -134,51 +143,63 @@ impl Q8x8Matrix {
 }
 
 impl Q4x8Matrix {
+    /// Repack, storing each scale once per group of blocks that share it (see the module docs).
     pub fn from_q4(q: &Q4Matrix) -> Self {
-        let bpr = q.k / QK4;
+        let (bpr, gb) = (q.k / QK4, q.shared_scale_blocks());
+        let spr = bpr / gb;
+        let groups = q.n.div_ceil(ROWS);
         // Padding rows: scale 0 and nibbles 8 (= 0), so they hold exact zeros.
-        let zero = BlockQ4x8 { d: [f16::ZERO; ROWS], qs: [0x88; ROWS * QK4 / 2] };
-        let mut blocks = vec![zero; q.n.div_ceil(ROWS) * bpr];
-        blocks.par_chunks_mut(bpr.max(1)).enumerate().for_each(|(g, out)| {
+        let mut qs = vec![[0x88u8; ROWS * QK4 / 2]; groups * bpr];
+        let mut scales = vec![[f16::ZERO; ROWS]; groups * spr];
+        qs.par_chunks_mut(bpr.max(1)).zip(scales.par_chunks_mut(spr.max(1))).enumerate().for_each(|(g, (qs, scales))| {
             for r in 0..ROWS.min(q.n - g * ROWS) {
                 let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
-                for (o, s) in out.iter_mut().zip(src) {
-                    o.d[r] = s.d;
+                for (b, (o, s)) in qs.iter_mut().zip(src).enumerate() {
                     for v in 0..4 {
-                        o.qs[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
+                        o[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
                     }
+                    scales[b / gb][r] = s.d;
                 }
             }
         });
-        Self { n: q.n, k: q.k, blocks }
+        Self { n: q.n, k: q.k, group_blocks: gb, qs, scales }
     }
 
-    /// The row-major Q4_0 matrix back, bit for bit.
+    /// The row-major Q4_0 matrix back, bit for bit (a shared scale repeated in each block).
     pub fn to_q4(&self) -> Q4Matrix {
-        let bpr = self.k / QK4;
+        let (bpr, gb) = (self.k / QK4, self.group_blocks);
         let mut blocks = Vec::with_capacity(self.n * bpr);
         for j in 0..self.n {
             let (g, r) = (j / ROWS, j % ROWS);
-            for s in &self.blocks[g * bpr..][..bpr] {
+            for (b, s) in self.qs[g * bpr..][..bpr].iter().enumerate() {
                 let mut qs = [0u8; QK4 / 2];
                 for v in 0..4 {
-                    qs[4 * v..][..4].copy_from_slice(&s.qs[32 * v + 4 * r..][..4]);
+                    qs[4 * v..][..4].copy_from_slice(&s[32 * v + 4 * r..][..4]);
                 }
-                blocks.push(BlockQ4 { d: s.d[r], qs });
+                blocks.push(BlockQ4 { d: self.scales[(g * bpr + b) / gb][r], qs });
             }
         }
         Q4Matrix { n: self.n, k: self.k, blocks }
     }
+
+    /// The tiles' view of 8-row group `g`.
+    fn rows(&self, g: usize) -> Q4Rows {
+        let bpr = self.k / QK4;
+        // SAFETY (callers): g < n.div_ceil(8), so both offsets are in bounds.
+        unsafe { Q4Rows { qs: self.qs.as_ptr().add(g * bpr), d: self.scales.as_ptr().add(g * bpr / self.group_blocks), group_blocks: self.group_blocks } }
+    }
 }
 
-/// One activation block for the Q8 kernels: the int8 values, their absolute values (the unsigned
-/// `maddubs` operand, computed once per call instead of once per weight group) and the scale.
+/// One activation block for the Q8 kernels: the int8 values, their absolute values (AVX2's
+/// unsigned `maddubs` operand, computed once per call instead of once per weight group), the scale
+/// and `128 Σ qs` (VNNI's offset for weights made unsigned).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct XQ8 {
     qs: [i8; QK8],
     abs: [u8; QK8],
     d: f32,
+    sum128: i32,
 }
 
 /// One activation block for the Q4 kernels: values, scale and `8 Σ qs` (the nibbles' offset).
@@ -197,11 +218,12 @@ thread_local! {
 
 /// `x` quantized and laid out for the Q8 kernels, in this thread's reusable buffer.
 fn with_prepared_q8<R>(x: &[f32], k: usize, scales: Option<&[f32]>, f: impl FnOnce(&[XQ8]) -> R) -> R {
-    let zero = XQ8 { qs: [0; QK8], abs: [0; QK8], d: 0.0 };
+    let zero = XQ8 { qs: [0; QK8], abs: [0; QK8], d: 0.0, sum128: 0 };
     with_quantized(x, k, scales, |xq| {
         with_buffer(&XQ8_BUF, xq.len(), zero, |out| {
             for (o, b) in out.iter_mut().zip(xq) {
-                *o = XQ8 { qs: b.qs, abs: b.qs.map(|q| q.unsigned_abs()), d: b.d.to_f32() };
+                let sum128 = 128 * b.qs.iter().map(|&q| q as i32).sum::<i32>();
+                *o = XQ8 { qs: b.qs, abs: b.qs.map(|q| q.unsigned_abs()), d: b.d.to_f32(), sum128 };
             }
             f(out)
         })
@@ -270,7 +292,11 @@ impl Q8x8Matrix {
                 let (x, w) = (xq.as_ptr().add(i * bpr), self.blocks.as_ptr().add(g * bpr));
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx2 {
+                if isa == Isa::Avx512Vnni {
+                    return by_rows!(vnni::q8_tile, mr, x, w, bpr, out, n, cols);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if isa.uses_avx2() {
                     return by_rows!(avx2::q8_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "aarch64")]
@@ -301,17 +327,18 @@ impl QuantMatrix for Q4x8Matrix {
     }
 
     fn bytes(&self) -> usize {
-        self.blocks.len() * std::mem::size_of::<BlockQ4x8>()
+        std::mem::size_of_val(&self.qs[..]) + std::mem::size_of_val(&self.scales[..])
     }
 
     fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         let bpr = self.k / QK4;
         let (g, r) = (j / ROWS, j % ROWS);
-        for (b, chunk) in self.blocks[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK4)) {
+        for (b, (q, chunk)) in self.qs[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK4)).enumerate() {
+            let d = self.scales[(g * bpr + b) / self.group_blocks][r].to_f32();
             for i in 0..16 {
-                let q = b.qs[32 * (i / 4) + 4 * r + i % 4];
-                chunk[i] = ((q & 0xF) as i32 - 8) as f32 * b.d[r].to_f32();
-                chunk[i + 16] = ((q >> 4) as i32 - 8) as f32 * b.d[r].to_f32();
+                let q = q[32 * (i / 4) + 4 * r + i % 4];
+                chunk[i] = ((q & 0xF) as i32 - 8) as f32 * d;
+                chunk[i + 16] = ((q >> 4) as i32 - 8) as f32 * d;
             }
         }
     }
@@ -336,10 +363,14 @@ impl Q4x8Matrix {
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
         with_prepared_q4(&x[..m * k], k, |xq| {
             drive(self.name(), m, n, k, y, act, |i, mr, g, out| unsafe {
-                let (x, w) = (xq.as_ptr().add(i * bpr), self.blocks.as_ptr().add(g * bpr));
+                let (x, w) = (xq.as_ptr().add(i * bpr), self.rows(g));
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx2 {
+                if isa == Isa::Avx512Vnni {
+                    return by_rows!(vnni::q4_tile, mr, x, w, bpr, out, n, cols);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if isa.uses_avx2() {
                     return by_rows!(avx2::q4_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "aarch64")]
@@ -373,19 +404,19 @@ unsafe fn portable_q8(x: *const XQ8, w: *const BlockQ8x8, blocks: usize) -> [f32
     acc
 }
 
-/// Plain Rust reference for Q4 (as q4.rs's portable dot).
-unsafe fn portable_q4(x: *const XQ4, w: *const BlockQ4x8, blocks: usize) -> [f32; ROWS] {
+/// Plain Rust reference for Q4 (as q4.rs's portable dot, a shared scale read once per group).
+unsafe fn portable_q4(x: *const XQ4, w: Q4Rows, blocks: usize) -> [f32; ROWS] {
     let mut acc = [0f32; ROWS];
     for b in 0..blocks {
-        let (xb, wb) = (&*x.add(b), &*w.add(b));
+        let (xb, qs, d) = (&*x.add(b), &*w.qs.add(b), &*w.d.add(b / w.group_blocks));
         for (r, a) in acc.iter_mut().enumerate() {
             let mut s = 0i32;
             for i in 0..16 {
-                let q = wb.qs[32 * (i / 4) + 4 * r + i % 4];
+                let q = qs[32 * (i / 4) + 4 * r + i % 4];
                 s += xb.qs[i] as i32 * ((q & 0xF) as i32 - 8);
                 s += xb.qs[i + 16] as i32 * ((q >> 4) as i32 - 8);
             }
-            *a += s as f32 * (xb.d * wb.d[r].to_f32());
+            *a += s as f32 * (xb.d * d[r].to_f32());
         }
     }
     acc
@@ -469,20 +500,24 @@ fn drive(
 mod neon;
 
 #[cfg(target_arch = "x86_64")]
+#[path = "repack_vnni.rs"]
+mod vnni;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BlockQ4x8, BlockQ8x8, QK8, XQ4, XQ8, ROWS};
+    use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
     use std::arch::x86_64::*;
 
     /// The 4 bytes at `p` in all 8 lanes (one `vpbroadcastd` from memory).
     #[inline(always)]
-    unsafe fn bcast4<T>(p: *const T) -> __m256i {
+    pub(super) unsafe fn bcast4<T>(p: *const T) -> __m256i {
         _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
     }
 
     /// Store the accumulators of `MR` rows, only the first `cols` columns (padded rows are
     /// never written).
     #[inline(always)]
-    unsafe fn store<const MR: usize>(acc: &[__m256; MR], y: *mut f32, ldy: usize, cols: usize) {
+    pub(super) unsafe fn store<const MR: usize>(acc: &[__m256; MR], y: *mut f32, ldy: usize, cols: usize) {
         for (i, a) in acc.iter().enumerate() {
             if cols == ROWS {
                 _mm256_storeu_ps(y.add(i * ldy), *a);
@@ -526,32 +561,35 @@ mod avx2 {
     /// Q4 tile: one 32-byte load gives elements 4v..4v+4 (low nibbles) and 16+4v.. (high) of 8
     /// rows; the 8 groups of a block accumulate in i16, widened and offset once per block.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: *const BlockQ4x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+    pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
         let mask = _mm256_set1_epi8(0xF);
+        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); MR];
-        for b in 0..blocks {
-            let wb = &*w.add(b);
-            let mut isum = [_mm256_setzero_si256(); MR];
-            for v in 0..4 {
-                let p = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * v) as *const __m256i);
-                let lo = _mm256_and_si256(p, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
-                for (i, sum) in isum.iter_mut().enumerate() {
-                    let xb = x.add(i * blocks + b);
-                    let xl = bcast4((*xb).qs.as_ptr().add(4 * v));
-                    let xh = bcast4((*xb).qs.as_ptr().add(16 + 4 * v));
-                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                    *sum = _mm256_add_epi16(*sum, p);
+        for sg in 0..blocks / w.group_blocks {
+            // One scale vector per scale group (1, 2 or 4 blocks).
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.add(sg) as *const __m128i));
+            for b in sg * w.group_blocks..(sg + 1) * w.group_blocks {
+                let qs = (*w.qs.add(b)).as_ptr();
+                let mut isum = [_mm256_setzero_si256(); MR];
+                for v in 0..4 {
+                    let p = _mm256_loadu_si256(qs.add(32 * v) as *const __m256i);
+                    let lo = _mm256_and_si256(p, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
+                    for (i, sum) in isum.iter_mut().enumerate() {
+                        let xb = x.add(i * blocks + b);
+                        let xl = bcast4((*xb).qs.as_ptr().add(4 * v));
+                        let xh = bcast4((*xb).qs.as_ptr().add(16 + 4 * v));
+                        let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                        *sum = _mm256_add_epi16(*sum, p);
+                    }
                 }
-            }
-            let ones = _mm256_set1_epi16(1);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
-            for i in 0..MR {
-                let xb = &*x.add(i * blocks + b);
-                // Σ q·x - 8 Σ x = Σ (q - 8)·x, exactly.
-                let s = _mm256_sub_epi32(_mm256_madd_epi16(isum[i], ones), _mm256_set1_epi32(xb.sum8));
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
+                for i in 0..MR {
+                    let xb = &*x.add(i * blocks + b);
+                    // Σ q·x - 8 Σ x = Σ (q - 8)·x, exactly.
+                    let s = _mm256_sub_epi32(_mm256_madd_epi16(isum[i], ones), _mm256_set1_epi32(xb.sum8));
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
+                }
             }
         }
         store(&acc, y, ldy, cols);
@@ -585,8 +623,8 @@ mod tests {
 
     /// Each repacked path against the row-major kernels on every shape: portable bit for bit
     /// (same integer sums, same f32 operations in the same order), AVX2 within rounding.
-    fn check_all_shapes<Q: QuantMatrix, R: QuantMatrix>(make: impl Fn(&[f32], usize, usize) -> Q, repack: impl Fn(&Q) -> R) {
-        for &k in &KS {
+    fn check_all_shapes<Q: QuantMatrix, R: QuantMatrix>(ks: &[usize], make: impl Fn(&[f32], usize, usize) -> Q, repack: impl Fn(&Q) -> R) {
+        for &k in ks {
             for &n in &NS {
                 let q = make(&weights(n * k, (n * 7 + k) as u64), n, k);
                 let r = repack(&q);
@@ -614,12 +652,66 @@ mod tests {
 
     #[test]
     fn repack_q8_matches_row_major_on_every_shape() {
-        check_all_shapes(Q8Matrix::quantize, Q8x8Matrix::from_q8);
+        check_all_shapes(&KS, Q8Matrix::quantize, Q8x8Matrix::from_q8);
     }
 
     #[test]
     fn repack_q4_matches_row_major_on_every_shape() {
-        check_all_shapes(Q4Matrix::quantize, Q4x8Matrix::from_q4);
+        check_all_shapes(&KS, Q4Matrix::quantize, Q4x8Matrix::from_q4);
+    }
+
+    /// int4 groups of 64 and 128: one scale row per group in the repacked layout, and still the
+    /// row-major kernel's bits (the same scale repeated in each block there).
+    #[test]
+    fn repack_q4_groups_store_one_scale_per_group() {
+        for (group, blocks) in [(64, 2), (128, 4)] {
+            let make = |w: &[f32], n, k| Q4Matrix::quantize_grouped(w, n, k, None, group);
+            check_all_shapes(&[128, 384, 1024], make, |q: &Q4Matrix| {
+                let r = Q4x8Matrix::from_q4(q);
+                assert_eq!(r.group_blocks, blocks);
+                r
+            });
+            let (n, k) = (37, 1024);
+            let q = make(&weights(n * k, 9), n, k);
+            let r = Q4x8Matrix::from_q4(&q);
+            let row_blocks = n.div_ceil(ROWS) * ROWS * k / 32;
+            // 16 bytes of nibbles per row-block, 2 bytes of scale per row-group of `blocks`.
+            assert_eq!(r.bytes(), row_blocks * 16 + row_blocks / blocks * 2);
+            let back = r.to_q4();
+            assert!(back.blocks.iter().zip(&q.blocks).all(|(a, b)| (a.d.to_bits(), a.qs) == (b.d.to_bits(), b.qs)));
+            assert_eq!(bits(&r.dequantize()), bits(&q.dequantize()));
+        }
+    }
+
+    /// VNNI's integer sums are exact and its f32 steps are AVX2's: the same bits, every shape.
+    #[test]
+    fn vnni_tiles_give_the_avx2_bits() {
+        if !Isa::Avx512Vnni.supported() {
+            eprintln!("no AVX-512 VNNI on this CPU: scripts/test-avx512.sh runs this test in an emulator");
+            return;
+        }
+        for &k in &KS {
+            for &n in &NS {
+                let w = weights(n * k, (n * 3 + k) as u64);
+                let mut mats: Vec<Box<dyn QuantMatrix>> = vec![
+                    Box::new(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k))),
+                    Box::new(Q8x8Matrix::from_q8(&Q8Matrix::quantize(&w, n, k).with_static_scales(vec![0.004; k / QK8]))),
+                    Box::new(Q4x8Matrix::from_q4(&Q4Matrix::quantize(&w, n, k))),
+                ];
+                if k % 128 == 0 {
+                    mats.push(Box::new(Q4x8Matrix::from_q4(&Q4Matrix::quantize_grouped(&w, n, k, None, 128))));
+                }
+                for &m in &MS {
+                    let x = test_data(m * k, (m * 5 + n) as u64);
+                    for q in &mats {
+                        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                        q.linear(&x, m, &mut a, Isa::Avx2);
+                        q.linear(&x, m, &mut b, Isa::Avx512Vnni);
+                        assert_eq!(bits(&b), bits(&a), "{} m={m} n={n} k={k}", q.name());
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! of 4 i32 lanes; a weight vector holds the same 4 input features of 4 rows, so one `sdot`
 //! against the broadcast activations advances 4 rows and two cover the 8-row group.
 //! (`vdotq_s32` is not stable Rust yet, hence the one-instruction `asm!`.)
-use super::{BlockQ4x8, BlockQ8x8, QK8, XQ4, XQ8, ROWS};
+use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
 use std::arch::aarch64::*;
 
 /// `acc += dot4(a, b)` per lane.
@@ -79,32 +79,34 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
 /// `MR` activation rows by one 8-row int4 group: the unsigned nibbles are dotted as they are
 /// (0..15 fit a signed byte) and the `-8` offset is taken off once per block as `8 Σx`.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: *const BlockQ4x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mask = vdupq_n_u8(0x0F);
     let mut acc = [(zero, zero); MR];
-    for b in 0..blocks {
-        let wb = &*w.add(b);
-        let mut isum = [(vdupq_n_s32(0), vdupq_n_s32(0)); MR];
-        for s in 0..4 {
-            let (lo, hi) = (vld1q_u8(wb.qs.as_ptr().add(32 * s)), vld1q_u8(wb.qs.as_ptr().add(32 * s + 16)));
-            // Low nibbles hold features 4s..4s+3, high nibbles 16+4s..16+4s+3 (rows 0-3 | 4-7).
-            let (lo_l, lo_h) = (vreinterpretq_s8_u8(vandq_u8(lo, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(lo)));
-            let (hi_l, hi_h) = (vreinterpretq_s8_u8(vandq_u8(hi, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(hi)));
-            for (i, sum) in isum.iter_mut().enumerate() {
-                let xb = &*x.add(i * blocks + b);
-                let (xl, xh) = (bcast4(xb.qs.as_ptr().add(4 * s)), bcast4(xb.qs.as_ptr().add(16 + 4 * s)));
-                *sum = (sdot(sdot(sum.0, lo_l, xl), lo_h, xh), sdot(sdot(sum.1, hi_l, xl), hi_h, xh));
+    for sg in 0..blocks / w.group_blocks {
+        let (d_lo, d_hi) = scales(&*w.d.add(sg));
+        for b in sg * w.group_blocks..(sg + 1) * w.group_blocks {
+            let qs = (*w.qs.add(b)).as_ptr();
+            let mut isum = [(vdupq_n_s32(0), vdupq_n_s32(0)); MR];
+            for s in 0..4 {
+                let (lo, hi) = (vld1q_u8(qs.add(32 * s)), vld1q_u8(qs.add(32 * s + 16)));
+                // Low nibbles hold features 4s..4s+3, high nibbles 16+4s..16+4s+3 (rows 0-3 | 4-7).
+                let (lo_l, lo_h) = (vreinterpretq_s8_u8(vandq_u8(lo, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(lo)));
+                let (hi_l, hi_h) = (vreinterpretq_s8_u8(vandq_u8(hi, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(hi)));
+                for (i, sum) in isum.iter_mut().enumerate() {
+                    let xb = &*x.add(i * blocks + b);
+                    let (xl, xh) = (bcast4(xb.qs.as_ptr().add(4 * s)), bcast4(xb.qs.as_ptr().add(16 + 4 * s)));
+                    *sum = (sdot(sdot(sum.0, lo_l, xl), lo_h, xh), sdot(sdot(sum.1, hi_l, xl), hi_h, xh));
+                }
             }
-        }
-        let (d_lo, d_hi) = scales(&wb.d);
-        for (i, (a, s)) in acc.iter_mut().zip(&isum).enumerate() {
-            let xb = &*x.add(i * blocks + b);
-            let off = vdupq_n_s32(xb.sum8);
-            *a = (
-                vfmaq_f32(a.0, vcvtq_f32_s32(vsubq_s32(s.0, off)), vmulq_n_f32(d_lo, xb.d)),
-                vfmaq_f32(a.1, vcvtq_f32_s32(vsubq_s32(s.1, off)), vmulq_n_f32(d_hi, xb.d)),
-            );
+            for (i, (a, s)) in acc.iter_mut().zip(&isum).enumerate() {
+                let xb = &*x.add(i * blocks + b);
+                let off = vdupq_n_s32(xb.sum8);
+                *a = (
+                    vfmaq_f32(a.0, vcvtq_f32_s32(vsubq_s32(s.0, off)), vmulq_n_f32(d_lo, xb.d)),
+                    vfmaq_f32(a.1, vcvtq_f32_s32(vsubq_s32(s.1, off)), vmulq_n_f32(d_hi, xb.d)),
+                );
+            }
         }
     }
     store(&acc, y, ldy, cols);

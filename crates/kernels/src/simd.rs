@@ -1,6 +1,7 @@
 //! Run-time instruction-set choice: one binary, the best path each CPU supports.
-//! `NANO_QWEN3_ISA=portable` (or `avx2`, `neon-dotprod`) forces a path, so tests can compare them.
-//! A kernel without a path for the chosen ISA runs its portable code.
+//! `NANO_QWEN3_ISA=portable` (or `avx2`, `avx512-vnni`, `neon-dotprod`) forces a path, so tests can
+//! compare them. A kernel without a path for the chosen ISA runs its portable code, except that
+//! `Avx512Vnni` runs the AVX2 code wherever it has no kernel of its own (every such CPU has AVX2).
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +10,9 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX2 + FMA + F16C plus AVX-512 (F, BW, VL) with VNNI (Ice Lake, Tiger Lake, Sapphire
+    /// Rapids, Zen 4 and later): `vpdpbusd` in the int8 and int4 matmuls, AVX2 elsewhere.
+    Avx512Vnni,
     /// aarch64 NEON with the int8 dot product (`sdot`, Armv8.4 / Apple M1 / Graviton 2 and later):
     /// the int8 and int4 matmuls.
     NeonDotprod,
@@ -19,26 +23,35 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Avx512Vnni => "avx512vnni+avx2+fma+f16c",
             Isa::NeonDotprod => "neon+dotprod",
         }
     }
 
-    /// The `NANO_QWEN3_ISA` spelling: "portable", "avx2", "neon-dotprod".
+    /// The `NANO_QWEN3_ISA` spelling: "portable", "avx2", "avx512-vnni", "neon-dotprod".
     pub fn parse(name: &str) -> Option<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::NeonDotprod].into_iter().find(|i| i.env_name() == name)
+        Self::ALL.into_iter().find(|i| i.env_name() == name)
+    }
+
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
+
+    /// Whether kernels without a path of their own for `self` run their AVX2 code.
+    pub fn uses_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     pub fn env_name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
             Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
-    /// Every SIMD path this CPU can run (tests compare each with the portable one).
+    /// Every SIMD path this CPU can run, best first (tests compare each with the portable one).
     pub fn simd_paths() -> Vec<Isa> {
-        [Isa::Avx2, Isa::NeonDotprod].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDotprod].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// Whether this CPU can run `self`.
@@ -51,6 +64,16 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512Vnni => false,
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
             #[cfg(not(target_arch = "aarch64"))]
@@ -106,7 +129,7 @@ mod tests {
             let isa = Isa::parse(name).unwrap_or_else(|| panic!("unknown ISA {name:?}"));
             assert!(isa.supported(), "{name} is required but not detected");
         }
-        for isa in [Isa::Portable, Isa::Avx2, Isa::NeonDotprod] {
+        for isa in Isa::ALL {
             assert_eq!(Isa::parse(isa.env_name()), Some(isa));
         }
     }

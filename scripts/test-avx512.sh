@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Runs a statically linked x86-64 Linux binary (a test, or a `cargo test --no-run` test binary) on
+# an emulated CPU with AVX-512 and VNNI, so those kernels can be tested on a machine without them:
+# QEMU's TCG has no AVX-512, but Bochs emulates it (`cpu: model=tigerlake`).
+# The binary boots as the only program of a Debian kernel + initramfs, from an isolinux ISO, inside
+# headless Bochs; its output comes back over the emulated serial port, and this script exits with
+# the binary's exit status.
+#
+#   scripts/test-avx512.sh --setup-only           installs Bochs & co., fetches kernel + busybox
+#   scripts/test-avx512.sh [OPTIONS] BINARY [ARGS...]
+#     --cpu MODEL      Bochs CPU model (default tigerlake; corei7_icelake_u also has AVX-512 VNNI)
+#     --env K=V        environment variable for BINARY (repeatable)
+#     --mem MB         guest memory (default 1024)
+#     --timeout SECS   wall-clock limit for the whole boot + run (default 1200)
+#     --keep DIR       keep the work dir (ISO, bochsrc, serial log) in DIR
+#
+# Emulation is slow (the order of 100 million instructions a second, one core): keep what the
+# binary runs small, e.g. select tests by name in ARGS. Needs root for the apt installs and for
+# the /dev/console node of the initramfs.
+set -euo pipefail
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/nano-qwen3-serving/avx512-vm"
+cpu=tigerlake mem=1024 timeout=1200 keep="" setup_only="" envs=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --setup-only) setup_only=1; shift ;;
+    --cpu) cpu="$2"; shift 2 ;;
+    --env) envs+=("$2"); shift 2 ;;
+    --mem) mem="$2"; shift 2 ;;
+    --timeout) timeout="$2"; shift 2 ;;
+    --keep) keep="$2"; shift 2 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    --) shift; break ;;
+    -*) echo "test-avx512: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+
+skip() { echo "SKIPPED: test-avx512: $*"; exit 0; }
+
+# --- setup: host tools from apt, kernel and busybox from Debian packages (cached) -------------
+isolinux=/usr/lib/ISOLINUX/isolinux.bin ldlinux=/usr/lib/syslinux/modules/bios/ldlinux.c32
+if ! command -v bochs-bin >/dev/null || ! command -v xorriso >/dev/null || ! command -v cpio >/dev/null ||
+   [ ! -f "$isolinux" ] || [ ! -f "$ldlinux" ] || [ ! -f /usr/share/bochs/BIOS-bochs-latest ]; then
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || skip "needs root and apt-get to install bochs, isolinux, xorriso, cpio"
+  { apt-get install -y -q --no-install-recommends bochs bochsbios vgabios isolinux syslinux-common xorriso cpio >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends \
+        bochs bochsbios vgabios isolinux syslinux-common xorriso cpio >/dev/null; }; } ||
+    skip "could not install bochs/isolinux/xorriso/cpio with apt-get"
+fi
+# The packages' files are unpacked here, not installed: no kernel install hooks, no /boot changes.
+fetch() { # fetch PACKAGE: unpacks the candidate version of PACKAGE into $cache/PACKAGE
+  [ -d "$cache/$1" ] && return
+  mkdir -p "$cache/dl" && rm -f "$cache"/dl/*.deb
+  (cd "$cache/dl" && apt-get download -q -o APT::Sandbox::User=root "$1" >/dev/null) || return 1
+  dpkg-deb -x "$cache"/dl/*.deb "$cache/$1.tmp" && mv "$cache/$1.tmp" "$cache/$1" && rm -f "$cache"/dl/*.deb
+}
+# The cloud flavour: few drivers and an LZ4 (not XZ) image, so it boots fastest in the emulator.
+kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+{ [ -n "$kpkg" ] && fetch "$kpkg" && fetch busybox-static; } || skip "could not apt-get download the kernel or busybox-static"
+vmlinuz=$(ls "$cache/$kpkg"/boot/vmlinuz-*) busybox="$cache/busybox-static/bin/busybox"
+[ -n "$setup_only" ] && { echo "test-avx512: ready ($(basename "$vmlinuz"), cache $cache)"; exit 0; }
+
+# --- the guest: initramfs + ISO ----------------------------------------------------------------
+[ $# -ge 1 ] && [ -f "$1" ] || { echo "usage: $0 [--cpu M] [--env K=V]... [--mem MB] [--timeout S] BINARY [ARGS...]" >&2; exit 2; }
+binary="$1"; shift
+work=$(mktemp -d); [ -n "$keep" ] && { mkdir -p "$keep"; rm -rf "$work"; work=$(cd "$keep" && pwd); }
+bochs_pid=""
+cleanup() { [ -n "$bochs_pid" ] && kill "$bochs_pid" 2>/dev/null; [ -n "$keep" ] || rm -rf "$work"; }
+trap cleanup EXIT
+
+root="$work/root"
+rm -rf "$root" "$work/iso"; mkdir -p "$root"/{bin,dev,proc,sys,tmp} "$work/iso/isolinux"
+cp "$busybox" "$root/bin/busybox"
+cp "$binary" "$root/test"
+mknod "$root/dev/console" c 5 1 # the console init's stdout goes to (ttyS0)
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quotes a word for sh
+{ for e in "${envs[@]}"; do echo "export $(q "${e%%=*}")=$(q "${e#*=}")"; done
+  printf 'set --'; for a in "$@"; do printf ' %s' "$(q "$a")"; done; echo; } >"$root/args"
+# init: the mounts programs expect (/proc for std's thread count & co.), then the binary, then its
+# exit status as a marker line, then power off (Bochs quits on ACPI soft-off).
+cat >"$root/init" <<'EOF'
+#!/bin/busybox sh
+bb=/bin/busybox
+$bb mount -t proc proc /proc; $bb mount -t sysfs sys /sys
+$bb mount -t devtmpfs dev /dev; $bb mount -t tmpfs tmp /tmp
+. /args
+cd /tmp
+echo "@@avx512-vm start"
+/test "$@"
+echo "@@avx512-vm exit=$?"
+$bb poweroff -f
+EOF
+chmod +x "$root/init" "$root/test"
+(cd "$root" && find . | cpio -o -H newc --quiet) >"$work/iso/initrd"
+cp "$vmlinuz" "$work/iso/vmlinuz"
+cp "$isolinux" "$ldlinux" "$work/iso/isolinux/"
+# Kernel options that shorten the boot under emulation: few messages (the serial port is slow),
+# no mitigations or KASLR, one CPU, no delay-loop calibration.
+cat >"$work/iso/isolinux/isolinux.cfg" <<EOF
+default linux
+prompt 0
+timeout 0
+label linux
+  kernel /vmlinuz
+  append initrd=/initrd console=ttyS0 quiet loglevel=3 nokaslr mitigations=off nosmp lpj=1000000 panic=-1
+EOF
+xorriso -as mkisofs -quiet -o "$work/boot.iso" -b isolinux/isolinux.bin -c isolinux/boot.cat \
+  -no-emul-boot -boot-load-size 4 -boot-info-table "$work/iso" 2>/dev/null
+
+# --- Bochs: headless, serial port to a file, no prompts ------------------------------------------
+cat >"$work/bochsrc" <<EOF
+display_library: rfb, options="timeout=0"
+megs: $mem
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/vgabios/vgabios.bin
+cpu: model=$cpu, count=1, ips=100000000, reset_on_triple_fault=0
+clock: sync=none, time0=local
+ata0-master: type=cdrom, path=$work/boot.iso, status=inserted
+boot: cdrom
+com1: enabled=1, mode=file, dev=$work/serial.log
+log: $work/bochs.log
+panic: action=fatal
+error: action=report
+info: action=report
+debug: action=ignore
+EOF
+: >"$work/serial.log"
+printf 'continue\nquit\n' >"$work/debugger.rc" # Debian's Bochs has its debugger built in: just run
+start=$(date +%s)
+bochs-bin -q -f "$work/bochsrc" -rc "$work/debugger.rc" </dev/null >"$work/bochs.out" 2>&1 &
+bochs_pid=$!
+status=""
+while kill -0 "$bochs_pid" 2>/dev/null; do
+  status=$(tr -d '\r' <"$work/serial.log" | sed -n 's/^@@avx512-vm exit=\([0-9]*\)$/\1/p')
+  [ -n "$status" ] && break
+  grep -q 'Kernel panic' "$work/serial.log" && break
+  [ $(($(date +%s) - start)) -ge "$timeout" ] && { echo "test-avx512: timed out after ${timeout}s" >&2; break; }
+  sleep 1
+done
+sleep 1; kill "$bochs_pid" 2>/dev/null; wait "$bochs_pid" 2>/dev/null || true; bochs_pid=""
+status=$(tr -d '\r' <"$work/serial.log" | sed -n 's/^@@avx512-vm exit=\([0-9]*\)$/\1/p')
+echo "test-avx512: $(basename "$binary") on $cpu: $(($(date +%s) - start))s, exit status ${status:-none}" >&2
+if [ -z "$status" ]; then # never finished: show what the guest and Bochs said
+  tr -d '\r' <"$work/serial.log" >&2; tail -n 20 "$work/bochs.out" >&2; exit 1
+fi
+tr -d '\r' <"$work/serial.log" | sed -n '/^@@avx512-vm start$/,/^@@avx512-vm exit=/p' | sed '1d;$d'
+exit "$status"
