@@ -39,15 +39,15 @@ impl Quantization {
         }
     }
 
-    /// How weight matrices are stored, for the modes this build implements. Activations are f32
-    /// in every mode.
-    pub fn weight_format(self) -> Result<WeightFormat> {
+    /// How weight matrices are stored (int4 with one scale per `int4_group` weights).
+    /// Activations are f32 in every mode.
+    fn weight_format(self, int4_group: usize) -> WeightFormat {
         match self {
-            Self::None => Ok(WeightFormat::Checkpoint),
-            Self::Fp16 => Ok(WeightFormat::Dense(DType::F16)),
-            Self::Bf16 => Ok(WeightFormat::Dense(DType::BF16)),
-            Self::DynamicInt8 | Self::StaticInt8 => Ok(WeightFormat::Q8),
-            Self::Int4 => Ok(WeightFormat::Q4),
+            Self::None => WeightFormat::Checkpoint,
+            Self::Fp16 => WeightFormat::Dense(DType::F16),
+            Self::Bf16 => WeightFormat::Dense(DType::BF16),
+            Self::DynamicInt8 | Self::StaticInt8 => WeightFormat::Q8,
+            Self::Int4 => WeightFormat::Q4 { group: int4_group },
         }
     }
 }
@@ -75,6 +75,19 @@ pub struct AccelerationConfig {
     pub calibration: Option<CalibrationConfig>,
     /// Element type of the KV cache: f32 (exact), f16 or bf16 (half the memory).
     pub kv_cache_dtype: KvDtype,
+    /// int4: weights sharing one scale, 32 (Q4_0), 64 or 128 (fewer bytes, a little more error).
+    pub int4_group_size: usize,
+}
+
+impl AccelerationConfig {
+    /// How weight matrices are stored; an unsupported int4 group size is an error.
+    pub fn weight_format(&self) -> Result<WeightFormat> {
+        use nano_qwen3_kernels::q4::GROUP_SIZES;
+        if !GROUP_SIZES.contains(&self.int4_group_size) {
+            return Err(EngineError::invalid_arg("int4GroupSize", self.int4_group_size, "one of 32, 64, 128"));
+        }
+        Ok(self.quantization.weight_format(self.int4_group_size))
+    }
 }
 
 impl Default for AccelerationConfig {
@@ -89,6 +102,7 @@ impl Default for AccelerationConfig {
             use_fused_kernels: true,
             calibration: None,
             kv_cache_dtype: KvDtype::F32,
+            int4_group_size: 32,
         }
     }
 }
@@ -158,7 +172,7 @@ fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> 
 /// mode not built yet); boolean options that this device does not implement are listed as skipped.
 pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     let _dev = DeviceKind::parse(device)?;
-    let format = cfg.quantization.weight_format()?;
+    let format = cfg.weight_format()?;
     let q = cfg.quantization.name();
     let mut items = vec![match cfg.quantization {
         Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
@@ -168,11 +182,20 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             true,
             "int8 weights in blocks of 32 with f16 scales (Q8_0 layout); activations quantized per token and block at run time; exact int8 dot products, f32 scale application",
         ),
-        Quantization::Int4 => item(
+        Quantization::Int4 if cfg.int4_group_size == 32 => item(
             "quantization",
             q,
             true,
             "4-bit weights in blocks of 32 with f16 scales (Q4_0 layout), scales chosen to minimise each block's squared error; int8 activations at run time, int8 dot products",
+        ),
+        Quantization::Int4 => item(
+            "quantization",
+            format!("{q} (groups of {})", cfg.int4_group_size),
+            true,
+            &format!(
+                "4-bit weights in Q4_0 blocks of 32, one f16 scale per {} weights chosen to minimise the group's squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); int8 activations at run time, int8 dot products",
+                cfg.int4_group_size
+            ),
         ),
         Quantization::StaticInt8 => item(
             "quantization",
@@ -245,7 +268,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             WeightFormat::Checkpoint => "checkpoint".into(),
             WeightFormat::Dense(d) => format!("{d:?}").to_lowercase(),
             WeightFormat::Q8 => "q8_0".into(),
-            WeightFormat::Q4 => "q4_0".into(),
+            WeightFormat::Q4 { .. } => "q4_0".into(),
         },
         items,
         applied_optimizations: applied,

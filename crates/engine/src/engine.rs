@@ -134,7 +134,7 @@ impl Engine {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let started = Instant::now();
         let plan = plan(&opts.acceleration, &opts.device)?;
-        let format = opts.acceleration.quantization.weight_format()?;
+        let format = opts.acceleration.weight_format()?;
         let opened = crate::source::open(path)?;
         let config = opened.config;
         let max_seq_length = match opts.max_seq_length {

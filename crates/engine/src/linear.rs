@@ -141,6 +141,7 @@ impl Linear {
             Linear::Q8(q) if q.act_scales.is_some() => "q8_0 (static activations)".into(),
             Linear::Q8x8(q) if q.act_scales.is_some() => "q8_0 (static activations)".into(),
             Linear::Q8(_) | Linear::Q8x8(_) => "q8_0".into(),
+            Linear::Q4x8(q) if q.group_blocks > 1 => format!("q4_0 (one scale per {} weights)", q.group_blocks * 32),
             Linear::Q4(_) | Linear::Q4x8(_) => "q4_0".into(),
         }
     }

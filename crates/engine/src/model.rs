@@ -10,6 +10,7 @@ use crate::kv_cache::KvCache;
 use crate::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Module, Tensor};
 use crate::linear::{ExportData, Linear, Proj};
+use nano_qwen3_kernels::q4::{GROUP_SIZES, QK4};
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -32,8 +33,9 @@ pub enum WeightFormat {
     Dense(DType),
     /// Q8_0 blocks; a matrix whose row length is not a multiple of 32 stays in the checkpoint dtype.
     Q8,
-    /// Q4_0 blocks, same rule for shapes.
-    Q4,
+    /// Q4_0 blocks with one scale per `group` weights (32, 64 or 128; a matrix whose row length
+    /// the group does not divide takes the largest size that does), same rule for shapes.
+    Q4 { group: usize },
 }
 
 pub(crate) struct RmsNorm {
@@ -139,7 +141,7 @@ impl Qwen3Model {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let matrices = 1 + 7 * cfg.num_hidden_layers + usize::from(!cfg.tie_word_embeddings);
         let mut done = 0usize;
-        let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4));
+        let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4 { .. }));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut unquantized = Vec::new();
         let eps = cfg.rms_norm_eps as f32;
@@ -148,16 +150,17 @@ impl Qwen3Model {
             let fits = shape[1] % nano_qwen3_kernels::q8::QK8 == 0;
             let l = match (format, stored) {
                 (WeightFormat::Checkpoint, StoredTensor::Q8(q)) | (WeightFormat::Q8, StoredTensor::Q8(q)) => Linear::Q8(Arc::new(q)),
-                (WeightFormat::Checkpoint, StoredTensor::Q4(q)) | (WeightFormat::Q4, StoredTensor::Q4(q)) => Linear::Q4(Arc::new(q)),
+                (WeightFormat::Checkpoint, StoredTensor::Q4(q)) | (WeightFormat::Q4 { .. }, StoredTensor::Q4(q)) => Linear::Q4(Arc::new(q)),
                 (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
                 (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
-                (WeightFormat::Q4, s) if fits => {
+                (WeightFormat::Q4 { group }, s) if fits => {
                     let w = s.into_f32_vec()?;
                     let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
-                    Linear::Q4(Arc::new(Q4Matrix::quantize_weighted(&w, shape[0], shape[1], imp)))
+                    let group = GROUP_SIZES.into_iter().rev().find(|&g| g <= group && shape[1] % g == 0).unwrap_or(QK4);
+                    Linear::Q4(Arc::new(Q4Matrix::quantize_grouped(&w, shape[0], shape[1], imp, group)))
                 }
-                (WeightFormat::Q8 | WeightFormat::Q4, s) => {
+                (WeightFormat::Q8 | WeightFormat::Q4 { .. }, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
                     Linear::Dense(s.into_dense(None)?)
                 }

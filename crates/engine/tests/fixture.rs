@@ -305,3 +305,39 @@ fn sampling_never_picks_the_lm_head_padding() {
     }
     assert_eq!(seen, 2000);
 }
+
+/// int4 with one scale per 128 weights: the shared scale where the row length allows (the tiny
+/// fixture's o_proj, k = 128; its k = 32 and 96 matrices keep groups of 32), fewer bytes, logits
+/// within int4's bound (see the JS int4 test), and the exported Q4_0 file (scale repeated per
+/// block) reloads into the same grouped storage with the same logits.
+#[test]
+fn int4_groups_of_128_share_scales_and_export_as_q4_0() {
+    let per_block = load(Quantization::Int4);
+    let acceleration = AccelerationConfig { quantization: Quantization::Int4, int4_group_size: 128, ..Default::default() };
+    let grouped = Engine::load(&fixture(), &LoadOptions { acceleration: acceleration.clone(), threads: Some(2), ..Default::default() }).unwrap();
+    let classes = grouped.model.tensor_classes();
+    assert!(classes.iter().any(|c| c.format == "q4_0 (one scale per 128 weights)"), "{classes:?}");
+    assert!(grouped.model.weight_bytes() < per_block.model.weight_bytes());
+    for (i, p) in reference()["prompts"].as_array().unwrap().iter().enumerate() {
+        let (logits, want) = (grouped.compute_logits(&ids(&p["input_ids"]), false).unwrap(), ref_logits(&format!("last_logits.{i}")));
+        let err = rel_l2(&logits, &want);
+        assert!(err < 0.35, "prompt {i}: relative L2 {err}");
+        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(argmax(&logits), argmax(&want), "prompt {i} top-1");
+    }
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-groups-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.gguf");
+    grouped.export_gguf(&path).unwrap();
+    let back = Engine::load(&path, &LoadOptions { threads: Some(2), ..Default::default() }).unwrap();
+    assert_eq!(back.model.weight_bytes(), grouped.model.weight_bytes());
+    for p in reference()["prompts"].as_array().unwrap() {
+        let input = ids(&p["input_ids"]);
+        assert_eq!(back.compute_logits(&input, false).unwrap(), grouped.compute_logits(&input, false).unwrap());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    // A size the kernels lack is refused with the allowed ones.
+    let acceleration = AccelerationConfig { int4_group_size: 48, ..acceleration };
+    let e = Engine::load(&fixture(), &LoadOptions { acceleration, ..Default::default() }).err().unwrap().to_string();
+    assert!(e.contains("int4GroupSize") && e.contains("48") && e.contains("32, 64, 128"), "{e}");
+}
