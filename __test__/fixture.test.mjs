@@ -109,6 +109,27 @@ test('int4: 4-bit weights, logits within 0.35 of f32 transformers and the same t
   await runner.dispose()
 })
 
+test('int4GroupSize 128: one scale per 128 weights where a row allows it, fewer bytes, the same bounds', async (t) => {
+  const per32 = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: 'int4' } })
+  const runner = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: 'int4', int4GroupSize: 128 } })
+  // The fixture's o_proj rows (128 features) take groups of 128; its 32- and 96-feature rows keep 32.
+  const classes = runner.estimateMemoryUsage().weightsByClass
+  t.true(classes.some((c) => c.class === 'o_proj' && c.format === 'q4_0 (one scale per 128 weights)'), JSON.stringify(classes))
+  t.true(runner.estimateMemoryUsage().weightBytes < per32.estimateMemoryUsage().weightBytes)
+  t.true(runner.getAccelerationInfo().appliedOptimizations.includes('quantization=int4 (groups of 128)'))
+  for (const [i, p] of reference.prompts.entries()) {
+    const logits = await runner.computeLogits(p.input_ids)
+    const want = referenceLogits(`last_logits.${i}`)
+    t.true(relL2(logits, want) < 0.35, `prompt ${i}: relative L2 ${relL2(logits, want)}`)
+    t.is(topK(logits, 1)[0], topK(want, 1)[0], `prompt ${i} top-1`)
+  }
+  t.throws(() => createAccelerationConfig({ quantization: 'int4', int4GroupSize: 48 }), {
+    code: 'INVALID_CONFIG',
+    message: /int4GroupSize = 48: allowed 32, 64, 128/,
+  })
+  await Promise.all([per32.dispose(), runner.dispose()])
+})
+
 test('every tokenizer case encodes and decodes exactly', async (t) => {
   const runner = await f32
   for (const c of reference.tokenizer_cases) {

@@ -4,7 +4,7 @@
 // Reference for our modes: our `none` path (checkpoint weights, f32 arithmetic); for llama.cpp:
 // llama.cpp on the BF16 export (the same weights unquantized). Metrics over every position of a few
 // prompts: relative L2 error of the (row-centred) logits, mean KL(reference || mode), top-1 agreement.
-//   QUALITY_MODELS=tiny,0.6b  QUALITY_PEER=0 (skip llama.cpp)
+//   QUALITY_MODELS=tiny,0.6b  QUALITY_PEER=0 (skip llama.cpp)  QUALITY_MODES=int4,int4-g128 (a subset of ours)
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -17,7 +17,12 @@ const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..')
 const which = (process.env.QUALITY_MODELS ?? 'tiny,0.6b').split(',')
 const withPeer = process.env.QUALITY_PEER !== '0'
-const MODES = ['bf16', 'fp16', 'dynamic_int8', 'static_int8', 'int4']
+// Our modes: label -> acceleration config.
+const ALL_MODES = [
+  ...['bf16', 'fp16', 'dynamic_int8', 'static_int8', 'int4'].map((q) => [q, { quantization: q }]),
+  ['int4-g128', { quantization: 'int4', int4GroupSize: 128 }],
+]
+const MODES = process.env.QUALITY_MODES ? ALL_MODES.filter(([label]) => process.env.QUALITY_MODES.split(',').includes(label)) : ALL_MODES
 // Evaluation texts (not the calibration set).
 const TEXTS = [
   'The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father had taught him, and lit the lamp before the fog rolled in from the sea.',
@@ -75,8 +80,8 @@ function compare(ref, got, vocab) {
   return { relL2: Math.sqrt(num / den), meanKl: Math.max(0, kl / rows), top1: agree / rows }
 }
 
-async function ours(model, quantization, prompts) {
-  const runner = await ModelRunner.load({ modelName: model, accelerationConfig: { quantization }, onLoadProgress: false })
+async function ours(model, label, accelerationConfig, prompts) {
+  const runner = await ModelRunner.load({ modelName: model, accelerationConfig, onLoadProgress: false })
   const info = runner.getModelInfo()
   const vocab = info.vocabSize
   const parts = []
@@ -87,7 +92,7 @@ async function ours(model, quantization, prompts) {
     logits.set(p, at)
     at += p.length
   }
-  const row = { engine: 'ours', mode: quantization, weights: info.dtype, weightBytes: runner.estimateMemoryUsage().weightBytes, loadS: info.loadTimeMs / 1000 }
+  const row = { engine: 'ours', mode: label, weights: info.dtype, weightBytes: runner.estimateMemoryUsage().weightBytes, loadS: info.loadTimeMs / 1000 }
   await runner.dispose()
   return { row, logp: logSoftmaxRows(logits, vocab), vocab }
 }
@@ -136,11 +141,11 @@ for (const name of which) {
   await probe.dispose()
   const promptsFile = join(tmp, 'prompts.json')
   writeFileSync(promptsFile, JSON.stringify(prompts))
-  const ref = await ours(model, 'none', prompts)
+  const ref = await ours(model, 'none', { quantization: 'none' }, prompts)
   const rows = []
-  for (const mode of MODES) {
+  for (const [mode, config] of MODES) {
     console.error(`[${name}] ours, ${mode} ...`)
-    const r = await ours(model, mode, prompts)
+    const r = await ours(model, mode, config, prompts)
     rows.push({ ...r.row, ...compare(ref.logp, r.logp, ref.vocab) })
   }
   if (withPeer) {

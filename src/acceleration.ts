@@ -26,7 +26,7 @@ export const accelerationConfigSchema = z
     /** KV cache element type: f32 (exact), f16 or bf16 (half the memory; widened to f32 in the attention kernel). */
     kvCacheDtype: z.enum(['f32', 'f16', 'bf16']).default('f32'),
     /** int4: weights sharing one scale: 32 (Q4_0), 64 or 128 (4.25 / 4.125 bits per weight instead of 4.5 when repacked, a little more error). */
-    int4GroupSize: z.union([z.literal(32), z.literal(64), z.literal(128)]).default(32),
+    int4GroupSize: z.number().refine((v) => [32, 64, 128].includes(v), 'allowed 32, 64, 128').default(32),
     /** static_int8 and int4: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
     calibration: z
       .object({
