@@ -8,7 +8,8 @@
 #
 #   scripts/test-avx512.sh --setup-only           installs Bochs & co., fetches kernel + busybox
 #   scripts/test-avx512.sh [OPTIONS] BINARY [ARGS...]
-#     --cpu MODEL      Bochs CPU model (default tigerlake; corei7_icelake_u also has AVX-512 VNNI)
+#     --cpu MODEL      Bochs CPU model (default tigerlake; corei7_icelake_u also has AVX-512 VNNI;
+#                      sapphire_rapids adds AVX512_BF16 and runs on Bochs 3.0, fetched from trixie)
 #     --env K=V        environment variable for BINARY (repeatable)
 #     --mem MB         guest memory (default 1024)
 #     --timeout SECS   wall-clock limit for the whole boot + run (default 1200)
@@ -22,6 +23,9 @@
 # slower): keep what the binary runs small, e.g. select tests by name in ARGS. --cpu
 # corei7_skylake_x has AVX-512 without VNNI. Needs root for the apt installs (--setup-only).
 set -euo pipefail
+# Another Bochs build (e.g. 3.0, whose sapphire_rapids model has AVX512_BF16): BOCHS=its binary,
+# BOCHS_BIOS=its BIOS image.
+bochs="${BOCHS:-bochs-bin}" bios="${BOCHS_BIOS:-/usr/share/bochs/BIOS-bochs-latest}"
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/nano-qwen3-serving/avx512-vm"
 cpu=tigerlake mem=1024 timeout=1200 keep="" setup_only="" envs=()
@@ -65,7 +69,31 @@ kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Dep
 kpkg=$(kernel_pkg); [ -n "$kpkg" ] || { apt-get update -q >/dev/null 2>&1; kpkg=$(kernel_pkg); }
 { [ -n "$kpkg" ] && fetch "$kpkg" && fetch busybox-static; } || skip "could not apt-get download the kernel or busybox-static"
 vmlinuz=$(ls "$cache/$kpkg"/boot/vmlinuz-*) busybox="$cache/busybox-static/bin/busybox"
-[ -n "$setup_only" ] && { echo "test-avx512: ready ($(basename "$vmlinuz"), cache $cache)"; exit 0; }
+# Bochs 3.0 from Debian trixie, for the CPU model 2.7 lacks: sapphire_rapids (AVX512_BF16). It needs
+# trixie's glibc and libstdc++, so it runs under trixie's own loader with those first on the library
+# path; bookworm's (2.7's) GUI libraries serve the rest. Package files are looked up in trixie's index.
+bochs3() {
+  local dir="$cache/bochs3" mirror=http://deb.debian.org/debian p f
+  if [ ! -x "$dir/bochs" ]; then
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/root" || return 1
+    curl -fsS "$mirror/dists/trixie/main/binary-amd64/Packages.xz" | xz -dc >"$dir.tmp/Packages" || return 1
+    for p in bochs bochsbios libc6 libstdc++6 libgcc-s1; do
+      f=$(awk -v p="$p" '$1 == "Package:" {cur = $2} cur == p && $1 == "Filename:" {print $2; exit}' "$dir.tmp/Packages")
+      [ -n "$f" ] && curl -fsS -o "$dir.tmp/p.deb" "$mirror/$f" && dpkg-deb -x "$dir.tmp/p.deb" "$dir.tmp/root" || return 1
+    done
+    rm -f "$dir.tmp/Packages" "$dir.tmp/p.deb"
+    local r="$dir/root" lib="$dir/root/usr/lib/x86_64-linux-gnu"
+    printf '#!/bin/sh\nexport LTDL_LIBRARY_PATH=%s/bochs/plugins\nexec %s/ld-linux-x86-64.so.2 --library-path %s:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu %s/usr/bin/bochs-bin "$@"\n' \
+      "$lib" "$lib" "$lib" "$r" >"$dir.tmp/bochs"
+    chmod +x "$dir.tmp/bochs" && rm -rf "$dir" && mv "$dir.tmp" "$dir" || return 1
+  fi
+  "$dir/bochs" --help cpu 2>&1 | grep -x sapphire_rapids >/dev/null
+}
+if [ -n "$setup_only" ] || { [ "$cpu" = sapphire_rapids ] && [ -z "${BOCHS:-}" ]; }; then
+  bochs3 || skip "could not fetch and run Bochs 3.0 from Debian trixie (needed for sapphire_rapids)"
+  [ "$cpu" = sapphire_rapids ] && [ -z "${BOCHS:-}" ] && bochs="$cache/bochs3/bochs" bios="$cache/bochs3/root/usr/share/bochs/BIOS-bochs-latest"
+fi
+[ -n "$setup_only" ] && { echo "test-avx512: ready ($(basename "$vmlinuz"), Bochs 2.7 and 3.0, cache $cache)"; exit 0; }
 
 # --- the guest: initramfs + ISO ----------------------------------------------------------------
 [ $# -ge 1 ] && [ -f "$1" ] || { echo "usage: $0 [--cpu M] [--env K=V]... [--mem MB] [--timeout S] BINARY [ARGS...]" >&2; exit 2; }
@@ -114,10 +142,11 @@ cp "$isolinux" "$ldlinux" "$work/iso/isolinux/"
 # for the compacted (XSAVEC/XSAVES) format, which makes Linux turn XSAVE, and so AVX/AVX-512, off;
 # with FSRM Linux copies with short `rep movsb`s, which Bochs gets wrong (the kernel corrupts itself).
 # This only hides them from the kernel: the binary still sees the model's CPUID (AVX-512, VNNI).
+# `no5lvl`: Bochs 3.0's sapphire_rapids has 5-level paging, and its SMM return drops CR4.LA57.
 # The rest shortens the boot (emulated at ~50M instructions/s): few messages (the kernel's serial
 # console is slow), no crypto self-tests or certificate loading (a third of the boot), one CPU.
 cmdline="console=ttyS0 clearcpuid=pku,xsaves,xsavec,fsrm quiet loglevel=3 cryptomgr.notests
-  initcall_blacklist=load_system_certificate_list mitigations=off nokaslr nosmp"
+  initcall_blacklist=load_system_certificate_list mitigations=off nokaslr nosmp no5lvl"
 printf 'default linux\nprompt 0\ntimeout 0\nlabel linux\n  kernel /vmlinuz\n  append initrd=/initrd %s\n' \
   "$(echo $cmdline)" >"$work/iso/isolinux/isolinux.cfg"
 xorriso -as mkisofs -quiet -o "$work/boot.iso" -b isolinux/isolinux.bin -c isolinux/boot.cat \
@@ -127,7 +156,7 @@ xorriso -as mkisofs -quiet -o "$work/boot.iso" -b isolinux/isolinux.bin -c isoli
 cat >"$work/bochsrc" <<EOF
 display_library: rfb, options="timeout=0"
 megs: $mem
-romimage: file=/usr/share/bochs/BIOS-bochs-latest
+romimage: file=$bios
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
 cpu: model=$cpu, count=1, ips=100000000, reset_on_triple_fault=0
 clock: sync=none, time0=local
@@ -147,7 +176,7 @@ start=$(date +%s%3N) booted="" finished=""
 # The rfb display (Debian's Bochs has no "nogui") listens for VNC on port 5900+: where possible
 # Bochs gets its own network namespace, so that nothing outside can connect.
 netns=(); unshare -n true 2>/dev/null && netns=(unshare -n)
-"${netns[@]}" bochs-bin -q -f "$work/bochsrc" -rc "$work/debugger.rc" </dev/null >"$work/bochs.out" 2>&1 &
+"${netns[@]}" $bochs -q -f "$work/bochsrc" -rc "$work/debugger.rc" </dev/null >"$work/bochs.out" 2>&1 &
 bochs_pid=$!
 # Bochs quits by itself at the power-off; after the exit marker or a kernel panic (init failed) it
 # gets 5 s for that, and the whole run gets $timeout.

@@ -81,10 +81,23 @@ pub fn linear(x: &[f32], w: Weights, m: usize, k: usize, n: usize, y: &mut [f32]
 thread_local! {
     /// The bf16 path's rearranged activations (see [`crate::scratch`]).
     static EVEN_ODD: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The AVX512_BF16 path's activations split into bf16 hi and lo parts.
+    static HI_LO: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
     assert!(w.len() >= n * k, "linear: weights too small for n={n} k={k}");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 && W::IS_BF16 {
+        return crate::scratch::with_buffer(&HI_LO, 2 * m * k, 0, |hl| {
+            crate::linear_avx512bf16::split(&x[..m * k], hl);
+            let (hi, lo) = hl.split_at(m * k);
+            drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe {
+                let w = w.as_ptr() as *const u16; // bf16 bits
+                crate::linear_avx512bf16::tile(hi.as_ptr().add(i * k), lo.as_ptr().add(i * k), k, w.add(j * k), k, out, n, mr, nr)
+            })
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     if isa.uses_avx2() && W::IS_BF16 {
         // bf16 rows are read 16 at a time and split into even/odd lanes by shift and mask, so x
@@ -442,7 +455,7 @@ mod tests {
 
     #[test]
     fn every_dtype_and_isa_matches_the_f64_reference() {
-        let isas: Vec<Isa> = [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.supported()).collect();
+        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
         for (seed, &(m, k, n)) in SHAPES.iter().enumerate() {
             let x = fill(m * k, seed as u64);
             let w32 = fill(n * k, 100 + seed as u64);

@@ -292,7 +292,7 @@ impl Q8x8Matrix {
                 let (x, w) = (xq.as_ptr().add(i * bpr), self.blocks.as_ptr().add(g * bpr));
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx512Vnni {
+                if isa.uses_vnni() {
                     return by_rows!(vnni::q8_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
@@ -366,7 +366,7 @@ impl Q4x8Matrix {
                 let (x, w) = (xq.as_ptr().add(i * bpr), self.rows(g));
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx512Vnni {
+                if isa.uses_vnni() {
                     return by_rows!(vnni::q4_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]

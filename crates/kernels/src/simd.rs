@@ -1,7 +1,8 @@
 //! Run-time instruction-set choice: one binary, the best path each CPU supports.
-//! `NANO_QWEN3_ISA=portable` (or `avx2`, `avx512-vnni`, `neon-dotprod`) forces a path, so tests can
-//! compare them. A kernel without a path for the chosen ISA runs its portable code, except that
-//! `Avx512Vnni` runs the AVX2 code wherever it has no kernel of its own (every such CPU has AVX2).
+//! `NANO_QWEN3_ISA=portable` (or `avx2`, `avx512-vnni`, `avx512-bf16`, `neon-dotprod`) forces a
+//! path, so tests can compare them. A kernel without a path for the chosen ISA runs its portable
+//! code, except that the AVX-512 paths run the AVX2 code wherever they have no kernel of their own
+//! (every such CPU has AVX2), and `Avx512Bf16` runs the VNNI int8 / int4 tiles.
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub enum Isa {
     /// x86-64 AVX2 + FMA + F16C plus AVX-512 (F, BW, VL) with VNNI (Ice Lake, Tiger Lake, Sapphire
     /// Rapids, Zen 4 and later): `vpdpbusd` in the int8 and int4 matmuls, AVX2 elsewhere.
     Avx512Vnni,
+    /// Avx512Vnni plus AVX512_BF16 (Sapphire Rapids, Zen 4 and later): `vdpbf16ps` for bf16 weights.
+    Avx512Bf16,
     /// aarch64 NEON with the int8 dot product (`sdot`, Armv8.4 / Apple M1 / Graviton 2 and later):
     /// the int8 and int4 matmuls.
     NeonDotprod,
@@ -24,20 +27,26 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512Vnni => "avx512vnni+avx2+fma+f16c",
+            Isa::Avx512Bf16 => "avx512bf16+avx512vnni+avx2+fma+f16c",
             Isa::NeonDotprod => "neon+dotprod",
         }
     }
 
-    /// The `NANO_QWEN3_ISA` spelling: "portable", "avx2", "avx512-vnni", "neon-dotprod".
+    /// The `NANO_QWEN3_ISA` spelling: "portable", "avx2", "avx512-vnni", "avx512-bf16", "neon-dotprod".
     pub fn parse(name: &str) -> Option<Isa> {
         Self::ALL.into_iter().find(|i| i.env_name() == name)
     }
 
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::NeonDotprod];
 
     /// Whether kernels without a path of their own for `self` run their AVX2 code.
     pub fn uses_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Bf16)
+    }
+
+    /// Whether the int8 / int4 tiles use AVX-512 VNNI.
+    pub fn uses_vnni(self) -> bool {
+        matches!(self, Isa::Avx512Vnni | Isa::Avx512Bf16)
     }
 
     pub fn env_name(self) -> &'static str {
@@ -45,13 +54,14 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Avx512Bf16 => "avx512-bf16",
             Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
     /// Every SIMD path this CPU can run, best first (tests compare each with the portable one).
     pub fn simd_paths() -> Vec<Isa> {
-        [Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDotprod].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Avx512Bf16, Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDotprod].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// Whether this CPU can run `self`.
@@ -74,6 +84,10 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512Vnni => false,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => Isa::Avx512Vnni.supported() && is_x86_feature_detected!("avx512bf16"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512Bf16 => false,
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
             #[cfg(not(target_arch = "aarch64"))]
@@ -121,13 +135,17 @@ mod tests {
     use super::*;
 
     /// Test scripts name the paths their machine must have (`NANO_QWEN3_REQUIRE_ISA=neon-dotprod`
-    /// under QEMU), so a missed detection cannot pass as "portable only".
+    /// under QEMU), so a missed detection cannot pass as "portable only", and the path it must
+    /// choose (`NANO_QWEN3_EXPECT_ISA=avx2` on an AVX-512 CPU without VNNI), so a false one can't.
     #[test]
     fn required_simd_paths_are_detected() {
         let required = std::env::var("NANO_QWEN3_REQUIRE_ISA").unwrap_or_default();
         for name in required.split(',').filter(|s| !s.is_empty()) {
             let isa = Isa::parse(name).unwrap_or_else(|| panic!("unknown ISA {name:?}"));
             assert!(isa.supported(), "{name} is required but not detected");
+        }
+        if let Ok(name) = std::env::var("NANO_QWEN3_EXPECT_ISA") {
+            assert_eq!(active_isa().env_name(), name, "the chosen path");
         }
         for isa in Isa::ALL {
             assert_eq!(Isa::parse(isa.env_name()), Some(isa));
