@@ -245,6 +245,15 @@ export class ModelRunner {
       let received = 0
       try {
         for (;;) {
+          // An abort wins even when the generation had already finished with chunks still queued;
+          // either way the request has ended (its KV cache released) before the error is thrown.
+          if (userSignal?.aborted) {
+            await result.then(
+              () => {},
+              () => {},
+            )
+            throw settled && !settled.ok ? settled.error : new AbortError()
+          }
           if (queue.length) {
             received++
             yield queue.shift()!
