@@ -14,12 +14,12 @@
 //!
 //! - [`BlockQ8x8`] (272 bytes = 34 per row-block, as Q8_0): `d[r]` (f16) is row r's scale,
 //!   then `qs[32 s + 4 r + e]` = row r's int8 element `4 s + e` of the block (s: 0..8, e: 0..4).
-//! - [`Q4x8Matrix`]: nibbles and scales in two arrays. Per block, 128 bytes `qs[32 v + 4 r + e]`
-//!   = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low nibble is element `4 v + e`, its
-//!   high nibble element `16 + 4 v + e`. So one 32-byte load yields two groups of 4 elements for
-//!   8 rows: `& 0xF` and `>> 4 & 0xF`. Scales: 8 f16 per scale group `[group][scale group]`,
-//!   where a scale group is 1 block (Q4_0: 18 bytes per row-block), or 2 or 4 blocks when the
-//!   source's consecutive blocks share their scale (int4 groups of 64 / 128: 17 / 16.5 bytes).
+//! - [`Q4x8Matrix`], per scale group: the 8 rows' f16 scales, then for each of its blocks 128
+//!   bytes `qs[32 v + 4 r + e]` = row r's Q4_0 byte `4 v + e` (v: 0..4), untouched: its low
+//!   nibble is element `4 v + e`, its high nibble element `16 + 4 v + e`. So one 32-byte load
+//!   yields two groups of 4 elements for 8 rows: `& 0xF` and `>> 4 & 0xF`. A scale group is 1
+//!   block (Q4_0: 144 bytes = 18 per row-block), or 2 or 4 blocks when the source's consecutive
+//!   blocks share their scale (int4 groups of 64 / 128: 17 / 16.5 bytes per row-block).
 //!
 //! Both hold exactly the source's values, rearranged, so [`Q8x8Matrix::to_q8`] /
 //! [`Q4x8Matrix::to_q4`] restore the original blocks bit for bit (GGUF export).
@@ -45,14 +45,26 @@ use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
 use half::f16;
 use rayon::prelude::*;
 
-/// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows.
+/// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows; with `[GB]`,
+/// `$tile::<MR, GB>` (int4: blocks per shared scale, a constant so the tile's loops are static).
 macro_rules! by_rows {
-    ($($tile:ident)::+, $mr:expr, $($arg:expr),*) => {
+    ($($tile:ident)::+ $([$gb:expr])?, $mr:expr, $($arg:expr),*) => {
         match $mr {
-            1 => $($tile)::+::<1>($($arg),*),
-            2 => $($tile)::+::<2>($($arg),*),
-            3 => $($tile)::+::<3>($($arg),*),
-            _ => $($tile)::+::<4>($($arg),*),
+            1 => $($tile)::+::<1 $(, $gb)?>($($arg),*),
+            2 => $($tile)::+::<2 $(, $gb)?>($($arg),*),
+            3 => $($tile)::+::<3 $(, $gb)?>($($arg),*),
+            _ => $($tile)::+::<4 $(, $gb)?>($($arg),*),
+        }
+    };
+}
+
+/// [`by_rows!`] for the int4 tiles, also dispatching the matrix's blocks per scale (1, 2 or 4).
+macro_rules! by_rows_and_groups {
+    ($($tile:ident)::+, $mr:expr, $gb:expr, $($arg:expr),*) => {
+        match $gb {
+            1 => by_rows!($($tile)::+ [1], $mr, $($arg),*),
+            2 => by_rows!($($tile)::+ [2], $mr, $($arg),*),
+            _ => by_rows!($($tile)::+ [4], $mr, $($arg),*),
         }
     };
 }
@@ -90,18 +102,22 @@ pub struct Q4x8Matrix {
     pub k: usize,
     /// Consecutive blocks sharing one scale: 1, 2 or 4.
     pub group_blocks: usize,
-    /// `n.div_ceil(8) * k / 32` blocks' nibbles, `[group][block]`.
-    pub qs: Vec<NibblesX8>,
-    /// `n.div_ceil(8) * k / (32 group_blocks)` scale rows, `[group][scale group]`.
-    pub scales: Vec<[f16; ROWS]>,
+    /// `[group][scale group]`, each the 8 rows' f16 scales (bits) then `group_blocks` blocks of
+    /// nibbles (64 u16 = 128 bytes each): a scale next to the nibbles it scales, as in Q4_0.
+    pub data: Vec<u16>,
 }
 
-/// One 8-row group of a [`Q4x8Matrix`], as the tiles read it.
+/// One 8-row group of a [`Q4x8Matrix`], as the tiles read it: scale groups of
+/// `8 + 64 GB` u16 from `p` (GB, the blocks per scale, is the tiles' const parameter).
 #[derive(Clone, Copy)]
 struct Q4Rows {
-    qs: *const NibblesX8,
-    d: *const [f16; ROWS],
+    p: *const u16,
     group_blocks: usize,
+}
+
+/// u16 units per scale group of `gb` blocks.
+const fn q4_unit(gb: usize) -> usize {
+    ROWS + 64 * gb
 }
 
 impl Q8x8Matrix {
@@ -146,37 +162,51 @@ impl Q4x8Matrix {
     /// Repack, storing each scale once per group of blocks that share it (see the module docs).
     pub fn from_q4(q: &Q4Matrix) -> Self {
         let (bpr, gb) = (q.k / QK4, q.shared_scale_blocks());
-        let spr = bpr / gb;
-        let groups = q.n.div_ceil(ROWS);
+        let per_group = bpr / gb * q4_unit(gb);
         // Padding rows: scale 0 and nibbles 8 (= 0), so they hold exact zeros.
-        let mut qs = vec![[0x88u8; ROWS * QK4 / 2]; groups * bpr];
-        let mut scales = vec![[f16::ZERO; ROWS]; groups * spr];
-        qs.par_chunks_mut(bpr.max(1)).zip(scales.par_chunks_mut(spr.max(1))).enumerate().for_each(|(g, (qs, scales))| {
+        let mut data = vec![0x8888u16; q.n.div_ceil(ROWS) * per_group];
+        data.par_chunks_mut(per_group.max(1)).enumerate().for_each(|(g, out)| {
+            for sg in out.chunks_exact_mut(q4_unit(gb)) {
+                sg[..ROWS].fill(0);
+            }
             for r in 0..ROWS.min(q.n - g * ROWS) {
-                let src = &q.blocks[(g * ROWS + r) * bpr..][..bpr];
-                for (b, (o, s)) in qs.iter_mut().zip(src).enumerate() {
+                for (b, s) in q.blocks[(g * ROWS + r) * bpr..][..bpr].iter().enumerate() {
+                    let at = b / gb * q4_unit(gb);
+                    out[at + r] = s.d.to_bits();
+                    let nib = &mut out[at + ROWS + 64 * (b % gb)..][..64];
+                    // SAFETY: 64 u16 are 128 bytes.
+                    let nib: &mut NibblesX8 = unsafe { &mut *(nib.as_mut_ptr() as *mut NibblesX8) };
                     for v in 0..4 {
-                        o[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
+                        nib[32 * v + 4 * r..][..4].copy_from_slice(&s.qs[4 * v..][..4]);
                     }
-                    scales[b / gb][r] = s.d;
                 }
             }
         });
-        Self { n: q.n, k: q.k, group_blocks: gb, qs, scales }
+        Self { n: q.n, k: q.k, group_blocks: gb, data }
+    }
+
+    /// Row group `g`'s scale and nibbles of block `b`.
+    fn block(&self, g: usize, b: usize) -> (&[u16], &NibblesX8) {
+        let (bpr, gb) = (self.k / QK4, self.group_blocks);
+        let at = g * (bpr / gb * q4_unit(gb)) + b / gb * q4_unit(gb);
+        let nib = &self.data[at + ROWS + 64 * (b % gb)..][..64];
+        // SAFETY: 64 u16 are 128 bytes.
+        (&self.data[at..at + ROWS], unsafe { &*(nib.as_ptr() as *const NibblesX8) })
     }
 
     /// The row-major Q4_0 matrix back, bit for bit (a shared scale repeated in each block).
     pub fn to_q4(&self) -> Q4Matrix {
-        let (bpr, gb) = (self.k / QK4, self.group_blocks);
+        let bpr = self.k / QK4;
         let mut blocks = Vec::with_capacity(self.n * bpr);
         for j in 0..self.n {
             let (g, r) = (j / ROWS, j % ROWS);
-            for (b, s) in self.qs[g * bpr..][..bpr].iter().enumerate() {
+            for b in 0..bpr {
+                let (d, s) = self.block(g, b);
                 let mut qs = [0u8; QK4 / 2];
                 for v in 0..4 {
                     qs[4 * v..][..4].copy_from_slice(&s[32 * v + 4 * r..][..4]);
                 }
-                blocks.push(BlockQ4 { d: self.scales[(g * bpr + b) / gb][r], qs });
+                blocks.push(BlockQ4 { d: f16::from_bits(d[r]), qs });
             }
         }
         Q4Matrix { n: self.n, k: self.k, blocks }
@@ -184,9 +214,9 @@ impl Q4x8Matrix {
 
     /// The tiles' view of 8-row group `g`.
     fn rows(&self, g: usize) -> Q4Rows {
-        let bpr = self.k / QK4;
-        // SAFETY (callers): g < n.div_ceil(8), so both offsets are in bounds.
-        unsafe { Q4Rows { qs: self.qs.as_ptr().add(g * bpr), d: self.scales.as_ptr().add(g * bpr / self.group_blocks), group_blocks: self.group_blocks } }
+        let (bpr, gb) = (self.k / QK4, self.group_blocks);
+        // SAFETY (callers): g < n.div_ceil(8), so the offset is in bounds.
+        Q4Rows { p: unsafe { self.data.as_ptr().add(g * (bpr / gb * q4_unit(gb))) }, group_blocks: gb }
     }
 }
 
@@ -327,14 +357,14 @@ impl QuantMatrix for Q4x8Matrix {
     }
 
     fn bytes(&self) -> usize {
-        std::mem::size_of_val(&self.qs[..]) + std::mem::size_of_val(&self.scales[..])
+        std::mem::size_of_val(&self.data[..])
     }
 
     fn dequantize_row(&self, j: usize, out: &mut [f32]) {
-        let bpr = self.k / QK4;
         let (g, r) = (j / ROWS, j % ROWS);
-        for (b, (q, chunk)) in self.qs[g * bpr..][..bpr].iter().zip(out.chunks_exact_mut(QK4)).enumerate() {
-            let d = self.scales[(g * bpr + b) / self.group_blocks][r].to_f32();
+        for (b, chunk) in out.chunks_exact_mut(QK4).enumerate() {
+            let (d, q) = self.block(g, b);
+            let d = f16::from_bits(d[r]).to_f32();
             for i in 0..16 {
                 let q = q[32 * (i / 4) + 4 * r + i % 4];
                 chunk[i] = ((q & 0xF) as i32 - 8) as f32 * d;
@@ -367,15 +397,15 @@ impl Q4x8Matrix {
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_vnni() {
-                    return by_rows!(vnni::q4_tile, mr, x, w, bpr, out, n, cols);
+                    return by_rows_and_groups!(vnni::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_avx2() {
-                    return by_rows!(avx2::q4_tile, mr, x, w, bpr, out, n, cols);
+                    return by_rows_and_groups!(avx2::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "aarch64")]
                 if isa == Isa::NeonDotprod {
-                    return by_rows!(neon::q4_tile, mr, x, w, bpr, out, n, cols);
+                    return by_rows_and_groups!(neon::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
                 }
                 let _ = isa;
                 for a in 0..mr {
@@ -408,7 +438,9 @@ unsafe fn portable_q8(x: *const XQ8, w: *const BlockQ8x8, blocks: usize) -> [f32
 unsafe fn portable_q4(x: *const XQ4, w: Q4Rows, blocks: usize) -> [f32; ROWS] {
     let mut acc = [0f32; ROWS];
     for b in 0..blocks {
-        let (xb, qs, d) = (&*x.add(b), &*w.qs.add(b), &*w.d.add(b / w.group_blocks));
+        let gb = w.group_blocks;
+        let group = w.p.add(b / gb * q4_unit(gb));
+        let (xb, qs, d) = (&*x.add(b), &*(group.add(ROWS + 64 * (b % gb)) as *const NibblesX8), &*(group as *const [f16; ROWS]));
         for (r, a) in acc.iter_mut().enumerate() {
             let mut s = 0i32;
             for i in 0..16 {
@@ -505,7 +537,7 @@ mod vnni;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
+    use super::{q4_unit, BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
     use std::arch::x86_64::*;
 
     /// The 4 bytes at `p` in all 8 lanes (one `vpbroadcastd` from memory).
@@ -561,15 +593,16 @@ mod avx2 {
     /// Q4 tile: one 32-byte load gives elements 4v..4v+4 (low nibbles) and 16+4v.. (high) of 8
     /// rows; the 8 groups of a block accumulate in i16, widened and offset once per block.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+    pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
         let mask = _mm256_set1_epi8(0xF);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); MR];
-        for sg in 0..blocks / w.group_blocks {
-            // One scale vector per scale group (1, 2 or 4 blocks).
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.add(sg) as *const __m128i));
-            for b in sg * w.group_blocks..(sg + 1) * w.group_blocks {
-                let qs = (*w.qs.add(b)).as_ptr();
+        for sg in 0..blocks / GB {
+            // One scale vector per scale group (1, 2 or 4 blocks), stored before their nibbles.
+            let group = w.p.add(sg * q4_unit(GB));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(group as *const __m128i));
+            for b in sg * GB..(sg + 1) * GB {
+                let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;
                 let mut isum = [_mm256_setzero_si256(); MR];
                 for v in 0..4 {
                     let p = _mm256_loadu_si256(qs.add(32 * v) as *const __m256i);

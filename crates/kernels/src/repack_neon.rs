@@ -3,7 +3,7 @@
 //! of 4 i32 lanes; a weight vector holds the same 4 input features of 4 rows, so one `sdot`
 //! against the broadcast activations advances 4 rows and two cover the 8-row group.
 //! (`vdotq_s32` is not stable Rust yet, hence the one-instruction `asm!`.)
-use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
+use super::{q4_unit, BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
 use std::arch::aarch64::*;
 
 /// `acc += dot4(a, b)` per lane.
@@ -79,14 +79,15 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
 /// `MR` activation rows by one 8-row int4 group: the unsigned nibbles are dotted as they are
 /// (0..15 fit a signed byte) and the `-8` offset is taken off once per block as `8 Σx`.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mask = vdupq_n_u8(0x0F);
     let mut acc = [(zero, zero); MR];
-    for sg in 0..blocks / w.group_blocks {
-        let (d_lo, d_hi) = scales(&*w.d.add(sg));
-        for b in sg * w.group_blocks..(sg + 1) * w.group_blocks {
-            let qs = (*w.qs.add(b)).as_ptr();
+    for sg in 0..blocks / GB {
+        let group = w.p.add(sg * q4_unit(GB));
+        let (d_lo, d_hi) = scales(&*(group as *const [half::f16; ROWS]));
+        for b in sg * GB..(sg + 1) * GB {
+            let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;
             let mut isum = [(vdupq_n_s32(0), vdupq_n_s32(0)); MR];
             for s in 0..4 {
                 let (lo, hi) = (vld1q_u8(qs.add(32 * s)), vld1q_u8(qs.add(32 * s + 16)));

@@ -12,7 +12,7 @@
 //!   `Σ (w + 128)·x - 128 Σ x = Σ w·x`, with `128 Σ x` prepared once per activation block.
 //! - Q4: nibbles are already unsigned: `Σ q·x - 8 Σ x` as in AVX2.
 use super::avx2::{bcast4, store};
-use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8};
+use super::{q4_unit, BlockQ8x8, Q4Rows, QK8, ROWS, XQ4, XQ8};
 use std::arch::x86_64::*;
 
 /// `MR` activation rows by one 8-row int8 group.
@@ -43,13 +43,14 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
 /// `MR` activation rows by one 8-row int4 group: per 32-byte load, low nibbles against elements
 /// 4v..4v+4 and high nibbles against 16+4v.. of each row.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn q4_tile<const MR: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let mask = _mm256_set1_epi8(0xF);
     let mut acc = [_mm256_setzero_ps(); MR];
-    for sg in 0..blocks / w.group_blocks {
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.add(sg) as *const __m128i));
-        for b in sg * w.group_blocks..(sg + 1) * w.group_blocks {
-            let qs = (*w.qs.add(b)).as_ptr();
+    for sg in 0..blocks / GB {
+        let group = w.p.add(sg * q4_unit(GB));
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(group as *const __m128i));
+        for b in sg * GB..(sg + 1) * GB {
+            let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;
             let mut isum = [_mm256_setzero_si256(); MR];
             for v in 0..4 {
                 let p = _mm256_loadu_si256(qs.add(32 * v) as *const __m256i);
