@@ -561,6 +561,19 @@ mod avx2 {
         }
     }
 
+    /// `acc += s · (dw · dx)`: one convert and FMA finish a block for 8 rows (the row scales
+    /// times the block's x scale). Every x86 tile ends its blocks with it, so all give these bits.
+    #[inline(always)]
+    pub(super) unsafe fn scale_block(acc: &mut __m256, s: __m256i, dw: __m256, dx: f32) {
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), *acc);
+    }
+
+    /// The 8 f16 row scales at `p` as f32 (one F16C instruction).
+    #[inline(always)]
+    pub(super) unsafe fn scales(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
     /// `MR` activation rows by one 8-row group: each weight vector (4 elements of 8 rows) feeds MR
     /// rows. Per 32 products: sign, maddubs, madd, add, plus two broadcast loads.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -580,27 +593,58 @@ mod avx2 {
                     *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, ones));
                 }
             }
-            // One convert and FMA per block for 8 rows: the row scales times the block's x scale.
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
+            let dw = scales(wb.d.as_ptr() as *const u16);
             for i in 0..MR {
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps((*x.add(i * blocks + b)).d));
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), d, acc[i]);
+                scale_block(&mut acc[i], isum[i], dw, (*x.add(i * blocks + b)).d);
             }
         }
         store(&acc, y, ldy, cols);
     }
 
-    /// Q4 tile: one 32-byte load gives elements 4v..4v+4 (low nibbles) and 16+4v.. (high) of 8
-    /// rows; the 8 groups of a block accumulate in i16, widened and offset once per block.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+    /// How an int4 tile turns unsigned nibbles times int8 activations into per-lane sums: the
+    /// one step that differs between AVX2 (`maddubs`) and VNNI (`vpdpbusd`).
+    pub(super) trait NibbleDot {
+        /// Adds `lo · xl + hi · xh` (4 products per i32 lane of the result) into `acc`.
+        unsafe fn step(acc: __m256i, lo: __m256i, hi: __m256i, xl: __m256i, xh: __m256i) -> __m256i;
+        /// A block's accumulator as 8 i32 sums.
+        unsafe fn widen(acc: __m256i) -> __m256i;
+    }
+
+    /// AVX2: pair sums are at most 2·15·128, so a block's 8 groups add up in i16 (see the module
+    /// docs) and are widened to i32 once per block.
+    pub(super) struct Maddubs;
+
+    impl NibbleDot for Maddubs {
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, lo: __m256i, hi: __m256i, xl: __m256i, xh: __m256i) -> __m256i {
+            _mm256_add_epi16(acc, _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)))
+        }
+
+        #[inline(always)]
+        unsafe fn widen(acc: __m256i) -> __m256i {
+            _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
+        }
+    }
+
+    /// The int4 tile for either [`NibbleDot`]: one 32-byte load gives elements 4v..4v+4 (low
+    /// nibbles) and 16+4v.. (high) of 8 rows; a scale group's scales are read once, and
+    /// `Σ q·x - 8 Σ x = Σ (q - 8)·x` is taken per block, exactly. Inlined into each ISA's
+    /// `#[target_feature]` entry point.
+    #[inline(always)]
+    pub(super) unsafe fn q4_tile_with<D: NibbleDot, const MR: usize, const GB: usize>(
+        x: *const XQ4,
+        w: Q4Rows,
+        blocks: usize,
+        y: *mut f32,
+        ldy: usize,
+        cols: usize,
+    ) {
         let mask = _mm256_set1_epi8(0xF);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); MR];
         for sg in 0..blocks / GB {
-            // One scale vector per scale group (1, 2 or 4 blocks), stored before their nibbles.
+            // The scale group's 8 scales sit before its GB blocks of nibbles.
             let group = w.p.add(sg * q4_unit(GB));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(group as *const __m128i));
+            let dw = scales(group);
             for b in sg * GB..(sg + 1) * GB {
                 let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;
                 let mut isum = [_mm256_setzero_si256(); MR];
@@ -609,23 +653,22 @@ mod avx2 {
                     let lo = _mm256_and_si256(p, mask);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
                     for (i, sum) in isum.iter_mut().enumerate() {
-                        let xb = x.add(i * blocks + b);
-                        let xl = bcast4((*xb).qs.as_ptr().add(4 * v));
-                        let xh = bcast4((*xb).qs.as_ptr().add(16 + 4 * v));
-                        let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                        *sum = _mm256_add_epi16(*sum, p);
+                        let xq = (*x.add(i * blocks + b)).qs.as_ptr();
+                        *sum = D::step(*sum, lo, hi, bcast4(xq.add(4 * v)), bcast4(xq.add(16 + 4 * v)));
                     }
                 }
                 for i in 0..MR {
                     let xb = &*x.add(i * blocks + b);
-                    // Σ q·x - 8 Σ x = Σ (q - 8)·x, exactly.
-                    let s = _mm256_sub_epi32(_mm256_madd_epi16(isum[i], ones), _mm256_set1_epi32(xb.sum8));
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
+                    scale_block(&mut acc[i], _mm256_sub_epi32(D::widen(isum[i]), _mm256_set1_epi32(xb.sum8)), dw, xb.d);
                 }
             }
         }
         store(&acc, y, ldy, cols);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+        q4_tile_with::<Maddubs, MR, GB>(x, w, blocks, y, ldy, cols)
     }
 }
 

@@ -11,8 +11,8 @@
 //!   `w + 128` as u8 (one xor per weight vector, shared by the MR activation rows), and
 //!   `Σ (w + 128)·x - 128 Σ x = Σ w·x`, with `128 Σ x` prepared once per activation block.
 //! - Q4: nibbles are already unsigned: `Σ q·x - 8 Σ x` as in AVX2.
-use super::avx2::{bcast4, store};
-use super::{q4_unit, BlockQ8x8, Q4Rows, QK8, ROWS, XQ4, XQ8};
+use super::avx2::{bcast4, q4_tile_with, scale_block, scales, store, NibbleDot};
+use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8};
 use std::arch::x86_64::*;
 
 /// `MR` activation rows by one 8-row int8 group.
@@ -29,46 +29,32 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
                 *sum = _mm256_dpbusd_epi32(*sum, wu, bcast4((*x.add(i * blocks + b)).qs.as_ptr().add(4 * s)));
             }
         }
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
+        let dw = scales(wb.d.as_ptr() as *const u16);
         for i in 0..MR {
             let xb = &*x.add(i * blocks + b);
-            let s = _mm256_sub_epi32(isum[i], _mm256_set1_epi32(xb.sum128));
-            let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
+            scale_block(&mut acc[i], _mm256_sub_epi32(isum[i], _mm256_set1_epi32(xb.sum128)), dw, xb.d);
         }
     }
     store(&acc, y, ldy, cols);
 }
 
-/// `MR` activation rows by one 8-row int4 group: per 32-byte load, low nibbles against elements
-/// 4v..4v+4 and high nibbles against 16+4v.. of each row.
+/// `vpdpbusd` on the unsigned nibbles: i32 lanes straight away.
+struct Dpbusd;
+
+impl NibbleDot for Dpbusd {
+    #[inline(always)]
+    unsafe fn step(acc: __m256i, lo: __m256i, hi: __m256i, xl: __m256i, xh: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, xl), hi, xh)
+    }
+
+    #[inline(always)]
+    unsafe fn widen(acc: __m256i) -> __m256i {
+        acc
+    }
+}
+
+/// `MR` activation rows by one 8-row int4 group (the shared int4 tile with `vpdpbusd`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
-    let mask = _mm256_set1_epi8(0xF);
-    let mut acc = [_mm256_setzero_ps(); MR];
-    for sg in 0..blocks / GB {
-        let group = w.p.add(sg * q4_unit(GB));
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(group as *const __m128i));
-        for b in sg * GB..(sg + 1) * GB {
-            let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;
-            let mut isum = [_mm256_setzero_si256(); MR];
-            for v in 0..4 {
-                let p = _mm256_loadu_si256(qs.add(32 * v) as *const __m256i);
-                let lo = _mm256_and_si256(p, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
-                for (i, sum) in isum.iter_mut().enumerate() {
-                    let xq = (*x.add(i * blocks + b)).qs.as_ptr();
-                    *sum = _mm256_dpbusd_epi32(*sum, lo, bcast4(xq.add(4 * v)));
-                    *sum = _mm256_dpbusd_epi32(*sum, hi, bcast4(xq.add(16 + 4 * v)));
-                }
-            }
-            for i in 0..MR {
-                let xb = &*x.add(i * blocks + b);
-                let s = _mm256_sub_epi32(isum[i], _mm256_set1_epi32(xb.sum8));
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[i]);
-            }
-        }
-    }
-    store(&acc, y, ldy, cols);
+    q4_tile_with::<Dpbusd, MR, GB>(x, w, blocks, y, ldy, cols)
 }
