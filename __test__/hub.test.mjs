@@ -19,7 +19,7 @@ function startHub(token) {
       res.writeHead(401).end('unauthorized')
       return
     }
-    if (req.url === '/api/models/test-org/tiny-qwen3/revision/main') {
+    if (req.url.split('?')[0] === '/api/models/test-org/tiny-qwen3/revision/main') {
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ id: 'test-org/tiny-qwen3', sha: SHA, siblings: [...FILES, 'README.md'].map((rfilename) => ({ rfilename })) }))
       return
