@@ -22,6 +22,7 @@ export {
   ModelRunner,
   type ModelRunnerOptions,
   type QuantizationInfo,
+  type ServingInfo,
   type TensorClass,
 } from './model-runner.js'
 export { type LoadProgress, loadProgressBar } from './progress.js'

@@ -25,6 +25,10 @@ const loadOptionsSchema = z
     accelerationConfig: z.any().optional(),
     maxSeqLength: z.number().int().positive().optional(),
     threads: z.number().int().positive().optional(),
+    kvCacheMemory: z.number().int().positive().optional(),
+    maxBatchTokens: z.number().int().positive().max(2 ** 32 - 1).optional(),
+    maxConcurrentSequences: z.number().int().positive().max(2 ** 32 - 1).optional(),
+    enablePrefixCaching: z.boolean().optional(),
     revision: z.string().optional(),
     onDownloadProgress: z.union([z.function(), z.literal(false)]).optional(),
     onLoadProgress: z.union([z.function(), z.literal(false)]).optional(),
@@ -40,6 +44,15 @@ export interface ModelRunnerOptions {
   maxSeqLength?: number
   /** CPU threads; defaults to the number of physical cores. */
   threads?: number
+  /** Bytes of the KV cache pool shared by all requests. Default: the KV of one maxSeqLength-token
+   * sequence, capped at a quarter of the available memory and at 4 GiB. */
+  kvCacheMemory?: number
+  /** Tokens per engine step: every running request's next token plus prefill chunks (default 512). */
+  maxBatchTokens?: number
+  /** Requests in one batch at most (default 64); more wait their turn. */
+  maxConcurrentSequences?: number
+  /** Reuse the KV of prompt prefixes seen before (default true). */
+  enablePrefixCaching?: boolean
   revision?: string
   onDownloadProgress?: ResolveOptions['onProgress']
   /** Quantization / calibration progress while loading. Default: a bar on stderr when it is a terminal; `false` silences it. */
@@ -95,6 +108,31 @@ export interface QuantizationInfo {
   calibration: CalibrationReport | null
 }
 
+/** The serving loop as of its last step: KV pool, batch limits, sequences, prefix cache. */
+export interface ServingInfo {
+  blockTokens: number
+  blocksTotal: number
+  /** Blocks referenced by running requests. */
+  blocksUsed: number
+  /** Free blocks still holding a cached prefix (evicted oldest first when needed). */
+  blocksCached: number
+  kvCacheBytes: number
+  kvCacheDtype: 'f32' | 'f16' | 'bf16'
+  maxBatchTokens: number
+  maxConcurrentSequences: number
+  /** Longest prefill chunk of one request per step (chunked prefill); null when unbounded. */
+  maxPrefillChunk: number | null
+  prefixCaching: boolean
+  prefixCacheQueriedTokens: number
+  prefixCacheHitTokens: number
+  prefixCacheHitRate: number
+  runningSequences: number
+  waitingSequences: number
+  /** Requests preempted (blocks freed, recomputed later) because the pool ran out. */
+  preemptions: number
+  steps: number
+}
+
 /** The package's embedded model: a tiny Qwen3 with random weights and the real tokenizer. */
 export function defaultModelDir(): string {
   const here = dirname(fileURLToPath(import.meta.url))
@@ -148,6 +186,10 @@ export class ModelRunner {
           acceleration: config,
           maxSeqLength: this.options.maxSeqLength,
           threads: this.options.threads,
+          kvCacheMemory: this.options.kvCacheMemory,
+          maxBatchTokens: this.options.maxBatchTokens,
+          maxConcurrentSequences: this.options.maxConcurrentSequences,
+          enablePrefixCaching: this.options.enablePrefixCaching,
         },
         report ? (json: string) => report(JSON.parse(json)) : undefined,
       )
@@ -207,8 +249,15 @@ export class ModelRunner {
     const abort = () => engine.cancel(id)
     signal?.addEventListener('abort', abort, { once: true })
     try {
-      const json = await engine.generate(ids, request, id, onChunk ? (c: string) => onChunk(JSON.parse(c)) : undefined)
-      return JSON.parse(json)
+      // Events arrive in order on one callback: every chunk, then the end.
+      return await new Promise((resolve, reject) => {
+        engine.generate(ids, request, id, (json: string) => {
+          const e = JSON.parse(json)
+          if (e.type === 'chunk') onChunk?.(e.chunk)
+          else if (e.type === 'done') resolve(e.result)
+          else reject(new Error(e.error))
+        })
+      })
     } catch (e) {
       throw fromNative(e)
     } finally {
@@ -303,7 +352,7 @@ export class ModelRunner {
   }
 
   getModelInfo() {
-    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & { quantization: QuantizationInfo }
+    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & { quantization: QuantizationInfo; serving: ServingInfo }
     return {
       ...info,
       modelName: this.options.modelName,
@@ -321,7 +370,10 @@ export class ModelRunner {
     memoryReductionPercent: number
     weightBytes: number
     checkpointBytes: number
+    /** KV cache held by running requests (their blocks). */
     kvCacheBytes: number
+    /** The whole KV pool (kvCacheMemory rounded down to whole blocks). */
+    kvCachePoolBytes: number
     kvCacheBytesPerToken: number
     kvCacheBytesAtMaxSeqLength: number
     /** Measured weight bytes per tensor class and storage format. */

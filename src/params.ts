@@ -40,9 +40,14 @@ export interface Usage {
   promptTokens: number
   completionTokens: number
   totalTokens: number
+  /** Prompt tokens whose KV came from the prefix cache (not computed for this request). */
+  cachedTokens: number
 }
 
 export interface Timings {
+  /** Submission to the first engine step that ran this request (waiting for a place in the batch). */
+  queuedMs: number
+  /** First step to the first token (the prompt's prefill, sharing steps with other requests). */
   prefillMs: number
   decodeMs: number
   prefillTokensPerSecond: number

@@ -1,9 +1,9 @@
 //! Acceleration options (the Python project's names) and the execution plan: for every requested
 //! option, whether it is applied on this device and, if not, why. Nothing is credited that did
 //! not run.
-use crate::calibration::CalibrationConfig;
+use crate::quantize::calibration::CalibrationConfig;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvDtype;
+use crate::model::kv_pool::KvDtype;
 use crate::model::WeightFormat;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
@@ -149,7 +149,7 @@ pub struct ExecutionPlan {
 
 impl ExecutionPlan {
     /// Add what max-autotune did at load to its plan item.
-    pub fn describe_autotune(&mut self, t: &crate::autotune::AutotuneReport) {
+    pub fn describe_autotune(&mut self, t: &crate::model::autotune::AutotuneReport) {
         if let Some(i) = self.items.iter_mut().find(|i| i.option == "useTorchCompile") {
             let cache = match (&t.cache_file, &t.cache_error) {
                 (_, Some(e)) => format!("cache not used: {e}"),
@@ -216,7 +216,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     items.push(on_off(
         "useFlashAttention",
         cfg.use_flash_attention,
-        &format!("tiled online-softmax attention (GQA: each KV tile read once per query group; decode splits the KV length across threads), KV cache in {kv}"),
+        &format!("tiled online-softmax attention read through each sequence's block table (paged KV; GQA: each KV tile read once per query group; decode splits the KV length across threads), KV cache in {kv}"),
         &format!("off: scores materialised per head, then softmax (KV cache in {kv})"),
     ));
     items.push(on_off(
@@ -234,7 +234,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     items.push(on_off(
         "useGradientCheckpointing",
         cfg.use_gradient_checkpointing,
-        "chunked prefill: prompts run in chunks of 256 tokens, so activation memory is bounded by the chunk (inference has no gradients)",
+        "chunked prefill: at most 256 tokens of a prompt per engine step, so activation memory is bounded by the chunk (inference has no gradients; the scheduler also splits prompts to fit maxBatchTokens)",
         "off",
     ));
     let compile = serde_json::to_value(cfg.compile_mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -244,7 +244,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             "useTorchCompile",
             format!("true ({compile})"),
             true,
-            "the decode step is planned: activation buffers kept with the sequence, the KV cache sized for the whole request, kernel scratch reused; a warm step allocates nothing",
+            "the serving step is planned: activation buffers kept between steps, the KV pool allocated once at load, kernel scratch reused; a warm decode step of a steady batch allocates nothing",
         ),
         (true, CompileMode::MaxAutotune) => item(
             "useTorchCompile",

@@ -1,26 +1,60 @@
-//! The engine: a loaded model with its tokenizer, chat template and plan, and the operations a
-//! runner needs. Immutable after load and `Sync`: concurrent requests each bring their own KV cache.
+//! The engine: a loaded model with its tokenizer, chat template and plan, the engine loop that
+//! serves it (continuous batching over one paged KV pool), and the operations a runner needs.
+//! `Sync`: any number of threads submit requests at once and share the batch.
 use crate::acceleration::{plan, AccelerationConfig, CompileMode, ExecutionPlan, Quantization};
-use crate::fast_forward::ExecOptions;
-use crate::kv_cache::KvDtype;
-use crate::progress::ProgressFn;
-use crate::static_int8::{self, CalibrationReport};
-use crate::chat_template::{ChatTemplate, ChatTemplateOptions};
-use crate::config::GenerationDefaults;
 use crate::error::{EngineError, Result};
-use crate::generate::{FinishReason, GenerateOptions, StopMatcher, StopScan};
-use crate::kv_cache::KvCache;
-use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
-use crate::sampler::Sampler;
-use nano_qwen3_kernels::pool::ThreadPool;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::model::config::GenerationDefaults;
+use crate::model::{ExecOptions, KvDtype, KvPool, LogitsFor, Qwen3Model, BLOCK_TOKENS};
+use crate::progress::ProgressFn;
+use crate::quantize::static_int8::{self, CalibrationReport};
+use crate::serve::block_manager::BlockManager;
+use crate::serve::request::GenerateOptions;
+use crate::serve::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use crate::serve::sequence::{Event, GenerateOutput, Sequence, StreamChunk};
+use crate::serve::server::{Runtime, Server};
 use crate::source::ModelFiles;
+use crate::text::chat_template::{ChatTemplate, ChatTemplateOptions};
+use crate::text::tokenizer::Tokenizer;
 use candle_core::Device;
-use serde::Serialize;
+use nano_qwen3_kernels::pool::ThreadPool;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Serving options (load time). `None` takes the documented default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Bytes of the KV pool. Default: the KV of `maxSeqLength` tokens, at most a quarter of the
+    /// memory available at load and at most 4 GiB (see [`default_kv_bytes`]).
+    pub kv_cache_memory: Option<usize>,
+    /// Tokens per step (decode tokens plus prefill chunks). Default [`DEFAULT_MAX_BATCH_TOKENS`].
+    pub max_batch_tokens: Option<usize>,
+    /// Sequences in one step. Default [`DEFAULT_MAX_SEQUENCES`].
+    pub max_concurrent_sequences: Option<usize>,
+    /// Reuse the KV of cached prompt prefixes. Default on (`Some(false)` turns it off).
+    pub enable_prefix_caching: Option<bool>,
+}
+
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+pub const DEFAULT_MAX_SEQUENCES: usize = 64;
+const DEFAULT_KV_CAP: usize = 4 << 30;
+
+/// Bytes of memory available now (Linux: MemAvailable), if known.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The default KV pool: room for one sequence of `max_seq_length` tokens, capped at a quarter of
+/// the available memory and at 4 GiB, and at least one block.
+pub fn default_kv_bytes(bytes_per_token: usize, max_seq_length: usize) -> usize {
+    let cap = available_memory().map_or(DEFAULT_KV_CAP, |a| (a / 4).min(DEFAULT_KV_CAP));
+    (bytes_per_token * max_seq_length).min(cap).max(bytes_per_token * BLOCK_TOKENS)
+}
 
 #[derive(Clone)]
 pub struct LoadOptions {
@@ -30,11 +64,12 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Called during long load-time work (quantization, calibration).
     pub progress: Option<ProgressFn>,
+    pub serving: ServeOptions,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None, progress: None }
+        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None, progress: None, serving: ServeOptions::default() }
     }
 }
 
@@ -46,13 +81,14 @@ impl std::fmt::Debug for LoadOptions {
             .field("max_seq_length", &self.max_seq_length)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("serving", &self.serving)
             .finish()
     }
 }
 
 pub struct Engine {
-    pub model: Qwen3Model,
-    pub tokenizer: Tokenizer,
+    pub model: Arc<Qwen3Model>,
+    pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub generation_defaults: GenerationDefaults,
     pub plan: ExecutionPlan,
@@ -65,51 +101,22 @@ pub struct Engine {
     pub calibration: Option<CalibrationReport>,
     /// Which optimizations the forward pass uses.
     pub exec: ExecOptions,
-    /// Chunked prefill (useGradientCheckpointing): tokens per forward call.
+    /// Chunked prefill (useGradientCheckpointing): at most this many tokens of a prompt per step.
     pub prefill_chunk: Option<usize>,
     pub kv_dtype: KvDtype,
+    /// The KV pool: blocks of [`BLOCK_TOKENS`] tokens, and its bytes.
+    pub kv_blocks: usize,
+    pub kv_pool_bytes: usize,
+    pub scheduler: SchedulerConfig,
+    pub prefix_caching: bool,
     checkpoint_bytes: usize,
     /// The kernels' threads: a leader that runs each forward call and `threads - 1` workers.
-    pool: ThreadPool,
+    pool: Arc<ThreadPool>,
     _load_pool: rayon::ThreadPool,
     /// What compile mode max-autotune measured or read from its cache at load.
-    pub autotune: Option<crate::autotune::AutotuneReport>,
-    live_kv_bytes: Arc<AtomicUsize>,
-}
-
-/// One piece of streamed output.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StreamChunk {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub total_tokens: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Timings {
-    pub prefill_ms: f64,
-    pub decode_ms: f64,
-    pub prefill_tokens_per_second: f64,
-    pub decode_tokens_per_second: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerateOutput {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    pub finish_reason: FinishReason,
-    pub usage: Usage,
-    pub timings: Timings,
+    pub autotune: Option<crate::model::autotune::AutotuneReport>,
+    /// The engine loop (declared last: dropped first, before what it uses).
+    server: Server,
 }
 
 /// Tokens per forward call with chunked prefill: bounds activation memory on long prompts while
@@ -117,16 +124,8 @@ pub struct GenerateOutput {
 pub const PREFILL_CHUNK: usize = 256;
 
 /// False when the matrices are already Q4_0 blocks (a Q4_0 GGUF): int4 then uses them as they are.
-fn needs_quantizing(src: &dyn crate::weights::TensorSource) -> bool {
+fn needs_quantizing(src: &dyn crate::source::weights::TensorSource) -> bool {
     src.stored_format("model.layers.0.mlp.down_proj.weight").as_deref() != Some("q4_0")
-}
-
-fn per_second(n: usize, ms: f64) -> f64 {
-    if ms > 0.0 {
-        n as f64 * 1000.0 / ms
-    } else {
-        0.0
-    }
 }
 
 impl Engine {
@@ -172,7 +171,7 @@ impl Engine {
                 let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 (m, Some(r))
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
-                let importance = crate::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
+                let importance = crate::quantize::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
                 (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None)
             } else {
                 (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None)
@@ -185,7 +184,7 @@ impl Engine {
             }
             // Tiling is tuned last: it depends on the final formats and layouts.
             let tuned = (acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
-                .then(|| crate::autotune::autotune(&model, threads, progress));
+                .then(|| crate::model::autotune::autotune(&model, threads, progress));
             Ok((model, calibration, tuned))
         }))?;
         let mut plan = plan;
@@ -197,13 +196,47 @@ impl Engine {
             fused: acc.use_fused_kernels,
             reuse_buffers: acc.use_torch_compile && acc.compile_mode == CompileMode::ReduceOverhead,
         };
+        let serving = &opts.serving;
+        let block_bytes = KvPool::block_bytes(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, acc.kv_cache_dtype);
+        let kv_bytes = match serving.kv_cache_memory {
+            None => default_kv_bytes(block_bytes / BLOCK_TOKENS, max_seq_length),
+            Some(b) if b >= block_bytes => b,
+            Some(b) => {
+                let allowed = format!("at least one block of {BLOCK_TOKENS} tokens: {block_bytes} bytes for this model and kvCacheDtype");
+                return Err(EngineError::invalid_arg("kvCacheMemory", b, &allowed));
+            }
+        };
+        let positive = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(EngineError::invalid_arg(name, 0, "an integer >= 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let prefill_chunk = acc.use_gradient_checkpointing.then_some(PREFILL_CHUNK);
+        let scheduler = SchedulerConfig {
+            max_batch_tokens: positive("maxBatchTokens", serving.max_batch_tokens, DEFAULT_MAX_BATCH_TOKENS)?,
+            max_sequences: positive("maxConcurrentSequences", serving.max_concurrent_sequences, DEFAULT_MAX_SEQUENCES)?,
+            max_chunk: prefill_chunk.unwrap_or(usize::MAX),
+        };
+        let prefix_caching = serving.enable_prefix_caching.unwrap_or(true);
+        let kv_blocks = kv_bytes / block_bytes;
+        let c = &config;
+        let kv = KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, acc.kv_cache_dtype, kv_blocks);
+        let model = Arc::new(model);
+        let pool = Arc::new(pool);
+        let tokenizer = Arc::new(opened.tokenizer);
+        let runtime = Runtime { model: model.clone(), pool: pool.clone(), tokenizer: tokenizer.clone(), exec };
+        let server = Server::start(runtime, kv, Scheduler::new(scheduler, BlockManager::new(kv_blocks, prefix_caching)))
+            .map_err(|e| cannot_start(&e))?;
         Ok(Self {
             exec,
-            prefill_chunk: acc.use_gradient_checkpointing.then_some(PREFILL_CHUNK),
+            prefill_chunk,
             kv_dtype: acc.kv_cache_dtype,
+            kv_blocks,
+            kv_pool_bytes: kv_blocks * block_bytes,
+            scheduler,
+            prefix_caching,
             checkpoint_bytes: tensors.stored_bytes(),
             model,
-            tokenizer: opened.tokenizer,
+            tokenizer,
             template: opened.template,
             generation_defaults: opened.generation_defaults,
             plan,
@@ -215,13 +248,8 @@ impl Engine {
             pool,
             _load_pool: load_pool,
             autotune: tuned,
-            live_kv_bytes: Arc::new(AtomicUsize::new(0)),
+            server,
         })
-    }
-
-    pub fn new_cache(&self) -> KvCache {
-        let c = &self.model.config;
-        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.kv_dtype, self.live_kv_bytes.clone())
     }
 
     pub fn apply_chat_template(&self, messages: &serde_json::Value, opts: &ChatTemplateOptions) -> Result<String> {
@@ -245,14 +273,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Logits (f32) for the last position, or for every position (row-major [n, vocab]).
+    /// Logits (f32) for the last position, or for every position (row-major [n, vocab]). Runs
+    /// the forward pass in a KV pool of its own, between the serving steps.
     pub fn compute_logits(&self, ids: &[u32], all_positions: bool) -> Result<Vec<f32>> {
         self.check_prompt(ids)?;
-        let mut cache = self.new_cache();
         let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
-        let mut logits = Vec::new();
-        self.forward(ids, &mut cache, which, &mut logits)?;
-        Ok(logits)
+        self.pool.install(|| self.model.run_alone(ids, which, &self.exec, self.kv_dtype, self.prefill_chunk, None))
     }
 
     fn eos_ids(&self, opts: &GenerateOptions) -> Vec<u32> {
@@ -264,8 +290,29 @@ impl Engine {
         ids
     }
 
-    /// Generate from `prompt`. `on_chunk` receives text as it becomes final (stop strings trimmed,
-    /// no split characters); `cancel` is checked before every decode step.
+    /// Tokens the KV pool holds.
+    pub fn kv_pool_tokens(&self) -> usize {
+        self.kv_blocks * BLOCK_TOKENS
+    }
+
+    /// Start generating from `prompt`: the request joins the batch at the next step and `sink`
+    /// hears its chunks (text that is final: stop strings trimmed, no split characters) then its
+    /// end. Returns the flag that aborts it (checked at every step). Bad input is refused here,
+    /// before anything is queued.
+    pub fn submit(&self, prompt: Vec<u32>, opts: &GenerateOptions, sink: Box<dyn FnMut(Event) + Send>) -> Result<Arc<AtomicBool>> {
+        self.check_prompt(&prompt)?;
+        // The prompt and the first generated token must fit the pool, alone.
+        if prompt.len() + 1 > self.kv_pool_tokens() {
+            return Err(EngineError::KvPoolOverflow { prompt_tokens: prompt.len(), pool_tokens: self.kv_pool_tokens(), pool_bytes: self.kv_pool_bytes });
+        }
+        let budget = opts.max_tokens.min(self.max_seq_length - prompt.len());
+        let seq = Sequence::new(prompt, opts, budget, self.eos_ids(opts), sink);
+        let cancel = seq.cancel.clone();
+        self.server.submit(seq);
+        Ok(cancel)
+    }
+
+    /// [`Self::submit`] and wait for the end, passing chunks to `on_chunk`; `cancel` aborts.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -273,117 +320,35 @@ impl Engine {
         cancel: &AtomicBool,
         on_chunk: &mut dyn FnMut(StreamChunk),
     ) -> Result<GenerateOutput> {
-        self.check_prompt(prompt)?;
-        let budget = opts.max_tokens.min(self.max_seq_length - prompt.len());
-        let stop_ids = self.eos_ids(opts);
-        let stops = StopMatcher::new(opts.stop.clone());
-        let mut sampler = Sampler::new(opts.sampling.clone(), prompt);
-        let mut decoder = StreamDecoder::new(true);
-        let mut cache = self.new_cache();
-        if self.exec.reuse_buffers {
-            // reduce-overhead plans the whole request: the cache is sized once, not doubled.
-            cache.reserve(prompt.len() + budget);
-        }
-        let (mut text, mut released, mut pending_ids) = (String::new(), 0usize, Vec::new());
-        let mut tokens = Vec::new();
-        let mut finish = FinishReason::Length;
-        let mut trimmed_at_stop_string = false;
-
-        let t0 = Instant::now();
-        let mut logits = Vec::new();
-        self.forward(prompt, &mut cache, LogitsFor::LastToken, &mut logits)?;
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let t1 = Instant::now();
-        while tokens.len() < budget {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(EngineError::Aborted);
+        let (tx, rx) = mpsc::channel();
+        let abort = self.submit(prompt.to_vec(), opts, Box::new(move |e| drop(tx.send(e))))?;
+        // Once the caller cancels, nothing more reaches it and the request ends as aborted.
+        let cancelled = || {
+            let c = cancel.load(Ordering::Relaxed);
+            if c {
+                abort.store(true, Ordering::Relaxed);
             }
-            // Padding rows of the lm_head have no token: never sample them.
-            if let Some(pad) = logits.get_mut(self.tokenizer.vocab_size()..) {
-                pad.fill(f32::NEG_INFINITY);
-            }
-            let next = sampler.sample(&mut logits);
-            sampler.observe(next);
-            if stop_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            tokens.push(next);
-            pending_ids.push(next);
-            let from = text.len();
-            text.push_str(&decoder.push(&self.tokenizer, next)?);
-            let safe = match stops.scan(&text, from) {
-                StopScan::Hit(at) => {
-                    text.truncate(at);
-                    finish = FinishReason::Stop;
-                    trimmed_at_stop_string = true;
-                    break;
+            c
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(Event::Chunk(c)) => {
+                    if !cancelled() {
+                        on_chunk(c);
+                    }
                 }
-                StopScan::SafeUpTo(s) => s,
-            };
-            if safe > released {
-                on_chunk(StreamChunk { text: text[released..safe].to_string(), token_ids: std::mem::take(&mut pending_ids) });
-                released = safe;
-            }
-            if tokens.len() < budget {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(EngineError::Aborted);
+                Ok(Event::Done(out)) => return if cancelled() { Err(EngineError::Aborted) } else { out },
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    cancelled();
                 }
-                self.forward(&[next], &mut cache, LogitsFor::LastToken, &mut logits)?;
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EngineError::Aborted),
             }
         }
-        if !trimmed_at_stop_string {
-            // Text held back for an incomplete character can still complete a stop string.
-            let from = text.len();
-            text.push_str(&decoder.flush(&self.tokenizer)?);
-            if let StopScan::Hit(at) = stops.scan(&text, from) {
-                text.truncate(at.max(released));
-                finish = FinishReason::Stop;
-            }
-        }
-        if text.len() > released || !pending_ids.is_empty() {
-            on_chunk(StreamChunk { text: text.get(released..).unwrap_or("").to_string(), token_ids: pending_ids });
-        }
-        let decode_ms = t1.elapsed().as_secs_f64() * 1000.0;
-        Ok(GenerateOutput {
-            text,
-            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: tokens.len(), total_tokens: prompt.len() + tokens.len() },
-            timings: Timings {
-                prefill_ms,
-                decode_ms,
-                prefill_tokens_per_second: per_second(prompt.len(), prefill_ms),
-                // The first token comes from the prefill logits: decode produced tokens - 1 forwards.
-                decode_tokens_per_second: per_second(tokens.len().saturating_sub(1), decode_ms),
-            },
-            token_ids: tokens,
-            finish_reason: finish,
-        })
     }
 
-    /// Forward `tokens` of one sequence (appended to `cache`) on the engine's threads; `logits`
-    /// is replaced by the last position's logits or every position's (row-major `[n, vocab]`).
-    /// Prompts run in chunks of at most `prefill_chunk` tokens when chunked prefill is on
-    /// (activation memory bounded by the chunk, and other requests' steps run between chunks).
-    /// With reduce-overhead, a reserved cache and a reused `logits`, a decode step allocates nothing.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: LogitsFor, logits: &mut Vec<f32>) -> Result<()> {
-        let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
-        // The cache grows by doubling; sized once here, chunks don't pay for (and hold) the copies.
-        cache.reserve(tokens.len());
-        logits.clear();
-        for part in tokens.chunks(chunk) {
-            if which == LogitsFor::LastToken {
-                logits.clear(); // only the last chunk's last row is wanted
-            }
-            // One hand-off to the pool's leader per chunk: the engine's calls take turns there.
-            self.pool.install(|| {
-                self.model.forward_fast_into(&mut [SequenceInput { tokens: part, cache: &mut *cache }], which, &self.exec, logits)
-            })?;
-        }
-        Ok(())
-    }
-
-    pub fn live_kv_bytes(&self) -> usize {
-        self.live_kv_bytes.load(Ordering::Relaxed)
+    /// The scheduler and KV pool as of the last step.
+    pub fn serving_stats(&self) -> SchedulerStats {
+        self.server.stats()
     }
 
     pub fn checkpoint_bytes(&self) -> usize {

@@ -14,8 +14,12 @@ pub enum EngineError {
     InvalidArgument { name: String, value: String, allowed: String },
     #[error("prompt is {prompt_tokens} tokens but the context holds {context} tokens")]
     ContextOverflow { prompt_tokens: usize, context: usize },
+    #[error("prompt is {prompt_tokens} tokens but the KV cache pool holds {pool_tokens} tokens (kvCacheMemory = {pool_bytes} bytes); raise kvCacheMemory")]
+    KvPoolOverflow { prompt_tokens: usize, pool_tokens: usize, pool_bytes: usize },
     #[error("{0}")]
     Unsupported(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("generation aborted")]
     Aborted,
     #[error("tokenizer: {0}")]
@@ -36,8 +40,9 @@ impl EngineError {
             Self::InvalidModelFile { .. } => "INVALID_MODEL_FILE",
             Self::InvalidConfig { .. } => "INVALID_CONFIG",
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Self::ContextOverflow { .. } => "CONTEXT_OVERFLOW",
+            Self::ContextOverflow { .. } | Self::KvPoolOverflow { .. } => "CONTEXT_OVERFLOW",
             Self::Unsupported(_) => "UNSUPPORTED",
+            Self::Internal(_) => "INTERNAL",
             Self::Aborted => "ABORTED",
             Self::Tokenizer(_) => "TOKENIZER_ERROR",
             Self::Template(_) => "TEMPLATE_ERROR",

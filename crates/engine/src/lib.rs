@@ -1,4 +1,4 @@
-//! nano-qwen3 engine: Qwen3 inference on candle, usable from Rust without Node.
+//! nano-qwen3 engine: Qwen3 inference and serving on CPU kernels, usable from Rust without Node.
 //!
 //! ```no_run
 //! use nano_qwen3_engine::{Engine, LoadOptions, GenerateRequest};
@@ -6,37 +6,31 @@
 //! let engine = Engine::load("./Qwen3-0.6B".as_ref(), &LoadOptions::default())?;
 //! let prompt = engine.tokenizer.encode("Hello", false)?;
 //! let opts = GenerateRequest { max_tokens: Some(32.0), ..Default::default() }.resolve(&engine.generation_defaults)?;
+//! // Any number of threads may call generate (or submit) at once: they share one batch.
 //! let out = engine.generate(&prompt, &opts, &AtomicBool::new(false), &mut |c| print!("{}", c.text))?;
 //! # Ok::<(), nano_qwen3_engine::EngineError>(())
 //! ```
+//!
+//! Layout: `source/` reads model files (safetensors, GGUF) and writes GGUF; `text/` tokenizes and
+//! renders chat templates; `model/` holds the weights, THE forward pass and the paged KV pool;
+//! `quantize/` calibrates (static int8, SmoothQuant, int4 importances); `serve/` schedules,
+//! samples, streams and reports; `engine.rs` ties them together at load.
 pub mod acceleration;
-pub mod autotune;
-pub mod calibration;
-pub mod chat_template;
-pub mod config;
 pub mod engine;
 pub mod error;
-pub mod generate;
-pub mod gguf;
-pub mod gguf_export;
-pub mod gguf_meta;
-pub mod fast_forward;
-pub mod kv_cache;
-pub mod linear;
 pub mod model;
 pub mod progress;
-pub mod report;
-pub mod sampler;
+pub mod quantize;
+pub mod serve;
 pub mod source;
-pub mod static_int8;
-pub mod tokenizer;
-pub mod weights;
+pub mod text;
 
 pub use acceleration::{plan, AccelerationConfig, ExecutionPlan, Quantization};
-pub use chat_template::ChatTemplateOptions;
-pub use engine::{Engine, GenerateOutput, LoadOptions, StreamChunk};
-pub use progress::{Progress, ProgressFn};
-pub use static_int8::CalibrationReport;
-pub use calibration::CalibrationConfig;
+pub use engine::{Engine, LoadOptions, ServeOptions};
 pub use error::{EngineError, Result};
-pub use generate::{FinishReason, GenerateOptions, GenerateRequest};
+pub use progress::{Progress, ProgressFn};
+pub use quantize::calibration::CalibrationConfig;
+pub use quantize::static_int8::CalibrationReport;
+pub use serve::request::{FinishReason, GenerateOptions, GenerateRequest};
+pub use serve::sequence::{Event, GenerateOutput, StreamChunk};
+pub use text::chat_template::ChatTemplateOptions;

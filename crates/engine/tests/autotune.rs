@@ -32,7 +32,7 @@ fn tilings_are_measured_cached_and_reused_and_the_model_stays_correct() {
     let text = std::fs::read_to_string(&cache).unwrap();
     let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(entries.len(), t.shapes);
-    let cpu = nano_qwen3_engine::autotune::cpu_model();
+    let cpu = nano_qwen3_engine::model::autotune::cpu_model();
     assert!(entries.keys().all(|k| k.starts_with(&cpu) && k.contains("2 threads")), "{:?}", entries.keys());
     let detail = &first.plan.items.iter().find(|i| i.option == "useTorchCompile").unwrap().detail;
     assert!(detail.contains(&format!("{} measured", t.shapes)), "{detail}");

@@ -1,5 +1,6 @@
 //! The engine against HF transformers reference outputs for the tiny Qwen3 fixture.
-use nano_qwen3_engine::chat_template::ChatTemplateOptions;
+use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Workspace};
+use nano_qwen3_engine::text::chat_template::ChatTemplateOptions;
 use nano_qwen3_engine::{AccelerationConfig, Engine, GenerateRequest, LoadOptions, Quantization};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -93,18 +94,32 @@ fn tokenizer_and_chat_cases_are_exact() {
     }
 }
 
+/// A pool of `blocks` blocks for the engine's model, and tables of consecutive blocks.
+fn pool(engine: &Engine, blocks: usize) -> KvPool {
+    let c = &engine.model.config;
+    KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, engine.kv_dtype, blocks)
+}
+
+fn forward(engine: &Engine, kv: &mut KvPool, batch: &[SeqChunk]) -> Vec<f32> {
+    let mut logits = Vec::new();
+    let pool = nano_qwen3_kernels::pool::ThreadPool::new(2).unwrap();
+    pool.install(|| engine.model.forward(kv, batch, &engine.exec, &mut Workspace::default(), &mut logits, None)).unwrap();
+    logits
+}
+
 #[test]
 fn kv_cache_decode_matches_full_prefill() {
-    // Logits for the last token via prefill(n-1) + decode(1) equal a single prefill of n tokens.
+    // Logits for the last token via prefill(n-1) + decode(1) equal a single prefill of n tokens,
+    // with the sequence's blocks scattered over the pool.
     let engine = load(Quantization::None);
     let input = ids(&reference()["prompts"][2]["input_ids"]);
     let full = engine.compute_logits(&input, false).unwrap();
-    let mut cache = engine.new_cache();
-    use nano_qwen3_engine::model::{LogitsFor, SequenceInput};
+    let mut kv = pool(&engine, 8);
+    let table = [5u32, 2, 7, 0];
     let (head, tail) = input.split_at(input.len() - 1);
-    engine.model.forward(&mut [SequenceInput { tokens: head, cache: &mut cache }], LogitsFor::LastToken).unwrap();
-    let step = engine.model.forward(&mut [SequenceInput { tokens: tail, cache: &mut cache }], LogitsFor::LastToken).unwrap();
-    assert!(rel_l2(&step[0].to_vec1::<f32>().unwrap(), &full) < 1e-5);
+    forward(&engine, &mut kv, &[SeqChunk { tokens: head, start: 0, table: &table, logits: LogitsFor::Nothing }]);
+    let step = forward(&engine, &mut kv, &[SeqChunk { tokens: tail, start: head.len(), table: &table, logits: LogitsFor::LastToken }]);
+    assert!(rel_l2(&step, &full) < 1e-5);
 }
 
 #[test]
@@ -113,40 +128,34 @@ fn batched_forward_equals_one_by_one() {
     let r = reference();
     let a = ids(&r["prompts"][0]["input_ids"]);
     let b = ids(&r["prompts"][1]["input_ids"]);
-    use nano_qwen3_engine::model::{LogitsFor, SequenceInput};
-    let (mut ca, mut cb) = (engine.new_cache(), engine.new_cache());
-    let out = engine
-        .model
-        .forward(
-            &mut [SequenceInput { tokens: &a, cache: &mut ca }, SequenceInput { tokens: &b, cache: &mut cb }],
-            LogitsFor::LastToken,
-        )
-        .unwrap();
-    assert!(rel_l2(&out[0].to_vec1::<f32>().unwrap(), &engine.compute_logits(&a, false).unwrap()) < 1e-5);
-    assert!(rel_l2(&out[1].to_vec1::<f32>().unwrap(), &engine.compute_logits(&b, false).unwrap()) < 1e-5);
-    // The serving path too, with both sequences continuing from different cache lengths.
-    let (mut ca, mut cb) = (engine.new_cache(), engine.new_cache());
-    let one = |t: &[u32], c: &mut nano_qwen3_engine::kv_cache::KvCache| {
-        engine.model.forward_fast(&mut [SequenceInput { tokens: t, cache: c }], LogitsFor::LastToken, &engine.exec).unwrap()
-    };
-    one(&a[..2], &mut ca);
-    one(&b[..3], &mut cb);
-    let out = engine
-        .model
-        .forward_fast(
-            &mut [SequenceInput { tokens: &a[2..], cache: &mut ca }, SequenceInput { tokens: &b[3..], cache: &mut cb }],
-            LogitsFor::LastToken,
-            &engine.exec,
-        )
-        .unwrap();
-    assert!(rel_l2(&out[0], &engine.compute_logits(&a, false).unwrap()) < 1e-5);
-    assert!(rel_l2(&out[1], &engine.compute_logits(&b, false).unwrap()) < 1e-5);
+    let (ta, tb) = ([3u32, 1], [0u32, 2]);
+    let mut kv = pool(&engine, 4);
+    let out = forward(
+        &engine,
+        &mut kv,
+        &[SeqChunk { tokens: &a, start: 0, table: &ta, logits: LogitsFor::LastToken }, SeqChunk { tokens: &b, start: 0, table: &tb, logits: LogitsFor::LastToken }],
+    );
+    let vocab = engine.model.config.vocab_size;
+    let (alone_a, alone_b) = (engine.compute_logits(&a, false).unwrap(), engine.compute_logits(&b, false).unwrap());
+    assert!(rel_l2(&out[..vocab], &alone_a) < 1e-5);
+    assert!(rel_l2(&out[vocab..], &alone_b) < 1e-5);
+    // Both continuing from different cache lengths in one call.
+    let mut kv = pool(&engine, 4);
+    forward(&engine, &mut kv, &[SeqChunk { tokens: &a[..2], start: 0, table: &ta, logits: LogitsFor::Nothing }]);
+    forward(&engine, &mut kv, &[SeqChunk { tokens: &b[..3], start: 0, table: &tb, logits: LogitsFor::Nothing }]);
+    let out = forward(
+        &engine,
+        &mut kv,
+        &[SeqChunk { tokens: &a[2..], start: 2, table: &ta, logits: LogitsFor::LastToken }, SeqChunk { tokens: &b[3..], start: 3, table: &tb, logits: LogitsFor::LastToken }],
+    );
+    assert!(rel_l2(&out[..vocab], &alone_a) < 1e-5);
+    assert!(rel_l2(&out[vocab..], &alone_b) < 1e-5);
 }
 
 #[test]
 fn stream_decoder_never_splits_a_character() {
     let engine = load(Quantization::None);
-    use nano_qwen3_engine::tokenizer::StreamDecoder;
+    use nano_qwen3_engine::text::tokenizer::StreamDecoder;
     for c in reference()["tokenizer_cases"].as_array().unwrap() {
         let mut d = StreamDecoder::new(false);
         let mut text = String::new();
@@ -193,7 +202,7 @@ fn static_int8_logits_stay_close_and_calibration_reports_every_site() {
     let report = engine.calibration.as_ref().expect("static_int8 reports its calibration");
     assert_eq!(report.sites.len(), 4 * engine.model.config.num_hidden_layers + 1);
     assert_eq!(report.static_sites + report.dynamic_sites.len(), report.sites.len());
-    assert!(report.tokens > 100 && report.texts == nano_qwen3_engine::calibration::BUILT_IN_TEXTS.len());
+    assert!(report.tokens > 100 && report.texts == nano_qwen3_engine::quantize::calibration::BUILT_IN_TEXTS.len());
     for (i, p) in reference()["prompts"].as_array().unwrap().iter().enumerate() {
         let err = rel_l2(&engine.compute_logits(&ids(&p["input_ids"]), false).unwrap(), &ref_logits(&format!("last_logits.{i}")));
         // Same bound as dynamic_int8: static scales may only cost what calibration can't see coming.
@@ -214,7 +223,7 @@ fn static_int8_logits_stay_close_and_calibration_reports_every_site() {
 #[test]
 fn every_exec_option_keeps_the_reference_logits() {
     use nano_qwen3_engine::acceleration::CompileMode;
-    use nano_qwen3_engine::kv_cache::KvDtype;
+    use nano_qwen3_engine::model::KvDtype;
     let base = AccelerationConfig::default();
     let variants: Vec<(&str, AccelerationConfig, f64)> = vec![
         ("all on (default)", base.clone(), 1e-4),

@@ -1,7 +1,7 @@
 //! GGUF import: files written by an independent writer (PyPI `gguf`, see
 //! scripts/test-data/write_gguf_fixtures.py), our own exports read back, and bad files.
-use nano_qwen3_engine::gguf::GgufFile;
-use nano_qwen3_engine::weights::TensorSource;
+use nano_qwen3_engine::source::gguf::GgufFile;
+use nano_qwen3_engine::source::weights::TensorSource;
 use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -45,8 +45,12 @@ fn independent_writer_file_gives_the_safetensors_logits_tokens_and_template() {
     assert_eq!(st.model.config, gg.model.config);
     for p in prompts() {
         let (a, b) = (st.compute_logits(&p, false).unwrap(), gg.compute_logits(&p, false).unwrap());
-        // Same bf16 values (some stored as F32 in the file): only summation order may differ.
-        assert!(max_abs_diff(&a, &b) < 1e-5, "max diff {}", max_abs_diff(&a, &b));
+        // Same bf16 values (some stored as F32 in the file): only summation order may differ
+        // (the f32 and bf16 kernels accumulate in different orders), relative to the logits' scale.
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        // Measured up to 1.1e-5 of the scale on an AVX-512 machine (the AVX512_BF16 path for the
+        // bf16 matrices, the AVX2 one for the f32 matrices).
+        assert!(max_abs_diff(&a, &b) < 2e-5 * scale, "max diff {} at scale {scale}", max_abs_diff(&a, &b));
     }
     // The tokenizer rebuilt from GGUF metadata encodes and decodes like tokenizer.json.
     let r: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen3-tiny/reference.json")).unwrap()).unwrap();

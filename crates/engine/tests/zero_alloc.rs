@@ -1,8 +1,10 @@
-//! Compile mode reduce-overhead pre-plans the decode step: once warm, a step allocates nothing.
+//! Compile mode reduce-overhead pre-plans the decode step: once warm, a serving step over a steady
+//! batch allocates nothing.
 //! Counted by this test binary's global allocator (every thread, kernel pool workers included),
 //! so this file holds one test: nothing else runs while it counts.
 use nano_qwen3_engine::acceleration::CompileMode;
-use nano_qwen3_engine::model::LogitsFor;
+use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Stepper};
+use nano_qwen3_kernels::pool::ThreadPool;
 use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -42,21 +44,39 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedy tokens of 10 decode steps after `prompt`, and the allocations of the last 8.
-fn decode(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, usize) {
-    let mut cache = engine.new_cache();
-    cache.reserve(prompt.len() + 16);
+/// Greedy tokens of 10 decode steps of a batch of 3 sequences (the serving loop's stepper, blocks
+/// of each sequence interleaved in one pool), and the allocations of the last 8.
+fn decode(engine: &Engine, prompt: &[u32]) -> (Vec<Vec<u32>>, usize) {
+    let c = &engine.model.config;
+    let mut kv = KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, engine.kv_dtype, 8);
+    let tables: [[u32; 2]; 3] = [[0, 3], [1, 4], [2, 5]];
+    let pool = ThreadPool::new(2).unwrap();
+    let mut stepper = Stepper::default();
+    let vocab = c.vocab_size;
     let mut logits = Vec::new();
-    engine.forward(prompt, &mut cache, LogitsFor::LastToken, &mut logits).unwrap();
-    let mut tokens = vec![argmax(&logits)];
-    tokens.reserve(16);
+    let mut tokens: Vec<Vec<u32>> = (0..3).map(|s| prompt[s..].to_vec()).collect();
+    let prefill: Vec<SeqChunk> = (0..3).map(|s| SeqChunk { tokens: &tokens[s], start: 0, table: &tables[s], logits: LogitsFor::LastToken }).collect();
+    pool.install(|| stepper.step(&engine.model, &mut kv, &prefill, &engine.exec, &mut logits)).unwrap();
+    drop(prefill);
+    let mut starts: Vec<usize> = tokens.iter().map(Vec::len).collect();
+    for (s, t) in tokens.iter_mut().enumerate() {
+        t.reserve(16);
+        t.push(argmax(&logits[s * vocab..(s + 1) * vocab]));
+    }
     let mut before = 0;
     for step in 0..10 {
         if step == 2 {
             before = ALLOCATIONS.load(Relaxed); // two warm-up steps size the per-thread buffers
         }
-        engine.forward(&tokens[tokens.len() - 1..], &mut cache, LogitsFor::LastToken, &mut logits).unwrap();
-        tokens.push(argmax(&logits));
+        // On the stack: the test's own bookkeeping allocates nothing either.
+        let batch: [SeqChunk; 3] =
+            std::array::from_fn(|s| SeqChunk { tokens: &tokens[s][starts[s]..], start: starts[s], table: &tables[s], logits: LogitsFor::LastToken });
+        logits.clear();
+        pool.install(|| stepper.step(&engine.model, &mut kv, &batch, &engine.exec, &mut logits)).unwrap();
+        for (s, t) in tokens.iter_mut().enumerate() {
+            starts[s] = t.len();
+            t.push(argmax(&logits[s * vocab..(s + 1) * vocab]));
+        }
     }
     (tokens, ALLOCATIONS.load(Relaxed) - before)
 }

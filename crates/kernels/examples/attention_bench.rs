@@ -3,7 +3,7 @@
 //! (`NANO_QWEN3_ISA=portable` for the plain path; the kernel pool has one thread per core).
 use half::{bf16, f16};
 use nano_qwen3_kernels::active_isa;
-use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem};
+use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem, KvPages};
 use std::time::Instant;
 
 fn main() {
@@ -17,16 +17,18 @@ fn main() {
     }
 }
 
-/// Microseconds per call (best of 5 batches), cache of type `T` with capacity 4096.
+/// Microseconds per call (best of 5 batches), paged cache (blocks of 16 keys) of type `T`, 4096 keys.
 fn time<T: KvElem>(q_len: usize, start: usize) -> f64 {
     let (heads, kv_heads, head_dim, capacity) = (16, 8, 128, 4096);
-    let shape = AttentionShape { heads, kv_heads, head_dim, q_len, start, kv_stride: capacity * head_dim };
+    let shape = AttentionShape { heads, kv_heads, head_dim, q_len, start };
+    let table: Vec<u32> = (0..(capacity / 16) as u32).collect();
+    let pages = KvPages { table: &table, block_len: 16, block_stride: kv_heads * 16 * head_dim, head_stride: 16 * head_dim };
     let q: Vec<f32> = (0..q_len * heads * head_dim).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
     let cache = |seed: usize| -> Vec<T> { (0..kv_heads * capacity * head_dim).map(|i| T::from_f32((((i + seed) * 104729 % 1000) as f32 - 500.0) * 1e-3)).collect() };
     let (k, v) = (cache(1), cache(2));
     let mut out = vec![0f32; q_len * heads * head_dim];
     let isa = active_isa();
-    flash_attention(&q, &k, &v, &mut out, &shape, isa);
+    flash_attention(&q, &k, &v, &pages, &mut out, &shape, isa);
     let flops = 4 * heads * head_dim * q_len * (start + q_len / 2);
     let iters = (1_000_000_000 / flops.max(1)).clamp(2, 500);
     // Best of 5 batches: the machine may be shared.
@@ -34,7 +36,7 @@ fn time<T: KvElem>(q_len: usize, start: usize) -> f64 {
         .map(|_| {
             let t = Instant::now();
             for _ in 0..iters {
-                flash_attention(&q, &k, &v, &mut out, &shape, isa);
+                flash_attention(&q, &k, &v, &pages, &mut out, &shape, isa);
             }
             t.elapsed().as_secs_f64() * 1e6 / iters as f64
         })

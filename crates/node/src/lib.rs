@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use nano_qwen3_engine::{
-    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, GenerateRequest, LoadOptions, ProgressFn,
+    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, Event, GenerateRequest, LoadOptions, ProgressFn, ServeOptions,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -41,6 +41,21 @@ pub struct NativeLoadOptions {
     pub acceleration: Option<Value>,
     pub max_seq_length: Option<u32>,
     pub threads: Option<u32>,
+    /// Bytes of the KV cache pool.
+    pub kv_cache_memory: Option<f64>,
+    /// Tokens per engine step (decode tokens plus prefill chunks).
+    pub max_batch_tokens: Option<u32>,
+    pub max_concurrent_sequences: Option<u32>,
+    pub enable_prefix_caching: Option<bool>,
+}
+
+/// A byte count from JS: a whole number that fits this machine's address space.
+fn bytes(name: &str, v: f64) -> Result<usize> {
+    if v.is_finite() && v.fract() == 0.0 && v >= 1.0 && v <= (usize::MAX >> 1) as f64 {
+        Ok(v as usize)
+    } else {
+        Err(to_napi(EngineError::invalid_arg(name, v, "a whole number of bytes >= 1")))
+    }
 }
 
 fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Result<LoadOptions> {
@@ -53,6 +68,12 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Res
         acceleration,
         max_seq_length: o.max_seq_length.map(|n| n as usize),
         threads: o.threads.map(|n| n as usize),
+        serving: ServeOptions {
+            kv_cache_memory: o.kv_cache_memory.map(|b| bytes("kvCacheMemory", b)).transpose()?,
+            max_batch_tokens: o.max_batch_tokens.map(|n| n as usize),
+            max_concurrent_sequences: o.max_concurrent_sequences.map(|n| n as usize),
+            enable_prefix_caching: o.enable_prefix_caching,
+        },
         progress: on_progress.map(|cb| -> ProgressFn {
             Arc::new(move |p| {
                 if let Ok(json) = serde_json::to_string(p) {
@@ -104,48 +125,6 @@ pub struct NativeEngine {
 }
 
 type ChunkCallback = ThreadsafeFunction<String, (), String, Status, false>;
-
-pub struct GenerateTask {
-    engine: Arc<Engine>,
-    prompt: Vec<u32>,
-    request: GenerateRequest,
-    cancel: Arc<AtomicBool>,
-    request_id: u32,
-    cancels: Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>,
-    on_chunk: Option<ChunkCallback>,
-}
-
-impl Task for GenerateTask {
-    type Output = String;
-    type JsValue = String;
-    fn compute(&mut self) -> Result<String> {
-        guarded(|| {
-            let opts = self.request.resolve(&self.engine.generation_defaults).map_err(to_napi)?;
-            let mut chunks = 0u32;
-            let cb = self.on_chunk.as_ref();
-            let out = self
-                .engine
-                .generate(&self.prompt, &opts, &self.cancel, &mut |c| {
-                    if let (Some(cb), Ok(json)) = (cb, serde_json::to_string(&c)) {
-                        chunks += 1;
-                        cb.call(json, ThreadsafeFunctionCallMode::NonBlocking);
-                    }
-                })
-                .map_err(to_napi)?;
-            let mut v = to_value(&out)?;
-            // Chunks and the promise travel separately; JS ends the stream once it has them all.
-            v["chunkCount"] = chunks.into();
-            Ok(v.to_string())
-        })
-    }
-    fn resolve(&mut self, _: Env, v: String) -> Result<String> {
-        Ok(v)
-    }
-    fn finally(self, _: Env) -> Result<()> {
-        self.cancels.lock().unwrap().remove(&self.request_id);
-        Ok(())
-    }
-}
 
 pub struct LogitsTask {
     engine: Arc<Engine>,
@@ -241,28 +220,48 @@ impl NativeEngine {
         Ok(AsyncTask::new(LogitsTask { engine: self.get()?, ids, all: all_positions }))
     }
 
-    /// Generate on a worker thread. `onChunk` receives each streamed chunk as JSON text.
-    /// Resolves to the result as JSON text.
-    #[napi(ts_return_type = "Promise<string>")]
+    /// Queue a generation on the engine loop (no libuv thread waits for it: any number run at
+    /// once, in one batch). `onEvent` receives, in order, `{"type":"chunk","chunk":{..}}` for each
+    /// streamed piece, then `{"type":"done","result":{..,"chunkCount":n}}` or
+    /// `{"type":"error","error":"[CODE] message"}`. Bad input throws here, before anything runs.
+    #[napi]
     pub fn generate(
         &self,
         prompt: Vec<u32>,
         request: Value,
         request_id: u32,
-        #[napi(ts_arg_type = "((chunkJson: string) => void) | undefined | null")] on_chunk: Option<ChunkCallback>,
-    ) -> Result<AsyncTask<GenerateTask>> {
+        #[napi(ts_arg_type = "(eventJson: string) => void")] on_event: ChunkCallback,
+    ) -> Result<()> {
         let request: GenerateRequest = serde_json::from_value(request).map_err(|e| bad_json("generation params", e))?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.cancels.lock().unwrap().insert(request_id, cancel.clone());
-        Ok(AsyncTask::new(GenerateTask {
-            engine: self.get()?,
-            prompt,
-            request,
-            cancel,
-            request_id,
-            cancels: self.cancels.clone(),
-            on_chunk,
-        }))
+        let engine = self.get()?;
+        let opts = request.resolve(&engine.generation_defaults).map_err(to_napi)?;
+        let cancels = self.cancels.clone();
+        let mut chunks = 0u32;
+        let send = move |v: Value| {
+            on_event.call(v.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+        };
+        let sink = Box::new(move |e: Event| match e {
+            Event::Chunk(c) => {
+                chunks += 1;
+                send(serde_json::json!({ "type": "chunk", "chunk": c }));
+            }
+            Event::Done(out) => {
+                cancels.lock().unwrap().remove(&request_id);
+                match out.map(|o| serde_json::to_value(&o)) {
+                    Ok(Ok(mut v)) => {
+                        v["chunkCount"] = chunks.into();
+                        send(serde_json::json!({ "type": "done", "result": v }));
+                    }
+                    Ok(Err(e)) => send(serde_json::json!({ "type": "error", "error": format!("[INTERNAL] {e}") })),
+                    Err(e) => send(serde_json::json!({ "type": "error", "error": format!("[{}] {}", e.code(), e) })),
+                }
+            }
+        });
+        // Registered before submitting: an abort may come as soon as the request exists.
+        let mut cancels = self.cancels.lock().unwrap();
+        let cancel = engine.submit(prompt, &opts, sink).map_err(to_napi)?;
+        cancels.insert(request_id, cancel);
+        Ok(())
     }
 
     /// Ask a running generation to stop before its next token.

@@ -2,7 +2,7 @@
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::model::TensorClass;
-use crate::static_int8::CalibrationReport;
+use crate::quantize::static_int8::CalibrationReport;
 use serde::Serialize;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -39,7 +39,37 @@ pub struct ModelInfo {
     pub load_time_ms: f64,
     pub has_chat_template: bool,
     /// What compile mode max-autotune measured or read from its cache (null otherwise).
-    pub autotune: Option<crate::autotune::AutotuneReport>,
+    pub autotune: Option<crate::model::autotune::AutotuneReport>,
+    /// The serving loop: KV pool, batch limits, sequences, prefix cache, preemptions.
+    pub serving: ServingInfo,
+}
+
+/// The scheduler and KV pool as of the last step.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingInfo {
+    pub block_tokens: usize,
+    pub blocks_total: usize,
+    /// Blocks referenced by running sequences.
+    pub blocks_used: usize,
+    /// Free blocks that still hold a cached prefix (evicted oldest first when needed).
+    pub blocks_cached: usize,
+    pub kv_cache_bytes: usize,
+    pub kv_cache_dtype: crate::model::KvDtype,
+    pub max_batch_tokens: usize,
+    pub max_concurrent_sequences: usize,
+    /// Longest prefill chunk of one sequence per step (chunked prefill), null when unbounded.
+    pub max_prefill_chunk: Option<usize>,
+    pub prefix_caching: bool,
+    /// Prompt tokens looked up in the prefix cache, how many were found, and the ratio.
+    pub prefix_cache_queried_tokens: u64,
+    pub prefix_cache_hit_tokens: u64,
+    pub prefix_cache_hit_rate: f64,
+    pub running_sequences: usize,
+    pub waiting_sequences: usize,
+    /// Sequences preempted (blocks freed, recomputed later) because the pool ran out.
+    pub preemptions: u64,
+    pub steps: u64,
 }
 
 /// Which tensors are in which format, with measured bytes.
@@ -63,8 +93,10 @@ pub struct MemoryUsage {
     pub memory_reduction_percent: f64,
     pub weight_bytes: usize,
     pub checkpoint_bytes: usize,
-    /// KV cache currently allocated by live requests.
+    /// KV cache held by running requests (their blocks).
     pub kv_cache_bytes: usize,
+    /// The whole KV pool (`kvCacheMemory`, rounded down to whole blocks).
+    pub kv_cache_pool_bytes: usize,
     pub kv_cache_bytes_per_token: usize,
     /// KV cache a single sequence of maxSeqLength tokens would need.
     pub kv_cache_bytes_at_max_seq_length: usize,
@@ -159,6 +191,30 @@ impl Engine {
             has_chat_template: self.template.is_some(),
             autotune: self.autotune.clone(),
             simd: nano_qwen3_kernels::active_isa().name(),
+            serving: self.serving_info(),
+        }
+    }
+
+    pub fn serving_info(&self) -> ServingInfo {
+        let s = self.serving_stats();
+        ServingInfo {
+            block_tokens: crate::model::BLOCK_TOKENS,
+            blocks_total: s.blocks_total,
+            blocks_used: s.blocks_used,
+            blocks_cached: s.blocks_cached,
+            kv_cache_bytes: self.kv_pool_bytes,
+            kv_cache_dtype: self.kv_dtype,
+            max_batch_tokens: self.scheduler.max_batch_tokens,
+            max_concurrent_sequences: self.scheduler.max_sequences,
+            max_prefill_chunk: self.prefill_chunk,
+            prefix_caching: self.prefix_caching,
+            prefix_cache_queried_tokens: s.prefix.queried_tokens,
+            prefix_cache_hit_tokens: s.prefix.hit_tokens,
+            prefix_cache_hit_rate: if s.prefix.queried_tokens > 0 { s.prefix.hit_tokens as f64 / s.prefix.queried_tokens as f64 } else { 0.0 },
+            running_sequences: s.running,
+            waiting_sequences: s.waiting,
+            preemptions: s.preemptions,
+            steps: s.steps,
         }
     }
 
@@ -173,7 +229,8 @@ impl Engine {
             memory_reduction_percent: 100.0 * (1.0 - now as f64 / base as f64),
             weight_bytes: now,
             checkpoint_bytes: self.checkpoint_bytes(),
-            kv_cache_bytes: self.live_kv_bytes(),
+            kv_cache_bytes: self.serving_stats().blocks_used * self.kv_pool_bytes / self.kv_blocks.max(1),
+            kv_cache_pool_bytes: self.kv_pool_bytes,
             kv_cache_bytes_per_token: per_token,
             kv_cache_bytes_at_max_seq_length: per_token * self.max_seq_length,
             weights_by_class: self.model.tensor_classes(),
@@ -184,7 +241,7 @@ impl Engine {
     /// `decode_tokens` tokens with EOS ignored. Prefill and decode are reported separately.
     pub fn benchmark(&self, sample_text: &str, iterations: usize, decode_tokens: usize) -> Result<BenchmarkReport> {
         let prompt = self.tokenizer.encode(sample_text, false)?;
-        let opts = crate::generate::GenerateOptions {
+        let opts = crate::serve::request::GenerateOptions {
             sampling: Default::default(),
             max_tokens: decode_tokens.max(1),
             stop: vec![],

@@ -1,19 +1,25 @@
-//! Qwen3 (dense) forward pass over a batch of sequences: tokens of all sequences are flattened into
-//! one [T, hidden] matrix for the projections and MLP (one big matmul per weight), and attention runs
-//! per sequence against that sequence's own KV cache. This is the varlen layout continuous batching
-//! needs; a paged cache only changes `KvCache`.
-use crate::calibration::{ActivationStats, Site};
-use crate::config::ModelConfig;
+//! The Qwen3 (dense) model: its weights as loaded (quantized, fused, repacked per the plan) and
+//! what they are made of. The forward pass is in [`forward`], the paged KV storage in [`kv_pool`].
+pub mod autotune;
+pub mod config;
+pub mod forward;
+pub mod kv_pool;
+pub mod linear;
+
+pub use forward::{ExecOptions, LogitsFor, Observer, SeqChunk, Stepper, Workspace};
+pub use kv_pool::{KvDtype, KvPool, BLOCK_TOKENS};
+
+use crate::quantize::calibration::Site;
+use crate::model::config::ModelConfig;
 use crate::progress::{Progress, ProgressFn};
 use crate::error::Result;
-use crate::kv_cache::KvCache;
-use crate::weights::{StoredTensor, TensorSource};
-use candle_core::{DType, Device, Module, Tensor};
-use crate::linear::{ExportData, Linear, Proj};
+use crate::source::weights::{StoredTensor, TensorSource};
+use candle_core::{DType, Device, Tensor};
+use crate::model::linear::{ExportData, Linear, Proj};
 use nano_qwen3_kernels::q4::{GROUP_SIZES, QK4};
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// One class of tensors as loaded: e.g. all 28 `q_proj` matrices in q8_0.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,13 +48,6 @@ pub(crate) struct RmsNorm {
     pub(crate) weight: Tensor,
     /// The same weights as a slice, for the fast path.
     pub(crate) values: Vec<f32>,
-    pub(crate) eps: f32,
-}
-
-impl Module for RmsNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-    }
 }
 
 pub(crate) struct Layer {
@@ -64,19 +63,6 @@ pub(crate) struct Layer {
     pub(crate) down_proj: Linear,
 }
 
-/// One sequence's share of a batched forward call.
-pub struct SequenceInput<'a> {
-    pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
-}
-
-/// Which positions to return logits for.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum LogitsFor {
-    LastToken,
-    AllTokens,
-}
-
 pub struct Qwen3Model {
     pub config: ModelConfig,
     /// Storage format of the embedding matrix ("bf16", "q8_0", ...); activations are always f32.
@@ -88,26 +74,13 @@ pub struct Qwen3Model {
     pub(crate) lm_head: Option<Linear>, // None when tied to the embedding
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: RmsNorm,
-    /// RoPE inverse frequencies [head_dim/2] (the fast path computes its angles from them).
+    /// RoPE inverse frequencies [head_dim/2] (the forward computes its angles from them).
     pub(crate) inv_freq: Vec<f32>,
-    /// cos/sin tables [positions, head_dim/2] in f32, grown on demand.
-    rope: RwLock<(Tensor, Tensor)>,
 }
 
 /// RoPE's inverse frequencies, in f32 as transformers computes them; angles are position * inv_freq in f32.
 fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     (0..cfg.head_dim / 2).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32)).collect()
-}
-
-fn rope_tables(cfg: &ModelConfig, positions: usize, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let inv = inv_freq(cfg);
-    let mut freqs = Vec::with_capacity(positions * half);
-    for p in 0..positions {
-        freqs.extend(inv.iter().map(|f| p as f32 * f));
-    }
-    let freqs = Tensor::from_vec(freqs, (positions, half), dev)?;
-    Ok((freqs.cos()?, freqs.sin()?))
 }
 
 impl Qwen3Model {
@@ -144,7 +117,6 @@ impl Qwen3Model {
         let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4 { .. }));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut unquantized = Vec::new();
-        let eps = cfg.rms_norm_eps as f32;
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
             let stored = src.load_stored(name, &shape, dev)?;
             let fits = shape[1] % nano_qwen3_kernels::q8::QK8 == 0;
@@ -190,7 +162,7 @@ impl Qwen3Model {
         let norm = |name: String, size: usize| -> Result<RmsNorm> {
             let weight = src.load_stored(&name, &[size], dev)?.into_dense(Some(DType::F32))?;
             let values = weight.to_vec1::<f32>()?;
-            Ok(RmsNorm { weight, values, eps })
+            Ok(RmsNorm { weight, values })
         };
         let layers = layers
             .into_iter()
@@ -210,7 +182,6 @@ impl Qwen3Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = norm("model.norm.weight".into(), h)?;
-        let rope = rope_tables(cfg, 4096.min(cfg.max_position_embeddings.max(1)), dev)?;
         Ok(Self {
             config: cfg.clone(),
             weight_format: embed_tokens.format(),
@@ -221,7 +192,6 @@ impl Qwen3Model {
             layers,
             norm,
             inv_freq: inv_freq(cfg),
-            rope: RwLock::new(rope),
         })
     }
 
@@ -354,134 +324,4 @@ impl Qwen3Model {
         let c = &self.config;
         2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elem
     }
-
-    fn rope_slice(&self, start: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let needed = start + len;
-        if self.rope.read().unwrap().0.dim(0)? < needed {
-            let mut w = self.rope.write().unwrap();
-            if w.0.dim(0)? < needed {
-                *w = rope_tables(&self.config, needed.next_power_of_two(), &self.device)?;
-            }
-        }
-        let r = self.rope.read().unwrap();
-        let cos = r.0.narrow(0, start, len)?.contiguous()?;
-        let sin = r.1.narrow(0, start, len)?.contiguous()?;
-        Ok((cos, sin))
-    }
-
-    /// Forward a batch of sequences. Each sequence's new tokens continue from its cache length.
-    /// Returns one f32 logits tensor per sequence: [vocab] for `LastToken`, [n, vocab] for `AllTokens`.
-    pub fn forward(&self, batch: &mut [SequenceInput], which: LogitsFor) -> Result<Vec<Tensor>> {
-        self.forward_observed(batch, which, None)
-    }
-
-    /// [`Self::forward`], recording the input of every linear layer into `obs` (calibration).
-    pub fn forward_observed(
-        &self,
-        batch: &mut [SequenceInput],
-        which: LogitsFor,
-        mut obs: Option<&mut ActivationStats>,
-    ) -> Result<Vec<Tensor>> {
-        let cfg = &self.config;
-        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
-        let all: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let total = all.len();
-        let mut x = self.embed_tokens.rows(&all, &self.device)?; // [T, h]
-        let ropes: Vec<(Tensor, Tensor)> =
-            batch.iter().map(|s| self.rope_slice(s.cache.len(), s.tokens.len())).collect::<candle_core::Result<_>>()?;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        for (li, layer) in self.layers.iter().enumerate() {
-            let xn = layer.input_norm.forward(&x)?;
-            if let Some(o) = obs.as_deref_mut() {
-                o.observe(li, Site::AttnIn, &xn)?;
-            }
-            let qkv = layer.qkv.forward(&xn)?;
-            let q = layer.q_norm.forward(&qkv[0].reshape((total, nh, hd))?)?;
-            let k = layer.k_norm.forward(&qkv[1].reshape((total, nkv, hd))?)?;
-            let v = qkv[2].reshape((total, nkv, hd))?;
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for (si, seq) in batch.iter_mut().enumerate() {
-                let n = lens[si];
-                let (cos, sin) = &ropes[si];
-                // [n, heads, hd] -> [1, heads, n, hd] for RoPE.
-                let qs = q.narrow(0, offset, n)?.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
-                let ks = k.narrow(0, offset, n)?.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
-                let qs = candle_nn::rotary_emb::rope(&qs, cos, sin)?.squeeze(0)?;
-                let ks = candle_nn::rotary_emb::rope(&ks, cos, sin)?.squeeze(0)?;
-                let vs = v.narrow(0, offset, n)?.transpose(0, 1)?;
-                let start = seq.cache.len();
-                let (k_all, v_all) = seq.cache.append(li, &ks, &vs)?;
-                outs.push(attention(&qs, &k_all, &v_all, start, nkv, hd)?); // [n, nh*hd]
-                offset += n;
-            }
-            let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 0)? };
-            x = (x + layer.o_proj.forward(&attn)?)?;
-            let xn = layer.post_attention_norm.forward(&x)?;
-            let gu = layer.gate_up.forward(&xn)?;
-            let act = (candle_nn::ops::silu(&gu[0])? * &gu[1])?;
-            if let Some(o) = obs.as_deref_mut() {
-                o.observe(li, Site::OIn, &attn)?;
-                o.observe(li, Site::MlpIn, &xn)?;
-                o.observe(li, Site::DownIn, &act)?;
-            }
-            let mlp = layer.down_proj.forward(&act)?;
-            x = (x + mlp)?;
-        }
-        for (seq, n) in batch.iter_mut().zip(&lens) {
-            seq.cache.commit(*n);
-        }
-        // Only the rows we return go through the final norm and the (large) lm_head.
-        let mut rows = Vec::new();
-        let mut offset = 0;
-        for n in &lens {
-            rows.push(match which {
-                LogitsFor::LastToken => x.narrow(0, offset + n - 1, 1)?,
-                LogitsFor::AllTokens => x.narrow(0, offset, *n)?,
-            });
-            offset += n;
-        }
-        let selected = Tensor::cat(&rows, 0)?;
-        let h = self.norm.forward(&selected)?;
-        if let Some(o) = obs.as_deref_mut() {
-            // Every token's lm_head input, without computing every token's logits.
-            o.observe_lm_head(&self.norm.forward(&x)?)?;
-        }
-        let logits = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).forward(&h)?;
-        let mut out = Vec::with_capacity(lens.len());
-        let mut offset = 0;
-        for n in &lens {
-            out.push(match which {
-                LogitsFor::LastToken => logits.get(offset)?,
-                LogitsFor::AllTokens => logits.narrow(0, offset, *n)?,
-            });
-            offset += if which == LogitsFor::LastToken { 1 } else { *n };
-        }
-        Ok(out)
-    }
-}
-
-/// Causal GQA attention for one sequence. q: [nh, n, hd] (positions start..start+n);
-/// k, v: [nkv, start+n, hd]. Each KV head is used by its whole query group in one matmul,
-/// without repeating K/V. All in f32.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, nkv: usize, hd: usize) -> candle_core::Result<Tensor> {
-    let (nh, n, _) = q.dims3()?;
-    let group = nh / nkv;
-    let total = start + n;
-    let q = q.reshape((nkv, group * n, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?; // [nkv, group*n, total]
-    let scores = if n > 1 {
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, n, total), q.device())?;
-        scores.reshape((nkv, group, n, total))?.broadcast_add(&mask)?.reshape((nkv, group * n, total))?
-    } else {
-        scores
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    // v is a view of the cache ([nkv, len, hd] with the cache's row stride): no copy needed.
-    let out = probs.matmul(v)?; // [nkv, group*n, hd]
-    out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 }

@@ -12,13 +12,13 @@
 //! 4. a fixed scale's rounding step is `range ratio` times the per-token one, so sites where a
 //!    typical token spans less than half of the static range (more than one bit lost) keep
 //!    per-token dynamic activation scales, and the report says which and why.
-use crate::calibration::{self, ActivationStats, CalibrationConfig, Site, SiteStats};
-use crate::config::ModelConfig;
+use crate::quantize::calibration::{self, ActivationStats, CalibrationConfig, Site, SiteStats};
+use crate::model::config::ModelConfig;
 use crate::error::Result;
 use crate::model::{Qwen3Model, WeightFormat};
 use crate::progress::ProgressFn;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{StoredTensor, TensorSource};
+use crate::text::tokenizer::Tokenizer;
+use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -300,9 +300,8 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::KvCache;
-    use crate::model::{LogitsFor, SequenceInput};
-    use crate::weights::Checkpoint;
+    use crate::model::{ExecOptions, LogitsFor};
+    use crate::source::weights::Checkpoint;
 
     /// SmoothQuant only moves scale between activations and weights: in f32 the smoothed model
     /// computes the same logits, while the activation ranges it feeds to int8 shrink. The fixture
@@ -329,8 +328,7 @@ mod tests {
         let overlay = Overlay { base: &src, replaced };
         let smoothed = Qwen3Model::load(&cfg, &overlay, WeightFormat::Dense(DType::F32), &Device::Cpu).unwrap();
         let logits = |m: &Qwen3Model, t: &[u32]| {
-            let mut c = KvCache::new(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, Default::default(), Default::default());
-            m.forward(&mut [SequenceInput { tokens: t, cache: &mut c }], LogitsFor::LastToken).unwrap()[0].to_vec1::<f32>().unwrap()
+            m.run_alone(t, LogitsFor::LastToken, &ExecOptions::default(), Default::default(), None, None).unwrap()
         };
         for s in &seqs {
             let (a, b) = (logits(&plain, s), logits(&smoothed, s));

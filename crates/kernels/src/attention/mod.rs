@@ -29,6 +29,9 @@ const ROWS_PER_ITEM: usize = 32;
 /// Shortest KV chunk worth a task of its own when the KV length is split.
 const MIN_KV_CHUNK: usize = 128;
 
+mod plain;
+pub use plain::plain_attention;
+
 /// Element type of the KV cache: f32, or [`f16`] / [`bf16`] (half the memory and bandwidth),
 /// widened to f32 when read (the weights' [`WeightElem::to_f32`]).
 pub trait KvElem: WeightElem + sealed::Storage {
@@ -129,8 +132,54 @@ pub struct AttentionShape {
     pub q_len: usize,
     /// Tokens already in the cache before the new ones.
     pub start: usize,
-    /// Elements between consecutive KV heads in `k` / `v` (cache capacity × head_dim).
-    pub kv_stride: usize,
+}
+
+/// Where the cache keeps each key: in blocks of `block_len` tokens, logical block `b` of the
+/// sequence being physical block `table[b]` of a shared pool (paged KV). Inside a block each KV
+/// head's rows are contiguous, so a run of keys up to the block's end is one slice.
+#[derive(Debug, Clone, Copy)]
+pub struct KvPages<'a> {
+    pub table: &'a [u32],
+    pub block_len: usize,
+    /// Elements between physical blocks.
+    pub block_stride: usize,
+    /// Elements between KV heads inside a block.
+    pub head_stride: usize,
+}
+
+impl KvPages<'static> {
+    /// One contiguous `[kv_heads][capacity][head_dim]` buffer (`head_stride = capacity * head_dim`).
+    pub fn contiguous(head_stride: usize) -> Self {
+        KvPages { table: &[0], block_len: usize::MAX, block_stride: 0, head_stride }
+    }
+}
+
+impl KvPages<'_> {
+    /// Element offset of key `j`'s row of KV head `kh`.
+    #[inline(always)]
+    pub fn offset(&self, kh: usize, j: usize, head_dim: usize) -> usize {
+        self.table[j / self.block_len] as usize * self.block_stride + kh * self.head_stride + (j % self.block_len) * head_dim
+    }
+
+    /// Keys stored contiguously from key `j` (to the end of its block).
+    #[inline(always)]
+    pub fn run(&self, j: usize) -> usize {
+        self.block_len - j % self.block_len
+    }
+
+    /// Panics unless every key up to `kv_len` of every head lies inside `len` elements.
+    fn check(&self, kv_heads: usize, head_dim: usize, kv_len: usize, len: usize) {
+        if kv_len == 0 {
+            return;
+        }
+        let blocks = (kv_len - 1) / self.block_len + 1;
+        assert!(self.table.len() >= blocks, "attention: {} blocks in the table, {kv_len} keys need {blocks}", self.table.len());
+        let rows = self.block_len.min(kv_len);
+        assert!(self.head_stride >= rows * head_dim || kv_heads == 1, "attention: head_stride {} below {rows} keys", self.head_stride);
+        let top = self.table[..blocks].iter().max().copied().unwrap_or(0) as usize;
+        let end = top * self.block_stride + (kv_heads - 1) * self.head_stride + rows * head_dim;
+        assert!(len >= end, "attention: cache ({len}) shorter than block {top}'s rows ({end})");
+    }
 }
 
 impl AttentionShape {
@@ -145,15 +194,13 @@ impl AttentionShape {
     }
 
     /// Panics unless the buffers hold what the shape says (the kernels then index without checks).
-    fn check(&self, q: usize, k: usize, v: usize, out: usize) {
+    fn check(&self, q: usize, k: usize, v: usize, out: usize, pages: &KvPages) {
         let s = self;
         assert!(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0, "attention: {} heads, {} kv heads", s.heads, s.kv_heads);
-        assert!(s.head_dim > 0, "attention: head_dim is 0");
+        assert!(s.head_dim > 0 && pages.block_len > 0, "attention: head_dim or block_len is 0");
         let rows = s.q_len * s.heads * s.head_dim;
         assert!(q >= rows && out >= rows, "attention: q ({q}) or out ({out}) shorter than {rows}");
-        assert!(s.kv_stride >= s.kv_len() * s.head_dim, "attention: kv_stride {} below {} keys", s.kv_stride, s.kv_len());
-        let kv = (s.kv_heads - 1) * s.kv_stride + s.kv_len() * s.head_dim;
-        assert!(k >= kv && v >= kv, "attention: k ({k}) or v ({v}) shorter than {kv}");
+        pages.check(s.kv_heads, s.head_dim, s.kv_len(), k.min(v));
     }
 }
 
@@ -161,46 +208,15 @@ impl AttentionShape {
 /// K/V at positions `start .. start + q_len`. Query `i` sees keys `0 ..= start + i`.
 ///
 /// - `q`: `[q_len, heads, head_dim]` row-major.
-/// - `k`, `v`: `[kv_heads][capacity][head_dim]`, head stride `kv_stride`; rows past
-///   `start + q_len` are never read.
+/// - `k`, `v`: the cache's elements, laid out as `pages` says; keys past `start + q_len` are never read.
 /// - `out`: `[q_len, heads * head_dim]`. Scale `1 / sqrt(head_dim)`.
 ///
 /// Runs on the current kernel pool ([`crate::pool`]). `isa` picks the SIMD path (pass [`crate::active_isa`]);
 /// AVX2 needs `head_dim % 8 == 0` and falls back to the portable path otherwise.
-pub fn flash_attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &AttentionShape, isa: Isa) {
-    shape.check(q.len(), k.len(), v.len(), out.len());
+pub fn flash_attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], shape: &AttentionShape, isa: Isa) {
+    shape.check(q.len(), k.len(), v.len(), out.len(), pages);
     let plan = Plan::choose(shape, crate::pool::current_threads());
-    run(q, k, v, out, shape, isa, plan);
-}
-
-/// The naive definition, for tests: all scores of a query in f64, softmax, weighted sum. `isa` is
-/// ignored (same signature as [`flash_attention`]).
-pub fn attention_reference<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &AttentionShape, _isa: Isa) {
-    shape.check(q.len(), k.len(), v.len(), out.len());
-    let (hd, heads) = (shape.head_dim, shape.heads);
-    let scale = 1.0 / (hd as f64).sqrt();
-    for i in 0..shape.q_len {
-        for h in 0..heads {
-            let base = (h / shape.group()) * shape.kv_stride;
-            let row = |c: &[T], j: usize| -> Vec<f64> { c[base + j * hd..][..hd].iter().map(|x| x.to_f32() as f64).collect() };
-            let qi = &q[(i * heads + h) * hd..][..hd];
-            let keys = shape.start + i + 1;
-            let scores: Vec<f64> =
-                (0..keys).map(|j| row(k, j).iter().zip(qi).map(|(a, &b)| a * b as f64).sum::<f64>() * scale).collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let sum: f64 = weights.iter().sum();
-            let mut o = vec![0f64; hd];
-            for (j, w) in weights.iter().enumerate() {
-                for (o, x) in o.iter_mut().zip(row(v, j)) {
-                    *o += w * x;
-                }
-            }
-            for (dst, o) in out[(i * heads + h) * hd..][..hd].iter_mut().zip(o) {
-                *dst = (o / sum) as f32;
-            }
-        }
-    }
+    run(q, k, v, pages, out, shape, isa, plan);
 }
 
 /// How one call is cut into work items.
@@ -226,11 +242,12 @@ impl Plan {
 }
 
 /// [`flash_attention`] with a given plan (tests force splits through here).
-fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], shape: &AttentionShape, isa: Isa, plan: Plan) {
+#[allow(clippy::too_many_arguments)]
+fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], shape: &AttentionShape, isa: Isa, plan: Plan) {
     if shape.q_len == 0 {
         return;
     }
-    let p = Problem::new(q, k, v, shape, isa, plan);
+    let p = Problem::new(q, k, v, pages, shape, isa, plan);
     let chunks = shape.kv_len().div_ceil(plan.kv_chunk);
     let groups = shape.kv_heads * p.q_tiles();
     let dst = OutPtr(out.as_mut_ptr());
@@ -379,6 +396,7 @@ struct Problem<'a, T> {
     q: &'a [f32],
     k: &'a [T],
     v: &'a [T],
+    pages: KvPages<'a>,
     shape: AttentionShape,
     plan: Plan,
     scale: f32,
@@ -386,9 +404,9 @@ struct Problem<'a, T> {
 }
 
 impl<'a, T: KvElem> Problem<'a, T> {
-    fn new(q: &'a [f32], k: &'a [T], v: &'a [T], shape: &AttentionShape, isa: Isa, plan: Plan) -> Self {
+    fn new(q: &'a [f32], k: &'a [T], v: &'a [T], pages: &KvPages<'a>, shape: &AttentionShape, isa: Isa, plan: Plan) -> Self {
         let avx2 = cfg!(target_arch = "x86_64") && isa.uses_avx2() && shape.head_dim % 8 == 0 && Isa::Avx2.supported();
-        Problem { q, k, v, shape: *shape, plan, scale: 1.0 / (shape.head_dim as f32).sqrt(), avx2 }
+        Problem { q, k, v, pages: *pages, shape: *shape, plan, scale: 1.0 / (shape.head_dim as f32).sqrt(), avx2 }
     }
 
     fn q_tiles(&self) -> usize {
@@ -415,11 +433,12 @@ impl<'a, T: KvElem> Problem<'a, T> {
         s.reset(rows, hd);
         self.gather_queries(kh, tokens.clone(), &mut s.q);
         let end = keys.end.min(self.shape.start + tokens.end);
-        let base = kh * self.shape.kv_stride;
         let mut j0 = keys.start;
         while j0 < end {
-            let nk = KV_TILE.min(end - j0);
-            let (kt, vt) = (&self.k[base + j0 * hd..][..nk * hd], &self.v[base + j0 * hd..][..nk * hd]);
+            // A tile never crosses a block: its keys are one contiguous run.
+            let nk = KV_TILE.min(end - j0).min(self.pages.run(j0));
+            let at = self.pages.offset(kh, j0, hd);
+            let (kt, vt) = (&self.k[at..][..nk * hd], &self.v[at..][..nk * hd]);
             self.scores(&s.q, rows, kt, nk, &mut s.p, &mut s.wide);
             for r in 0..rows {
                 // Row r is token tokens.start + r / g, which sees keys up to its own position.
@@ -818,33 +837,57 @@ mod tests {
     const V_GARBAGE: f32 = f32::NAN;
 
     /// A random problem: queries scaled so the softmax is far from uniform; a cache with 3 spare
-    /// rows per head and 5 spare elements between heads, all garbage.
+    /// rows per head and 5 spare elements between heads, all garbage; or (`paged`) blocks of 16
+    /// keys in a shuffled order with spare garbage blocks between them.
     struct Case {
         shape: AttentionShape,
         q: Vec<f32>,
         k: Vec<f32>,
         v: Vec<f32>,
+        table: Vec<u32>,
+        block_len: usize,
+        block_stride: usize,
+        head_stride: usize,
     }
 
     impl Case {
         fn new(heads: usize, kv_heads: usize, head_dim: usize, q_len: usize, start: usize) -> Case {
-            Case::scaled(heads, kv_heads, head_dim, q_len, start, 4.0)
+            Case::scaled(heads, kv_heads, head_dim, q_len, start, 4.0, false)
         }
 
-        fn scaled(heads: usize, kv_heads: usize, head_dim: usize, q_len: usize, start: usize, q_scale: f32) -> Case {
+        fn paged(heads: usize, kv_heads: usize, head_dim: usize, q_len: usize, start: usize) -> Case {
+            Case::scaled(heads, kv_heads, head_dim, q_len, start, 4.0, true)
+        }
+
+        fn scaled(heads: usize, kv_heads: usize, head_dim: usize, q_len: usize, start: usize, q_scale: f32, paged: bool) -> Case {
             let len = start + q_len;
-            let kv_stride = (len + 3) * head_dim + 5;
-            let shape = AttentionShape { heads, kv_heads, head_dim, q_len, start, kv_stride };
             let seed = (heads * 7 + kv_heads * 131 + head_dim * 1009 + q_len * 10007 + start * 100003) as u64;
             let q = test_data(q_len * heads * head_dim, seed).iter().map(|x| x * q_scale).collect();
+            let (block_len, head_stride, blocks) = match paged {
+                false => (usize::MAX, (len + 3) * head_dim + 5, 1),
+                true => (16, 16 * head_dim, len.div_ceil(16).max(1)),
+            };
+            let block_stride = kv_heads * head_stride + 7;
+            // Paged: logical block b in physical block 2 * perm(b) + 1 (the even blocks are spare).
+            let table: Vec<u32> = if paged { (0..blocks as u32).map(|b| 2 * ((b * 7 + 3) % blocks as u32) + 1).collect() } else { vec![0] };
+            let physical = if paged { 2 * blocks + 1 } else { 1 };
             let cache = |seed: u64, garbage: f32| {
-                let mut c = vec![garbage; kv_heads * kv_stride];
-                for (h, vals) in test_data(kv_heads * len * head_dim, seed).chunks_exact(len * head_dim).enumerate() {
-                    c[h * kv_stride..][..len * head_dim].copy_from_slice(vals);
+                let mut c = vec![garbage; physical * block_stride];
+                let vals = test_data(kv_heads * len * head_dim, seed);
+                for h in 0..kv_heads {
+                    for j in 0..len {
+                        let at = table[j / block_len] as usize * block_stride + h * head_stride + (j % block_len) * head_dim;
+                        c[at..][..head_dim].copy_from_slice(&vals[(h * len + j) * head_dim..][..head_dim]);
+                    }
                 }
                 c
             };
-            Case { shape, q, k: cache(seed + 1, K_GARBAGE), v: cache(seed + 2, V_GARBAGE) }
+            let shape = AttentionShape { heads, kv_heads, head_dim, q_len, start };
+            Case { shape, q, k: cache(seed + 1, K_GARBAGE), v: cache(seed + 2, V_GARBAGE), table, block_len, block_stride, head_stride }
+        }
+
+        fn pages(&self) -> KvPages<'_> {
+            KvPages { table: &self.table, block_len: self.block_len, block_stride: self.block_stride, head_stride: self.head_stride }
         }
 
         /// The cache in storage type `T` (garbage included).
@@ -854,9 +897,9 @@ mod tests {
         }
 
         /// `f`'s output, starting from NaN so that every element must be written.
-        fn output<T: KvElem>(&self, k: &[T], v: &[T], f: impl FnOnce(&[f32], &[T], &[T], &mut [f32], &AttentionShape)) -> Vec<f32> {
+        fn output<T: KvElem>(&self, k: &[T], v: &[T], f: impl FnOnce(&[f32], &[T], &[T], &KvPages, &mut [f32], &AttentionShape)) -> Vec<f32> {
             let mut out = vec![f32::NAN; self.shape.q_len * self.shape.heads * self.shape.head_dim];
-            f(&self.q, k, v, &mut out, &self.shape);
+            f(&self.q, k, v, &self.pages(), &mut out, &self.shape);
             out
         }
     }
@@ -879,14 +922,14 @@ mod tests {
         }
     }
 
-    /// flash_attention on every ISA and pool against the f64 reference, for one cache type.
+    /// flash_attention on every ISA and pool against the plain path, for one cache type.
     fn check_type<T: KvElem>(case: &Case, tol: f32) {
         let (k, v) = case.cache::<T>();
-        let want = case.output(&k, &v, |q, k, v, o, s| attention_reference(q, k, v, o, s, Isa::Portable));
+        let want = case.output(&k, &v, |q, k, v, p, o, s| plain_attention(q, k, v, p, o, s));
         assert!(want.iter().all(|x| x.is_finite()), "reference read garbage");
         in_pools(|pool| {
             for isa in isas() {
-                let got = case.output(&k, &v, |q, k, v, o, s| flash_attention(q, k, v, o, s, isa));
+                let got = case.output(&k, &v, |q, k, v, p, o, s| flash_attention(q, k, v, p, o, s, isa));
                 let err = max_rel_err(&got, &want);
                 let name = std::any::type_name::<T>();
                 assert!(err < tol, "{name} {isa:?} {pool} {:?}: error {err}", case.shape);
@@ -937,16 +980,25 @@ mod tests {
     }
 
     #[test]
+    fn paged_cache_matches_reference() {
+        // Shuffled blocks of 16 keys: decode (split and not), prefill tiles crossing blocks, a
+        // partial last block.
+        for (heads, kv_heads, hd, n, start) in [(16, 2, 128, 1, 1000), (16, 8, 64, 1, 37), (8, 2, 64, 40, 5), (4, 1, 32, 17, 0), (4, 2, 40, 3, 250)] {
+            check(&Case::paged(heads, kv_heads, hd, n, start));
+        }
+    }
+
+    #[test]
     fn split_kv_merge_is_exact() {
         // Forced chunkings, including chunks that end before some query rows' keys begin.
         for (n, start) in [(1, 1000), (7, 1000), (33, 200)] {
             let case = Case::new(16, 2, 64, n, start);
             let (k, v) = case.cache::<f16>();
-            let want = case.output(&k, &v, |q, k, v, o, s| attention_reference(q, k, v, o, s, Isa::Portable));
+            let want = case.output(&k, &v, |q, k, v, p, o, s| plain_attention(q, k, v, p, o, s));
             for isa in isas() {
                 for kv_chunk in [32, 96, 160, 512, 4096] {
                     let plan = Plan { q_tile: 16, kv_chunk };
-                    let got = case.output(&k, &v, |q, k, v, o, s| run(q, k, v, o, s, isa, plan));
+                    let got = case.output(&k, &v, |q, k, v, p, o, s| run(q, k, v, p, o, s, isa, plan));
                     let err = max_rel_err(&got, &want);
                     assert!(err < 1e-5, "{isa:?} n={n} start={start} chunk={kv_chunk}: {err}");
                 }
@@ -956,7 +1008,7 @@ mod tests {
 
     #[test]
     fn plan_splits_short_queries_only() {
-        let shape = |q_len, start| AttentionShape { heads: 16, kv_heads: 2, head_dim: 128, q_len, start, kv_stride: 0 };
+        let shape = |q_len, start| AttentionShape { heads: 16, kv_heads: 2, head_dim: 128, q_len, start };
         let decode = Plan::choose(&shape(1, 1000), 2);
         assert!(decode.kv_chunk < 1001 && decode.kv_chunk % KV_TILE == 0, "{decode:?}");
         assert!(Plan::choose(&shape(1, 1000), 1).kv_chunk >= 1001, "one thread gains nothing from a split");
@@ -972,8 +1024,8 @@ mod tests {
         for (n, start) in [(1, 2000), (64, 64)] {
             let case = Case::new(16, 8, 128, n, start);
             let (k, v) = case.cache::<bf16>();
-            let a = case.output(&k, &v, |q, k, v, o, s| flash_attention(q, k, v, o, s, Isa::Portable));
-            let b = case.output(&k, &v, |q, k, v, o, s| flash_attention(q, k, v, o, s, Isa::Avx2));
+            let a = case.output(&k, &v, |q, k, v, p, o, s| flash_attention(q, k, v, p, o, s, Isa::Portable));
+            let b = case.output(&k, &v, |q, k, v, p, o, s| flash_attention(q, k, v, p, o, s, Isa::Avx2));
             assert!(max_rel_err(&b, &a) < 1e-5, "n={n} start={start}");
         }
     }
@@ -981,11 +1033,11 @@ mod tests {
     #[test]
     fn large_scores_stay_finite() {
         // Scores in the hundreds: exp would overflow without the running max.
-        let case = Case::scaled(8, 2, 64, 40, 300, 300.0);
+        let case = Case::scaled(8, 2, 64, 40, 300, 300.0, false);
         let (k, v) = case.cache::<f32>();
-        let want = case.output(&k, &v, |q, k, v, o, s| attention_reference(q, k, v, o, s, Isa::Portable));
+        let want = case.output(&k, &v, |q, k, v, p, o, s| plain_attention(q, k, v, p, o, s));
         for isa in isas() {
-            let got = case.output(&k, &v, |q, k, v, o, s| flash_attention(q, k, v, o, s, isa));
+            let got = case.output(&k, &v, |q, k, v, p, o, s| flash_attention(q, k, v, p, o, s, isa));
             // Relative score error ~1e-7 of a score of ~300 shifts the weights by ~1e-4.
             assert!(max_rel_err(&got, &want) < 2e-3, "{isa:?}: {}", max_rel_err(&got, &want));
         }
@@ -995,7 +1047,7 @@ mod tests {
     fn no_queries_is_a_no_op() {
         let case = Case::new(4, 2, 32, 0, 10);
         let (k, v) = case.cache::<f32>();
-        let out = case.output(&k, &v, |q, k, v, o, s| flash_attention(q, k, v, o, s, crate::active_isa()));
+        let out = case.output(&k, &v, |q, k, v, p, o, s| flash_attention(q, k, v, p, o, s, crate::active_isa()));
         assert!(out.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! candidate tiling (tasks per thread, activation rows per L2 block) on the engine's threads, and
 //! the fastest is kept. Winners are cached on disk, keyed by CPU model, thread count, kernel and
 //! shape, so the next load on the same machine reads them instead of measuring.
-use crate::linear::Linear;
+use crate::model::linear::Linear;
 use crate::model::Qwen3Model;
 use crate::progress::{Progress, ProgressFn};
 use nano_qwen3_kernels::tuning::{set_tiling, ShapeKey, Tiling};

@@ -3,14 +3,10 @@
 //! typically is per token. SmoothQuant (see `smoothquant.rs`) and the static activation scales
 //! are computed from these statistics.
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
-use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
+use crate::model::{ExecOptions, LogitsFor, Observer, Qwen3Model};
 use crate::progress::{Progress, ProgressFn};
-use crate::tokenizer::Tokenizer;
-use candle_core::Tensor;
+use crate::text::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 
 /// A small mixed set (prose, dialogue, code, numbers, other scripts) used when the caller gives none.
 pub const BUILT_IN_TEXTS: &[&str] = &[
@@ -112,9 +108,8 @@ pub struct SiteStats {
 }
 
 impl SiteStats {
-    fn observe(&mut self, x: &Tensor) -> candle_core::Result<()> {
-        let (t, c) = x.dims2()?;
-        let v = x.flatten_all()?.to_vec1::<f32>()?;
+    fn observe(&mut self, v: &[f32], t: usize) {
+        let c = v.len() / t.max(1);
         if self.channel_max.is_empty() {
             self.channel_max = vec![0.0; c];
             self.block_token_max_sum = vec![0.0; c.div_ceil(32)];
@@ -130,7 +125,6 @@ impl SiteStats {
             }
         }
         self.tokens += t;
-        Ok(())
     }
 
     /// Mean x² per channel: how much an error in the weight that multiplies it costs.
@@ -174,12 +168,14 @@ impl ActivationStats {
         Self { layers: vec![Default::default(); layers], lm_head_in: SiteStats::default() }
     }
 
-    pub fn observe(&mut self, layer: usize, site: Site, x: &Tensor) -> candle_core::Result<()> {
-        self.layers[layer][site as usize].observe(x)
-    }
+}
 
-    pub fn observe_lm_head(&mut self, x: &Tensor) -> candle_core::Result<()> {
-        self.lm_head_in.observe(x)
+impl Observer for ActivationStats {
+    fn observe(&mut self, layer: Option<usize>, site: Site, x: &[f32], rows: usize) {
+        match layer {
+            Some(l) => self.layers[l][site as usize].observe(x, rows),
+            None => self.lm_head_in.observe(x, rows),
+        }
     }
 }
 
@@ -221,11 +217,10 @@ pub fn collect(
     let mut stats = ActivationStats::new(model.config.num_hidden_layers);
     let total: usize = sequences.iter().map(Vec::len).sum();
     let mut done = 0;
-    let live = Arc::new(AtomicUsize::new(0));
     for seq in sequences {
-        let c = &model.config;
-        let mut cache = KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, Default::default(), live.clone());
-        model.forward_observed(&mut [SequenceInput { tokens: seq, cache: &mut cache }], LogitsFor::LastToken, Some(&mut stats))?;
+        // Plain f32 ops: the statistics describe the model, not an optimization.
+        let exec = ExecOptions { flash_attention: true, fused: false, reuse_buffers: false };
+        model.run_alone(seq, LogitsFor::Nothing, &exec, Default::default(), None, Some(&mut stats))?;
         done += seq.len();
         if let Some(p) = progress {
             p(&Progress { stage, done, total, unit: "tokens" });
@@ -237,8 +232,8 @@ pub fn collect(
 /// Activation-aware int4: one calibration pass over the model as stored, then the per-feature
 /// importances of every matrix ([`ActivationStats::importance_by_weight`]).
 pub fn importance(
-    cfg: &crate::config::ModelConfig,
-    src: &dyn crate::weights::TensorSource,
+    cfg: &crate::model::config::ModelConfig,
+    src: &dyn crate::source::weights::TensorSource,
     tokenizer: &Tokenizer,
     calibration: &CalibrationConfig,
     progress: Option<&ProgressFn>,

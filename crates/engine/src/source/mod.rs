@@ -1,12 +1,17 @@
 //! Opening a model: a Hugging Face folder (config.json, safetensors, tokenizer.json, ...) or a
 //! single GGUF file. Both give the same pieces; nothing is loaded into the model yet.
-use crate::chat_template::ChatTemplate;
-use crate::config::{GenerationDefaults, ModelConfig};
+use crate::text::chat_template::ChatTemplate;
+use crate::model::config::{GenerationDefaults, ModelConfig};
 use crate::error::{EngineError, Result};
-use crate::gguf::GgufFile;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{Checkpoint, TensorSource};
+use crate::source::gguf::GgufFile;
+use crate::text::tokenizer::Tokenizer;
+use crate::source::weights::{Checkpoint, TensorSource};
 use std::path::{Path, PathBuf};
+
+pub mod gguf;
+pub mod gguf_export;
+pub mod gguf_meta;
+pub mod weights;
 
 pub enum ModelFiles {
     HfFolder(PathBuf),

@@ -1,15 +1,40 @@
-//! The serving forward pass on plain f32 buffers: every step is one of our kernels (matmuls,
-//! fused elementwise ops, flash attention) on slices, without a tensor library in between. Each
-//! optimization can be switched off on its own (`ExecOptions`) so benchmarks can show its effect;
-//! the tensor forward in `model.rs` stays the reference (and runs calibration).
+//! THE forward pass: one call runs a batch of sequences (flattened tokens, per-sequence positions
+//! and block tables into the paged KV pool) through our kernels on plain f32 buffers. Serving,
+//! `computeLogits`, calibration (through an [`Observer`]) and the tests all run it. Each
+//! optimization can be switched off on its own (`ExecOptions`) so benchmarks can show its effect.
 use crate::error::Result;
-use crate::kv_cache::KvBuf;
-use crate::linear::{Linear, Proj};
-use crate::model::{LogitsFor, Qwen3Model, SequenceInput};
-use nano_qwen3_kernels::attention::{flash_attention, AttentionShape, KvElem};
+use crate::model::linear::{Linear, Proj};
+use crate::model::kv_pool::{KvBuf, KvPool, Slots};
+use crate::model::Qwen3Model;
+use crate::quantize::calibration::Site;
+use nano_qwen3_kernels::attention::{flash_attention, plain_attention, AttentionShape, KvElem, KvPages};
 use nano_qwen3_kernels::fused;
 use nano_qwen3_kernels::{active_isa, Isa};
-use nano_qwen3_kernels::pool::parallel_chunks_mut;
+
+/// One sequence's share of a forward call: `tokens` at positions `start..start + tokens.len()`,
+/// whose K/V go (and whose earlier K/V are read) through `table`.
+#[derive(Clone, Copy)]
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    pub table: &'a [u32],
+    pub logits: LogitsFor,
+}
+
+/// Which of a sequence's positions to compute logits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogitsFor {
+    /// None: a prefill chunk before the prompt's end (skips the final norm and the lm_head).
+    Nothing,
+    LastToken,
+    AllTokens,
+}
+
+/// Sees the input of every linear layer during a forward call (calibration statistics).
+/// `layer` is `None` for the lm_head, whose input is given for every token.
+pub trait Observer {
+    fn observe(&mut self, layer: Option<usize>, site: Site, x: &[f32], rows: usize);
+}
 
 /// Which optimizations the fast path uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +45,7 @@ pub struct ExecOptions {
     /// epilogue (repacked int8 / int4; one pass after the matmul otherwise); stacked q/k/v and
     /// gate/up weights are decided at load. Off: one pass per operation.
     pub fused: bool,
-    /// Keep the activation buffers with the sequence between calls (compile mode reduce-overhead).
+    /// Keep the activation buffers between calls (compile mode reduce-overhead).
     pub reuse_buffers: bool,
 }
 
@@ -45,8 +70,7 @@ pub struct Workspace {
     cos: Vec<f32>,
     sin: Vec<f32>,
     ids: Vec<u32>,
-    /// Tokens per sequence, and the rows that go through the final norm and lm_head.
-    lens: Vec<usize>,
+    /// The rows that go through the final norm and lm_head.
     rows: Vec<usize>,
     sel: Vec<f32>,
 }
@@ -80,48 +104,11 @@ impl Workspace {
     }
 }
 
-/// Plain causal GQA attention: for each head the scores against every visible key are
-/// materialised, soft-maxed, then used to weight V. The reference the flash kernel is measured against.
-fn attention_plain<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], s: &AttentionShape) {
-    let (hd, n, total) = (s.head_dim, s.q_len, s.start + s.q_len);
-    let group = s.heads / s.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    // Head-major scratch ([heads][n][hd]): each task owns one head's rows.
-    let mut per_head = vec![0f32; s.heads * n * hd];
-    parallel_chunks_mut(&mut per_head, n * hd, |h, o| {
-        let (kh, vh) = (&k[(h / group) * s.kv_stride..], &v[(h / group) * s.kv_stride..]);
-        let mut scores = vec![f32::NEG_INFINITY; n * total];
-        for i in 0..n {
-            let qi = &q[(i * s.heads + h) * hd..][..hd];
-            let row = &mut scores[i * total..(i + 1) * total];
-            for (j, sc) in row.iter_mut().enumerate().take(s.start + i + 1) {
-                *sc = qi.iter().zip(&kh[j * hd..(j + 1) * hd]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-            }
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for sc in row.iter_mut() {
-                *sc = (*sc - m).exp();
-                sum += *sc;
-            }
-            for (j, p) in row.iter().enumerate().take(s.start + i + 1) {
-                for (o, vv) in o[i * hd..(i + 1) * hd].iter_mut().zip(&vh[j * hd..(j + 1) * hd]) {
-                    *o += p / sum * vv.to_f32();
-                }
-            }
-        }
-    });
-    for (h, o) in per_head.chunks_exact(n * hd).enumerate() {
-        for i in 0..n {
-            out[i * s.heads * hd + h * hd..][..hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-        }
-    }
-}
-
-fn attend<T: KvElem>(q: &[f32], k: &[T], v: &[T], out: &mut [f32], s: &AttentionShape, flash: bool, isa: Isa) {
+fn attend<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], s: &AttentionShape, flash: bool, isa: Isa) {
     if flash {
-        flash_attention(q, k, v, out, s, isa);
+        flash_attention(q, k, v, pages, out, s, isa);
     } else {
-        attention_plain(q, k, v, out, s);
+        plain_attention(q, k, v, pages, out, s);
     }
 }
 
@@ -147,56 +134,41 @@ fn norm_rope(x: &mut [f32], stride: usize, heads: usize, w: &[f32], eps: f32, co
 }
 
 impl Qwen3Model {
-    /// The forward pass on slices (see the module docs); same contract as [`Qwen3Model::forward`],
-    /// logits as one `Vec` per sequence (`[vocab]` or `[n, vocab]`).
-    pub fn forward_fast(&self, batch: &mut [SequenceInput], which: LogitsFor, opts: &ExecOptions) -> Result<Vec<Vec<f32>>> {
-        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
-        let mut logits = Vec::new();
-        self.forward_fast_into(batch, which, opts, &mut logits)?;
-        if lens.len() == 1 {
-            return Ok(vec![logits]); // one sequence: its rows are all of them, no copy
-        }
-        let vocab = self.config.vocab_size;
-        let mut out = Vec::with_capacity(lens.len());
-        let mut at = 0;
-        for &n in &lens {
-            let r = if which == LogitsFor::LastToken { 1 } else { n };
-            out.push(logits[at * vocab..(at + r) * vocab].to_vec());
-            at += r;
-        }
-        Ok(out)
-    }
-
-    /// [`Qwen3Model::forward_fast`] appending every sequence's logits rows, in batch order, to
-    /// `logits`. With `reuse_buffers`, a KV cache reserved ahead and `logits` with room for the
-    /// rows, a step allocates nothing (the compile mode reduce-overhead; tested).
-    pub fn forward_fast_into(&self, batch: &mut [SequenceInput], which: LogitsFor, opts: &ExecOptions, logits: &mut Vec<f32>) -> Result<()> {
+    /// Run `batch` through the model, writing each sequence's new K/V into `kv`, and append the
+    /// logits rows its `LogitsFor` asks for, in batch order, to `logits` (`[rows, vocab]`).
+    /// `ws` holds the activation buffers: kept by the caller between calls (reduce-overhead) a
+    /// warm step with `logits` reused allocates nothing (tested). Each token's row is computed
+    /// the same way whatever its batch neighbours are, so a sequence's results do not depend on them.
+    pub fn forward(
+        &self,
+        kv: &mut KvPool,
+        batch: &[SeqChunk],
+        opts: &ExecOptions,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<()> {
         let cfg = &self.config;
         let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let (nq, nkvd) = (nh * hd, nkv * hd);
         let eps = cfg.rms_norm_eps as f32;
         let isa = active_isa();
-        let mut ws = match (opts.reuse_buffers, batch.len()) {
-            (true, 1) => batch[0].cache.workspace.take().unwrap_or_default(),
-            _ => Workspace::default(),
-        };
-        let mut lens = std::mem::take(&mut ws.lens);
-        lens.clear();
-        lens.extend(batch.iter().map(|s| s.tokens.len()));
-        let t: usize = lens.iter().sum();
+        let t: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if t == 0 {
+            return Ok(());
+        }
         ws.ensure(self, t);
         ws.ids.clear();
-        for s in batch.iter_mut() {
+        for s in batch {
             ws.ids.extend_from_slice(s.tokens);
-            s.cache.reserve(s.tokens.len());
         }
         self.embed_tokens.rows_into(&ws.ids, &mut ws.x[..t * h])?;
         // RoPE angles per token, as transformers computes them: position * inv_freq in f32.
         let half = hd / 2;
         let mut row = 0;
-        for s in batch.iter() {
-            for p in s.cache.len()..s.cache.len() + s.tokens.len() {
+        for s in batch {
+            for p in s.start..s.start + s.tokens.len() {
                 for (i, inv) in self.inv_freq.iter().enumerate() {
                     let a = p as f32 * inv;
                     ws.cos[row * half + i] = a.cos();
@@ -214,6 +186,9 @@ impl Qwen3Model {
                 fused::rms_norm(&ws.x[..t * h], in_w, eps, &mut ws.xn[..t * h]);
             } else {
                 add_norm(&mut ws.x[..t * h], &ws.down[..t * h], in_w, eps, &mut ws.xn[..t * h], opts.fused);
+            }
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(Some(li), Site::AttnIn, &ws.xn[..t * h], t);
             }
             // q, k, v: one stacked matmul (row stride nq + 2 nkvd) or three (contiguous blocks).
             let (q_at, k_at, v_at, stride_q, stride_kv) = match &layer.qkv {
@@ -235,32 +210,33 @@ impl Qwen3Model {
             norm_rope(&mut qkv[q_at..q_at + (t - 1) * stride_q + nq], stride_q, nh, qn_w, eps, cos, sin, opts.fused);
             norm_rope(&mut qkv[k_at..k_at + (t - 1) * stride_kv + nkvd], stride_kv, nkv, kn_w, eps, cos, sin, opts.fused);
             let mut offset = 0;
-            for (s, &n) in batch.iter_mut().zip(&lens) {
+            for s in batch {
+                let n = s.tokens.len();
                 let (kr, vr) = (&ws.qkv[k_at + offset * stride_kv..], &ws.qkv[v_at + offset * stride_kv..]);
-                s.cache.write(li, kr, vr, n, stride_kv);
+                kv.write(li, Slots { table: s.table, start: s.start }, kr, vr, n, stride_kv);
                 // The kernel wants q as [n, heads, hd] contiguous.
                 for i in 0..n {
                     ws.q[i * nq..(i + 1) * nq].copy_from_slice(&ws.qkv[q_at + (offset + i) * stride_q..][..nq]);
                 }
-                let shape = AttentionShape {
-                    heads: nh,
-                    kv_heads: nkv,
-                    head_dim: hd,
-                    q_len: n,
-                    start: s.cache.len(),
-                    kv_stride: s.cache.head_stride(),
-                };
+                let shape = AttentionShape { heads: nh, kv_heads: nkv, head_dim: hd, q_len: n, start: s.start };
+                let pages = kv.pages(s.table);
                 let (q, out) = (&ws.q[..n * nq], &mut ws.attn[offset * nq..(offset + n) * nq]);
-                match s.cache.layer(li) {
-                    (KvBuf::F32(k), KvBuf::F32(v)) => attend(q, k, v, out, &shape, opts.flash_attention, isa),
-                    (KvBuf::F16(k), KvBuf::F16(v)) => attend(q, k, v, out, &shape, opts.flash_attention, isa),
-                    (KvBuf::Bf16(k), KvBuf::Bf16(v)) => attend(q, k, v, out, &shape, opts.flash_attention, isa),
+                match kv.layer(li) {
+                    (KvBuf::F32(k), KvBuf::F32(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
+                    (KvBuf::F16(k), KvBuf::F16(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
+                    (KvBuf::Bf16(k), KvBuf::Bf16(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
                     _ => unreachable!("K and V share a dtype"),
                 }
                 offset += n;
             }
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(Some(li), Site::OIn, &ws.attn[..t * nq], t);
+            }
             layer.o_proj.forward_slice(&ws.attn[..t * nq], t, &mut ws.o[..t * h]);
             add_norm(&mut ws.x[..t * h], &ws.o[..t * h], post_w, eps, &mut ws.xn[..t * h], opts.fused);
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(Some(li), Site::MlpIn, &ws.xn[..t * h], t);
+            }
             match &layer.gate_up {
                 Proj::Fused { w, .. } => {
                     w.forward_swiglu_slice(&ws.xn[..t * h], t, &mut ws.gu[..t * 2 * inter], &mut ws.act[..t * inter]);
@@ -272,36 +248,94 @@ impl Qwen3Model {
                     fused::silu_mul_separate(g, &u[..t * inter], &mut ws.act[..t * inter], opts.fused);
                 }
             }
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(Some(li), Site::DownIn, &ws.act[..t * inter], t);
+            }
             layer.down_proj.forward_slice(&ws.act[..t * inter], t, &mut ws.down[..t * h]);
         }
         fused::add_in_place(&mut ws.x[..t * h], &ws.down[..t * h]);
-        for (s, n) in batch.iter_mut().zip(&lens) {
-            s.cache.commit(*n);
+        if let Some(o) = observer {
+            // Every token's lm_head input, without computing every token's logits.
+            fit(&mut ws.sel, t * h);
+            for (src, dst) in ws.x[..t * h].chunks_exact(h).zip(ws.sel.chunks_exact_mut(h)) {
+                fused::rms_norm(src, final_norm, eps, dst);
+            }
+            o.observe(None, Site::AttnIn, &ws.sel[..t * h], t);
         }
         // Only the rows we return go through the final norm and the (large) lm_head.
-        let mut rows = std::mem::take(&mut ws.rows);
-        rows.clear();
+        ws.rows.clear();
         let mut offset = 0;
-        for &n in &lens {
-            match which {
-                LogitsFor::LastToken => rows.push(offset + n - 1),
-                LogitsFor::AllTokens => rows.extend(offset..offset + n),
+        for s in batch {
+            let n = s.tokens.len();
+            match s.logits {
+                LogitsFor::Nothing => {}
+                LogitsFor::LastToken => ws.rows.push(offset + n - 1),
+                LogitsFor::AllTokens => ws.rows.extend(offset..offset + n),
             }
             offset += n;
         }
-        fit(&mut ws.sel, rows.len() * h);
-        let sel = &mut ws.sel[..rows.len() * h];
-        for (dst, &r) in sel.chunks_exact_mut(h).zip(&rows) {
-            fused::rms_norm(&ws.x[r * h..(r + 1) * h], final_norm, eps, dst);
+        let r = ws.rows.len();
+        if r == 0 {
+            return Ok(());
+        }
+        fit(&mut ws.sel, r * h);
+        for (dst, &row) in ws.sel[..r * h].chunks_exact_mut(h).zip(&ws.rows) {
+            fused::rms_norm(&ws.x[row * h..(row + 1) * h], final_norm, eps, dst);
         }
         let head: &Linear = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let at = logits.len();
-        logits.resize(at + rows.len() * cfg.vocab_size, 0.0);
-        head.forward_slice(sel, rows.len(), &mut logits[at..]);
-        (ws.lens, ws.rows) = (lens, rows);
-        if opts.reuse_buffers && batch.len() == 1 {
-            batch[0].cache.workspace = Some(ws);
-        }
+        logits.resize(at + r * cfg.vocab_size, 0.0);
+        head.forward_slice(&ws.sel[..r * h], r, &mut logits[at..]);
         Ok(())
+    }
+}
+
+impl Qwen3Model {
+    /// One sequence from position 0 in a KV pool of its own, sized for it and dropped after (so
+    /// it never competes with serving for blocks): `computeLogits`, calibration, tests. Prompts
+    /// run in chunks of `chunk` tokens when given. Returns the logits `which` asks for. Runs on the
+    /// current kernel pool.
+    pub fn run_alone(
+        &self,
+        tokens: &[u32],
+        which: LogitsFor,
+        opts: &ExecOptions,
+        kv_dtype: crate::model::KvDtype,
+        chunk: Option<usize>,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let blocks = tokens.len().div_ceil(crate::model::BLOCK_TOKENS);
+        let mut kv = KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, kv_dtype, blocks);
+        let table: Vec<u32> = (0..blocks as u32).collect();
+        let (mut ws, mut logits) = (Workspace::default(), Vec::new());
+        let step = chunk.unwrap_or(usize::MAX).max(1);
+        let mut start = 0;
+        for part in tokens.chunks(step) {
+            let last = start + part.len() == tokens.len();
+            let logits_for = match which {
+                LogitsFor::LastToken if !last => LogitsFor::Nothing,
+                w => w,
+            };
+            let seq = SeqChunk { tokens: part, start, table: &table, logits: logits_for };
+            self.forward(&mut kv, &[seq], opts, &mut ws, &mut logits, observer.as_deref_mut().map(|o| o as &mut dyn Observer))?;
+            start += part.len();
+        }
+        Ok(logits)
+    }
+}
+
+/// Runs serving steps with the activation buffers the compile mode asks for: kept between steps
+/// (reduce-overhead: a warm step allocates nothing) or made fresh for each step.
+#[derive(Default)]
+pub struct Stepper {
+    kept: Workspace,
+}
+
+impl Stepper {
+    pub fn step(&mut self, model: &Qwen3Model, kv: &mut KvPool, batch: &[SeqChunk], opts: &ExecOptions, logits: &mut Vec<f32>) -> Result<()> {
+        let mut fresh = Workspace::default();
+        let ws = if opts.reuse_buffers { &mut self.kept } else { &mut fresh };
+        model.forward(kv, batch, opts, ws, logits, None)
     }
 }

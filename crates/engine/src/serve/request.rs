@@ -1,8 +1,8 @@
 //! Request options for generation and the stop-string logic that decides what text may be
 //! released while streaming.
-use crate::config::GenerationDefaults;
+use crate::model::config::GenerationDefaults;
 use crate::error::{EngineError, Result};
-use crate::sampler::SamplingParams;
+use crate::serve::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 
 /// What a caller may set; anything left out comes from generation_config.json, then built-ins.

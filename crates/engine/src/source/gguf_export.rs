@@ -3,8 +3,8 @@
 //! Q8 / Q4 weights are written as Q8_0 / Q4_0 unchanged: our block layouts are theirs, byte for byte.
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
-use crate::gguf::GgufFile;
-use crate::linear::ExportData;
+use crate::source::gguf::GgufFile;
+use crate::model::linear::ExportData;
 use crate::source::ModelFiles;
 use candle_core::DType;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! file size before anything is loaded. F32 / F16 / BF16 / Q8_0 / Q4_0 tensors load natively
 //! (Q8_0 and Q4_0 are our block layouts); Q4_K / Q5_K / Q6_K are dequantized at load.
 use crate::error::{EngineError, Result};
-use crate::weights::{StoredTensor, TensorSource};
+use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use nano_qwen3_kernels::{kquants, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantMatrix};

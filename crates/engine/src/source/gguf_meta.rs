@@ -1,9 +1,9 @@
 //! What a GGUF file's metadata says about the model: the Qwen3 config, the tokenizer (rebuilt as a
 //! Hugging Face tokenizer from llama.cpp's `gpt2` / `qwen2` token list and merges), the chat
 //! template and the special token ids.
-use crate::config::{GenerationDefaults, ModelConfig};
+use crate::model::config::{GenerationDefaults, ModelConfig};
 use crate::error::{EngineError, Result};
-use crate::gguf::{GgufFile, Meta};
+use crate::source::gguf::{GgufFile, Meta};
 use serde_json::{json, Map, Value};
 
 const TOKEN_CONTROL: i64 = 3;

@@ -1,0 +1,142 @@
+//! The paged KV cache: one pool of fixed-size blocks shared by every sequence. Per layer, one
+//! buffer for K and one for V, each `[blocks][kv_heads][BLOCK_TOKENS][head_dim]`, in f32, f16 or
+//! bf16 (the attention kernels widen to f32 in registers). A sequence owns a block table (logical
+//! block -> physical block); which blocks are free, shared or cached is the block manager's
+//! business ([`crate::serve::block_manager`]), this is only the storage.
+use half::{bf16, f16};
+use nano_qwen3_kernels::attention::{KvElem, KvPages};
+use serde::{Deserialize, Serialize};
+
+/// Tokens per block.
+pub const BLOCK_TOKENS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDtype {
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// One layer's K or V storage.
+pub enum KvBuf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl KvBuf {
+    /// Zeroed storage: the allocator maps it lazily, so untouched blocks cost no resident memory.
+    fn zeroed(dtype: KvDtype, len: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => KvBuf::F32(vec![0.0; len]),
+            KvDtype::F16 => KvBuf::F16(zeroed_halves(len)),
+            KvDtype::Bf16 => KvBuf::Bf16(zeroed_halves(len)),
+        }
+    }
+}
+
+/// `len` zero halves from the allocator's zeroed pages (`vec![f16::ZERO; n]` would write, and so
+/// map, every page: Vec only asks for zeroed memory for primitive types).
+fn zeroed_halves<T: Half>(len: usize) -> Vec<T> {
+    let mut bits = std::mem::ManuallyDrop::new(vec![0u16; len]);
+    // SAFETY: f16 and bf16 are `repr(transparent)` over u16 (same size and alignment) and the
+    // all-zero bit pattern is +0.0 in both; the buffer's ownership moves to the new Vec.
+    unsafe { Vec::from_raw_parts(bits.as_mut_ptr() as *mut T, bits.len(), bits.capacity()) }
+}
+
+/// The 16-bit KV element types.
+trait Half {}
+impl Half for f16 {}
+impl Half for bf16 {}
+
+/// Where one sequence's new tokens go: positions `start..start + n` through `table`.
+#[derive(Clone, Copy)]
+pub struct Slots<'a> {
+    pub table: &'a [u32],
+    pub start: usize,
+}
+
+pub struct KvPool {
+    layers: Vec<(KvBuf, KvBuf)>,
+    blocks: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: KvDtype,
+}
+
+impl KvPool {
+    /// A pool of `blocks` blocks for a model of `layers` layers.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype, blocks: usize) -> Self {
+        let len = blocks * kv_heads * BLOCK_TOKENS * head_dim;
+        Self { layers: (0..layers).map(|_| (KvBuf::zeroed(dtype, len), KvBuf::zeroed(dtype, len))).collect(), blocks, kv_heads, head_dim, dtype }
+    }
+
+    /// Bytes of one block across all layers, K and V.
+    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype) -> usize {
+        2 * layers * kv_heads * BLOCK_TOKENS * head_dim * dtype.size()
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks * Self::block_bytes(self.layers.len(), self.kv_heads, self.head_dim, self.dtype)
+    }
+
+    /// The layout the attention kernels read a sequence's keys through.
+    pub fn pages<'a>(&self, table: &'a [u32]) -> KvPages<'a> {
+        let head_stride = BLOCK_TOKENS * self.head_dim;
+        KvPages { table, block_len: BLOCK_TOKENS, block_stride: self.kv_heads * head_stride, head_stride }
+    }
+
+    /// Write the K and V rows of `n` new tokens (token-major, row stride `stride`) of `layer` at
+    /// the slots' positions. The table must cover `start + n` tokens.
+    pub fn write(&mut self, layer: usize, at: Slots, k: &[f32], v: &[f32], n: usize, stride: usize) {
+        assert!(at.table.len() * BLOCK_TOKENS >= at.start + n, "kv pool: block table too short for {} tokens", at.start + n);
+        let (heads, hd) = (self.kv_heads, self.head_dim);
+        let pages = self.pages(at.table);
+        let (kb, vb) = &mut self.layers[layer];
+        for (buf, rows) in [(kb, k), (vb, v)] {
+            match buf {
+                KvBuf::F32(b) => scatter(b, &pages, heads, hd, at.start, rows, n, stride),
+                KvBuf::F16(b) => scatter(b, &pages, heads, hd, at.start, rows, n, stride),
+                KvBuf::Bf16(b) => scatter(b, &pages, heads, hd, at.start, rows, n, stride),
+            }
+        }
+    }
+
+    pub fn layer(&self, layer: usize) -> &(KvBuf, KvBuf) {
+        &self.layers[layer]
+    }
+}
+
+/// Scatter token-major rows (`n` rows of `heads * hd` values, row stride `stride`) into the pool at
+/// positions `at..at + n` of the sequence, rounding to the element type to nearest.
+#[allow(clippy::too_many_arguments)]
+fn scatter<T: KvElem>(buf: &mut [T], pages: &KvPages, heads: usize, hd: usize, at: usize, rows: &[f32], n: usize, stride: usize) {
+    for t in 0..n {
+        let row = &rows[t * stride..][..heads * hd];
+        for h in 0..heads {
+            let dst = &mut buf[pages.offset(h, at + t, hd)..][..hd];
+            for (d, s) in dst.iter_mut().zip(&row[h * hd..(h + 1) * hd]) {
+                *d = T::from_f32(*s);
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Serving: requests, the continuous-batching scheduler over the paged KV pool, the prefix cache,
+//! sampling, streaming, the engine loop, and the reports.
+pub mod block_manager;
+pub mod report;
+pub mod request;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod server;

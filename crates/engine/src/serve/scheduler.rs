@@ -1,0 +1,323 @@
+//! Continuous batching. Each step is ONE forward call over the next token of every running
+//! sequence plus prefill chunks of the others, within a token budget: decode first, then chunked
+//! prefill, then new sequences first come first served. When KV blocks run out the most recently
+//! admitted sequence is preempted (its blocks freed, its tokens recomputed later). Finished and
+//! aborted sequences leave at the step that sees them and free their blocks.
+use crate::error::{EngineError, Result};
+use crate::model::{LogitsFor, SeqChunk, BLOCK_TOKENS};
+use crate::serve::block_manager::{block_hash, BlockManager, PrefixStats};
+use crate::serve::request::FinishReason;
+use crate::serve::sequence::Sequence;
+use crate::text::tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Tokens per step (decode tokens plus prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_sequences: usize,
+    /// Longest prefill chunk of one sequence per step (chunked prefill's activation bound).
+    pub max_chunk: usize,
+}
+
+/// What the scheduler has done, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub steps: u64,
+    pub preemptions: u64,
+    pub running: usize,
+    pub waiting: usize,
+    pub blocks_total: usize,
+    pub blocks_used: usize,
+    pub blocks_cached: usize,
+    pub prefix: PrefixStats,
+}
+
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    blocks: BlockManager,
+    waiting: VecDeque<Sequence>,
+    /// In admission order: the last one is preempted first.
+    running: Vec<Sequence>,
+    /// This step's tokens per running sequence (0: not in the step).
+    planned: Vec<usize>,
+    preemptions: u64,
+    steps: u64,
+    /// [`Self::stats`] as last published: before any request is told it ended, and after each step.
+    published: Arc<Mutex<SchedulerStats>>,
+}
+
+/// How a sequence leaves.
+enum Outcome {
+    Finished(FinishReason),
+    Failed(EngineError),
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig, blocks: BlockManager) -> Self {
+        let s = Self {
+            cfg,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            planned: Vec::new(),
+            preemptions: 0,
+            steps: 0,
+            published: Default::default(),
+        };
+        s.publish();
+        s
+    }
+
+    /// The counters as last published, shared with readers on other threads.
+    pub fn published(&self) -> Arc<Mutex<SchedulerStats>> {
+        self.published.clone()
+    }
+
+    pub fn publish(&self) {
+        *self.published.lock().unwrap() = self.stats();
+    }
+
+    /// A sequence leaves: its blocks are freed and the counters published before its owner hears
+    /// of the end (so whoever reacts to the end sees the blocks back).
+    fn retire(&mut self, seq: Sequence, outcome: Outcome, tok: &Tokenizer) {
+        self.blocks.release(&seq.table);
+        self.publish();
+        match outcome {
+            Outcome::Finished(reason) => seq.finish(reason, tok),
+            Outcome::Failed(e) => seq.fail(e),
+        }
+    }
+
+    pub fn add(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            steps: self.steps,
+            preemptions: self.preemptions,
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            blocks_total: self.blocks.total(),
+            blocks_used: self.blocks.used(),
+            blocks_cached: self.blocks.cached(),
+            prefix: self.blocks.stats,
+        }
+    }
+
+    /// Ends every aborted sequence, waiting or running, and frees its blocks.
+    fn drop_cancelled(&mut self, tok: &Tokenizer) {
+        while let Some(seq) = self.waiting.take_where(Sequence::cancelled) {
+            self.retire(seq, Outcome::Failed(EngineError::Aborted), tok);
+        }
+        while let Some(seq) = self.running.take_where(Sequence::cancelled) {
+            self.retire(seq, Outcome::Failed(EngineError::Aborted), tok);
+        }
+    }
+
+    /// Blocks for `seq` to hold `tokens` tokens; false (nothing taken) if there are not enough.
+    fn grow(blocks: &mut BlockManager, seq: &mut Sequence, tokens: usize) -> bool {
+        let need = tokens.div_ceil(BLOCK_TOKENS).saturating_sub(seq.table.len());
+        match blocks.allocate(need) {
+            Some(b) => {
+                seq.table.extend(b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn preempt_last(&mut self) {
+        let mut seq = self.running.pop().expect("a running sequence to preempt");
+        self.planned.truncate(self.running.len());
+        self.blocks.release(&seq.table);
+        seq.reset_kv();
+        self.preemptions += 1;
+        self.waiting.push_front(seq);
+    }
+
+    /// Plan the next step; false when there is nothing to run.
+    fn plan(&mut self, tok: &Tokenizer) -> bool {
+        self.drop_cancelled(tok);
+        self.planned.clear();
+        let decodes = self.running.iter().filter(|s| s.remaining() == 1).count();
+        // Decode tokens are always in the step; prefill chunks share what is left.
+        let mut prefill_budget = self.cfg.max_batch_tokens.saturating_sub(decodes);
+        let mut i = 0;
+        while i < self.running.len() {
+            let remaining = self.running[i].remaining();
+            let n = if remaining == 1 { 1 } else { remaining.min(prefill_budget).min(self.cfg.max_chunk) };
+            if n == 0 {
+                self.planned.push(0);
+                i += 1;
+                continue;
+            }
+            let want = self.running[i].computed + n;
+            let mut fits = Self::grow(&mut self.blocks, &mut self.running[i], want);
+            while !fits && self.running.len() > i + 1 {
+                self.preempt_last();
+                fits = Self::grow(&mut self.blocks, &mut self.running[i], want);
+            }
+            if !fits {
+                if i == 0 {
+                    // Alone and still out of blocks: the pool is this sequence's context limit.
+                    let seq = self.running.remove(0);
+                    self.retire(seq, Outcome::Finished(FinishReason::Length), tok);
+                    continue;
+                }
+                self.preempt_last(); // itself: the most recent
+                break;
+            }
+            if remaining > 1 {
+                prefill_budget -= n;
+            }
+            self.planned.push(n);
+            i += 1;
+        }
+        // Admit waiting sequences, first come first served, while budget and blocks last.
+        while prefill_budget > 0 && self.running.len() < self.cfg.max_sequences {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            if seq.table.is_empty() {
+                let (table, hashes) = self.blocks.match_prefix(&seq.tokens);
+                seq.computed = table.len() * BLOCK_TOKENS;
+                seq.cached_tokens.get_or_insert(seq.computed.min(seq.prompt_len));
+                (seq.table, seq.hashes) = (table, hashes);
+            }
+            let n = seq.remaining().min(prefill_budget).min(self.cfg.max_chunk);
+            let want = seq.computed + n;
+            if !Self::grow(&mut self.blocks, &mut seq, want) {
+                self.blocks.release(&seq.table);
+                seq.reset_kv();
+                self.waiting.push_front(seq);
+                break;
+            }
+            prefill_budget -= n;
+            self.running.push(seq);
+            self.planned.push(n);
+        }
+        self.planned.iter().any(|&n| n > 0)
+    }
+
+    /// Run one step: plan it, hand the batch to `forward` (which appends one logits row per
+    /// sequence whose chunk reaches its last token, in batch order), then sample, stream, and
+    /// retire finished sequences. Returns false when there was nothing to do.
+    pub fn step(&mut self, tok: &Tokenizer, vocab: usize, forward: impl FnOnce(&[SeqChunk], &mut Vec<f32>) -> Result<()>, logits: &mut Vec<f32>) -> bool {
+        if !self.plan(tok) {
+            return false;
+        }
+        self.steps += 1;
+        let mut chunks = Vec::with_capacity(self.running.len());
+        for (seq, &n) in self.running.iter_mut().zip(&self.planned) {
+            if n > 0 {
+                seq.mark_started();
+                let ends = seq.computed + n == seq.tokens.len();
+                chunks.push(SeqChunk {
+                    tokens: &seq.tokens[seq.computed..seq.computed + n],
+                    start: seq.computed,
+                    table: &seq.table,
+                    logits: if ends { LogitsFor::LastToken } else { LogitsFor::Nothing },
+                });
+            }
+        }
+        logits.clear();
+        let result = forward(&chunks, logits);
+        drop(chunks);
+        if let Err(e) = result {
+            // A failed step fails the sequences in it; the others keep going.
+            let planned = std::mem::take(&mut self.planned);
+            let mut k = 0;
+            for (i, n) in planned.iter().enumerate() {
+                if *n > 0 {
+                    let seq = self.running.remove(i - k);
+                    k += 1;
+                    self.retire(seq, Outcome::Failed(EngineError::Internal(format!("forward step failed: {e}"))), tok);
+                }
+            }
+            self.publish();
+            return true;
+        }
+        let mut row = 0;
+        let mut i = 0;
+        let planned = std::mem::take(&mut self.planned);
+        for n in planned {
+            let seq = &mut self.running[i];
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            seq.computed += n;
+            self.register_full_blocks(i);
+            let seq = &mut self.running[i];
+            if seq.computed < seq.tokens.len() {
+                i += 1;
+                continue;
+            }
+            let out = seq.on_logits(&mut logits[row * vocab..(row + 1) * vocab], tok);
+            row += 1;
+            match out {
+                Ok(None) => i += 1,
+                Ok(Some(reason)) => {
+                    let seq = self.running.remove(i);
+                    self.retire(seq, Outcome::Finished(reason), tok);
+                }
+                Err(e) => {
+                    let seq = self.running.remove(i);
+                    self.retire(seq, Outcome::Failed(e), tok);
+                }
+            }
+        }
+        self.planned = Vec::with_capacity(self.running.len());
+        self.publish();
+        true
+    }
+
+    /// Register the sequence's newly completed blocks in the prefix cache.
+    fn register_full_blocks(&mut self, i: usize) {
+        if !self.blocks.caching() {
+            return;
+        }
+        let seq = &mut self.running[i];
+        let full = seq.computed / BLOCK_TOKENS;
+        while seq.hashes.len() < full {
+            let b = seq.hashes.len();
+            let tokens = &seq.tokens[b * BLOCK_TOKENS..(b + 1) * BLOCK_TOKENS];
+            let h = block_hash(seq.hashes.last().copied().unwrap_or(0), tokens);
+            self.blocks.register(seq.table[b], h, tokens);
+            seq.hashes.push(h);
+        }
+    }
+
+    /// Fail every sequence (shutdown).
+    pub fn abort_all(&mut self, tok: &Tokenizer) {
+        let all: Vec<Sequence> = self.running.drain(..).chain(self.waiting.drain(..)).collect();
+        for seq in all {
+            self.retire(seq, Outcome::Failed(EngineError::Aborted), tok);
+        }
+    }
+}
+
+/// Removing the first sequence that matches, from either queue.
+trait SeqList {
+    fn take_where(&mut self, f: fn(&Sequence) -> bool) -> Option<Sequence>;
+}
+
+impl SeqList for VecDeque<Sequence> {
+    fn take_where(&mut self, f: fn(&Sequence) -> bool) -> Option<Sequence> {
+        let i = self.iter().position(f)?;
+        self.remove(i)
+    }
+}
+
+impl SeqList for Vec<Sequence> {
+    fn take_where(&mut self, f: fn(&Sequence) -> bool) -> Option<Sequence> {
+        let i = self.iter().position(f)?;
+        Some(self.remove(i))
+    }
+}

@@ -1,0 +1,96 @@
+//! The engine loop: one thread that owns the scheduler and the KV pool, takes new requests from a
+//! channel and runs steps (each one forward call on the kernel pool) while there is work. Callers
+//! never block it: they submit a [`Sequence`] with its event sink and go.
+use crate::error::EngineError;
+use crate::model::{ExecOptions, KvPool, Qwen3Model, Stepper};
+use crate::serve::scheduler::{Scheduler, SchedulerStats};
+use crate::serve::sequence::Sequence;
+use crate::text::tokenizer::Tokenizer;
+use nano_qwen3_kernels::pool::ThreadPool;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{channel, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// What the loop needs of the engine, shared with it.
+pub struct Runtime {
+    pub model: Arc<Qwen3Model>,
+    pub pool: Arc<ThreadPool>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub exec: ExecOptions,
+}
+
+pub struct Server {
+    tx: Option<Sender<Sequence>>,
+    stats: Arc<Mutex<SchedulerStats>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(rt: Runtime, mut kv: KvPool, mut sched: Scheduler) -> std::io::Result<Server> {
+        let (tx, rx) = channel::<Sequence>();
+        let stats = sched.published();
+        let thread = std::thread::Builder::new().name("nano-qwen3-engine".into()).spawn(move || {
+            let vocab = rt.model.config.vocab_size;
+            let (mut stepper, mut logits) = (Stepper::default(), Vec::new());
+            loop {
+                if sched.is_idle() {
+                    match rx.recv() {
+                        Ok(seq) => sched.add(seq),
+                        Err(_) => break,
+                    }
+                }
+                let mut closed = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(seq) => sched.add(seq),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                if closed {
+                    sched.abort_all(&rt.tokenizer);
+                    break;
+                }
+                sched.step(
+                    &rt.tokenizer,
+                    vocab,
+                    |chunks, logits| {
+                        let run = || rt.pool.install(|| stepper.step(&rt.model, &mut kv, chunks, &rt.exec, logits));
+                        catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
+                            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                            Err(EngineError::Internal(format!("the forward step panicked: {}", msg.unwrap_or_default())))
+                        })
+                    },
+                    &mut logits,
+                );
+            }
+        })?;
+        Ok(Server { tx: Some(tx), stats, thread: Some(thread) })
+    }
+
+    /// Queue a request; it joins the batch at the next step.
+    pub fn submit(&self, seq: Sequence) {
+        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(seq)) {
+            e.0.fail(EngineError::Aborted); // the loop is gone (shutting down)
+        }
+    }
+
+    /// The scheduler's counters after the last step.
+    pub fn stats(&self) -> SchedulerStats {
+        *self.stats.lock().unwrap()
+    }
+}
+
+impl Drop for Server {
+    /// Closing the channel ends the loop; requests still in it end with `Aborted`.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
