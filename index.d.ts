@@ -6,10 +6,12 @@ export declare class NativeEngine {
   applyChatTemplate(messages: any, addGenerationPrompt: boolean, enableThinking?: boolean | undefined | null, tools?: any | undefined | null): string
   computeLogits(ids: Array<number>, allPositions: boolean): Promise<Float32Array>
   /**
-   * Generate on a worker thread. `onChunk` receives each streamed chunk as JSON text.
-   * Resolves to the result as JSON text.
+   * Queue a generation on the engine loop (no libuv thread waits for it: any number run at
+   * once, in one batch). `onEvent` receives, in order, `{"type":"chunk","chunk":{..}}` for each
+   * streamed piece, then `{"type":"done","result":{..,"chunkCount":n}}` or
+   * `{"type":"error","error":"[CODE] message"}`. Bad input throws here, before anything runs.
    */
-  generate(prompt: Array<number>, request: any, requestId: number, onChunk?: ((chunkJson: string) => void) | undefined | null): Promise<string>
+  generate(prompt: Array<number>, request: any, requestId: number, onEvent: (eventJson: string) => void): void
   /** Ask a running generation to stop before its next token. */
   cancel(requestId: number): void
   benchmark(sampleText: string, iterations: number, decodeTokens: number): Promise<string>
@@ -35,6 +37,12 @@ export interface NativeLoadOptions {
   acceleration?: any
   maxSeqLength?: number
   threads?: number
+  /** Bytes of the KV cache pool. */
+  kvCacheMemory?: number
+  /** Tokens per engine step (decode tokens plus prefill chunks). */
+  maxBatchTokens?: number
+  maxConcurrentSequences?: number
+  enablePrefixCaching?: boolean
 }
 
 /** The execution plan for a config on a device, without loading a model. */

@@ -45,7 +45,9 @@ test('a GGUF written by PyPI gguf loads through ModelRunner with the folder\'s l
   const file = await ModelRunner.load({ modelName: join(root, 'fixtures', 'gguf', 'qwen3-tiny-pypi.gguf') })
   const p = reference.prompts[0].input_ids
   const [a, b] = [await folder.computeLogits(p), await file.computeLogits(p)]
-  t.true(relL2(b, a) < 1e-6)
+  // Same bf16 values, some stored as F32 in the file: only the kernels' summation order differs
+  // (on AVX512_BF16 CPUs the bf16 matrices take vdpbf16ps, the f32 ones the AVX2 path).
+  t.true(relL2(b, a) < 2e-5, `${relL2(b, a)}`)
   t.deepEqual(file.tokenize('Hello world'), folder.tokenize('Hello world'))
   const msgs = [{ role: 'user', content: 'Hi' }]
   t.is(file.applyChatTemplate(msgs), folder.applyChatTemplate(msgs))
