@@ -45,5 +45,8 @@ export interface NativeLoadOptions {
   enablePrefixCaching?: boolean
 }
 
+/** The allowed values of every enumerated acceleration option (the engine's lists). */
+export declare function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] }
+
 /** The execution plan for a config on a device, without loading a model. */
 export declare function planAcceleration(acceleration: any, device: string): any

@@ -574,4 +574,5 @@ if (!nativeBinding) {
 module.exports = nativeBinding
 module.exports.NativeEngine = nativeBinding.NativeEngine
 module.exports.loadEngine = nativeBinding.loadEngine
+module.exports.optionValues = nativeBinding.optionValues
 module.exports.planAcceleration = nativeBinding.planAcceleration

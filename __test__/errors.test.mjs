@@ -2,7 +2,7 @@
 import test from 'ava'
 import { rmSync, truncateSync, writeFileSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { createAccelerationConfig, ModelRunner, NanoQwenError } from '../dist/index.mjs'
+import { createAccelerationConfig, ModelRunner, NanoQwenError, optionValues, QuantizationType } from '../dist/index.mjs'
 import { editJson, fixtureCopy, fixtureDir, readSafetensors, reference, writeSafetensors } from './helpers.mjs'
 
 const good = ModelRunner.load({ modelName: fixtureDir, threads: 2, maxSeqLength: 64 })
@@ -159,4 +159,15 @@ test('calls on a disposed runner throw DISPOSED', async (t) => {
   await runner.dispose()
   t.throws(() => runner.tokenize('x'), { code: 'DISPOSED' })
   await t.throwsAsync(runner.generate('x'), { code: 'DISPOSED' })
+})
+
+test('the TypeScript option lists are the engine\'s lists', (t) => {
+  const v = optionValues()
+  // QuantizationType (the Python API's constants) names exactly the engine's modes, in its order.
+  t.deepEqual(Object.values(QuantizationType), v.quantization)
+  t.deepEqual(v.compileMode, ['default', 'reduce-overhead', 'max-autotune'])
+  t.deepEqual(v.kvCacheDtype, ['f32', 'f16', 'bf16'])
+  t.deepEqual(v.int4GroupSize, [32, 64, 128])
+  t.throws(() => createAccelerationConfig({ int4GroupSize: 48 }), { message: /int4GroupSize = 48: allowed 32, 64, 128/ })
+  t.throws(() => createAccelerationConfig({ kvCacheDtype: 'f8' }), { message: /kvCacheDtype = "f8": allowed "f32", "f16", "bf16"/ })
 })

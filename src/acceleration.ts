@@ -13,20 +13,34 @@ export const QuantizationType = {
   INT4: 'int4',
 } as const
 export type QuantizationType = (typeof QuantizationType)[keyof typeof QuantizationType]
+export type CompileMode = 'default' | 'reduce-overhead' | 'max-autotune'
+export type KvCacheDtype = 'f32' | 'f16' | 'bf16'
+
+/** The engine's lists of allowed values (the one source of the names; a test keeps the types above in step). */
+export function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] } {
+  return loadNative().optionValues()
+}
+
+/** A value from the engine's list for `option`, typed as `T`. */
+function oneOf<T extends string | number>(option: keyof ReturnType<typeof optionValues>) {
+  return z.custom<T>((v) => (optionValues()[option] as unknown[]).includes(v), {
+    message: `allowed ${optionValues()[option].map((v) => JSON.stringify(v)).join(', ')}`,
+  })
+}
 
 export const accelerationConfigSchema = z
   .object({
-    quantization: z.enum(['none', 'fp16', 'bf16', 'dynamic_int8', 'static_int8', 'int4']).default('none'),
+    quantization: oneOf<QuantizationType>('quantization').default('none'),
     useFlashAttention: z.boolean().default(true),
     useTorchCompile: z.boolean().default(false),
-    compileMode: z.enum(['default', 'reduce-overhead', 'max-autotune']).default('default'),
+    compileMode: oneOf<CompileMode>('compileMode').default('default'),
     useChannelsLast: z.boolean().default(true),
     useGradientCheckpointing: z.boolean().default(false),
     useFusedKernels: z.boolean().default(true),
     /** KV cache element type: f32 (exact), f16 or bf16 (half the memory; widened to f32 in the attention kernel). */
-    kvCacheDtype: z.enum(['f32', 'f16', 'bf16']).default('f32'),
+    kvCacheDtype: oneOf<KvCacheDtype>('kvCacheDtype').default('f32'),
     /** int4: weights sharing one scale: 32 (Q4_0), 64 or 128 (4.25 / 4.125 bits per weight instead of 4.5 when repacked, a little more error). */
-    int4GroupSize: z.number().refine((v) => [32, 64, 128].includes(v), 'allowed 32, 64, 128').default(32),
+    int4GroupSize: oneOf<32 | 64 | 128>('int4GroupSize').default(32),
     /** static_int8 and int4: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
     calibration: z
       .object({
@@ -74,6 +88,8 @@ export interface PlanItem {
 export interface ExecutionPlan {
   device: string
   quantization: QuantizationType
+  /** Storage of the weight matrices the mode asks for ("checkpoint", "f16", "bf16", "q8_0", "q4_0", ...). */
+  weightDtype: string
   computeDtype: string
   items: PlanItem[]
   appliedOptimizations: string[]

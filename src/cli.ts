@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
-import { createAccelerationConfig } from './acceleration.js'
+import { createAccelerationConfig, optionValues } from './acceleration.js'
 import type { ChatMessage } from './chat.js'
 import { NanoQwenError } from './errors.js'
 import { defaultModelDir, ModelRunner } from './model-runner.js'
@@ -19,7 +19,7 @@ Usage:
 Common options:
   --model <dir|file|org/name>  model folder, .gguf file or Hugging Face id (default: the embedded tiny
                             model, random weights: its text is gibberish, useful to try the tool)
-  --quantization <mode>     none | fp16 | bf16 | dynamic_int8 | static_int8 | int4
+  --quantization <mode>     ${optionValues().quantization.join(' | ')}
   --calibration <file>      static_int8: calibration texts, separated by blank lines (default: built-in set)
   --device <device>         auto | cpu (cuda, metal: not in this build)
   --threads <n>             CPU threads (default: physical cores)

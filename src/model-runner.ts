@@ -98,6 +98,8 @@ export interface CalibrationReport {
   maxRangeRatio: number
   staticSites: number
   dynamicSites: string[]
+  /** Sites whose outlier channels SmoothQuant migrated into the weights. */
+  smoothedSites: string[]
   sites: { site: string; rangeRatio: number; isStatic: boolean }[]
   timeMs: number
 }

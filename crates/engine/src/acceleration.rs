@@ -21,11 +21,19 @@ pub enum Quantization {
 }
 
 impl Quantization {
-    pub const ALL: &'static str = "none, fp16, bf16, dynamic_int8, static_int8, int4";
+    /// Every mode, in the order the docs list them: the one list of their names.
+    pub const VARIANTS: [Quantization; 6] = [Self::None, Self::Fp16, Self::Bf16, Self::DynamicInt8, Self::StaticInt8, Self::Int4];
+
+    /// "none, fp16, ...".
+    pub fn all() -> String {
+        Self::VARIANTS.map(Self::name).join(", ")
+    }
 
     pub fn parse(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.into()))
-            .map_err(|_| EngineError::invalid_arg("quantization", format!("\"{s}\""), &format!("one of {}", Self::ALL)))
+        Self::VARIANTS
+            .into_iter()
+            .find(|q| q.name() == s)
+            .ok_or_else(|| EngineError::invalid_arg("quantization", format!("\"{s}\""), &format!("one of {}", Self::all())))
     }
 
     pub fn name(self) -> &'static str {
@@ -61,6 +69,25 @@ pub enum CompileMode {
     MaxAutotune,
 }
 
+impl CompileMode {
+    pub const VARIANTS: [CompileMode; 3] = [Self::Default, Self::ReduceOverhead, Self::MaxAutotune];
+}
+
+/// The allowed values of every enumerated option, by its camelCase name: the TypeScript facade
+/// validates against this list (one source of the names).
+pub fn option_values() -> serde_json::Value {
+    // The names of serde-named variants, as they are written in JSON.
+    fn names<T: Serialize>(v: &[T]) -> Vec<serde_json::Value> {
+        v.iter().map(|x| serde_json::to_value(x).expect("a unit variant serialises")).collect()
+    }
+    serde_json::json!({
+        "quantization": Quantization::VARIANTS.map(Quantization::name),
+        "compileMode": names(&CompileMode::VARIANTS),
+        "kvCacheDtype": names(&KvDtype::VARIANTS),
+        "int4GroupSize": nano_qwen3_kernels::q4::GROUP_SIZES,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccelerationConfig {
@@ -84,7 +111,8 @@ impl AccelerationConfig {
     pub fn weight_format(&self) -> Result<WeightFormat> {
         use nano_qwen3_kernels::q4::GROUP_SIZES;
         if !GROUP_SIZES.contains(&self.int4_group_size) {
-            return Err(EngineError::invalid_arg("int4GroupSize", self.int4_group_size, "one of 32, 64, 128"));
+            let allowed = GROUP_SIZES.map(|g| g.to_string()).join(", ");
+            return Err(EngineError::invalid_arg("int4GroupSize", self.int4_group_size, &format!("one of {allowed}")));
         }
         Ok(self.quantization.weight_format(self.int4_group_size))
     }

@@ -84,6 +84,12 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Res
     })
 }
 
+/// The allowed values of every enumerated acceleration option (the engine's lists).
+#[napi(ts_return_type = "{ quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] }")]
+pub fn option_values() -> Value {
+    nano_qwen3_engine::acceleration::option_values()
+}
+
 /// The execution plan for a config on a device, without loading a model.
 #[napi]
 pub fn plan_acceleration(acceleration: Value, device: String) -> Result<Value> {

@@ -20,6 +20,8 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
+    pub const VARIANTS: [KvDtype; 3] = [Self::F32, Self::F16, Self::Bf16];
+
     pub fn size(self) -> usize {
         match self {
             KvDtype::F32 => 4,
