@@ -10,8 +10,6 @@ pub mod attention;
 pub mod fused;
 pub mod kquants;
 pub mod linear;
-#[cfg(target_arch = "x86_64")]
-mod linear_avx512bf16;
 pub mod q4;
 pub mod q8;
 pub mod repack;

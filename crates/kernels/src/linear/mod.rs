@@ -90,11 +90,11 @@ fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize,
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 && W::IS_BF16 {
         return crate::scratch::with_buffer(&HI_LO, 2 * m * k, 0, |hl| {
-            crate::linear_avx512bf16::split(&x[..m * k], hl);
+            avx512::split(&x[..m * k], hl);
             let (hi, lo) = hl.split_at(m * k);
             drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe {
                 let w = w.as_ptr() as *const u16; // bf16 bits
-                crate::linear_avx512bf16::tile(hi.as_ptr().add(i * k), lo.as_ptr().add(i * k), k, w.add(j * k), k, out, n, mr, nr)
+                avx512::tile(hi.as_ptr().add(i * k), lo.as_ptr().add(i * k), k, w.add(j * k), k, out, n, mr, nr)
             })
         });
     }
@@ -212,6 +212,9 @@ pub mod simd_load {
     #[cfg(not(target_arch = "x86_64"))]
     impl Load8 for half::f16 {}
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {

@@ -323,7 +323,7 @@ impl Q8x8Matrix {
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_vnni() {
-                    return by_rows!(vnni::q8_tile, mr, x, w, bpr, out, n, cols);
+                    return by_rows!(avx512::q8_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_avx2() {
@@ -397,7 +397,7 @@ impl Q4x8Matrix {
                 let cols = (n - g * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_vnni() {
-                    return by_rows_and_groups!(vnni::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
+                    return by_rows_and_groups!(avx512::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_avx2() {
@@ -528,12 +528,10 @@ fn drive(
 }
 
 #[cfg(target_arch = "aarch64")]
-#[path = "repack_neon.rs"]
 mod neon;
 
 #[cfg(target_arch = "x86_64")]
-#[path = "repack_vnni.rs"]
-mod vnni;
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
