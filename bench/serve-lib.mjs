@@ -4,7 +4,7 @@
 //   stream(promptIds, maxTokens, onTokens(count, nowMs)) -> Promise<{ completionTokens }>
 // which generates greedily with EOS ignored and calls onTokens once per streamed chunk that carries
 // tokens (count = the tokens in that chunk; llama.cpp streams one token at a time, this engine usually
-// always does too, except where a chunk waits for the rest of a UTF-8 character).
+// does too, except where a chunk waits for the rest of a UTF-8 character).
 //
 // Definitions (all times from performance.now(), in the process that makes the requests):
 //   TTFT       submission of the request -> its first token-carrying chunk.
