@@ -37,7 +37,9 @@ pub struct ServeOptions {
     pub enable_prefix_caching: Option<bool>,
 }
 
-pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+/// Tokens per step when nothing decodes: big enough for efficient matmuls, small enough that a
+/// burst of new requests gets first tokens in turn rather than all at the end of one long step.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
 pub const DEFAULT_MAX_SEQUENCES: usize = 64;
 const DEFAULT_KV_CAP: usize = 4 << 30;
 

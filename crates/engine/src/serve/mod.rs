@@ -7,3 +7,4 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod server;
+pub mod step_cost;

@@ -1,6 +1,7 @@
 //! Continuous batching. Each step is ONE forward call over the next token of every running
 //! sequence plus prefill chunks of the others, within a token budget: decode first, then chunked
-//! prefill, then new sequences first come first served. When KV blocks run out the most recently
+//! prefill, then new sequences first come first served. While sequences decode, the prompt tokens
+//! of a step are also bounded so their streams keep pace ([`StepCost`]). When KV blocks run out the most recently
 //! admitted sequence is preempted (its blocks freed, its tokens recomputed later). Finished and
 //! aborted sequences leave at the step that sees them and free their blocks.
 use crate::error::{EngineError, Result};
@@ -8,6 +9,7 @@ use crate::model::{LogitsFor, SeqChunk, BLOCK_TOKENS};
 use crate::serve::block_manager::{block_hash, BlockManager, PrefixStats};
 use crate::serve::request::FinishReason;
 use crate::serve::sequence::Sequence;
+use crate::serve::step_cost::StepCost;
 use crate::text::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,7 @@ pub struct Scheduler {
     planned: Vec<usize>,
     preemptions: u64,
     steps: u64,
+    cost: StepCost,
     /// [`Self::stats`] as last published: before any request is told it ended, and after each step.
     published: Arc<Mutex<SchedulerStats>>,
 }
@@ -65,6 +68,7 @@ impl Scheduler {
             planned: Vec::new(),
             preemptions: 0,
             steps: 0,
+            cost: StepCost::default(),
             published: Default::default(),
         };
         s.publish();
@@ -148,8 +152,12 @@ impl Scheduler {
         self.drop_cancelled(tok);
         self.planned.clear();
         let decodes = self.running.iter().filter(|s| s.remaining() == 1).count();
-        // Decode tokens are always in the step; prefill chunks share what is left.
+        // Decode tokens are always in the step; prefill chunks share what is left, and no more
+        // than keeps the decoding streams' pace.
         let mut prefill_budget = self.cfg.max_batch_tokens.saturating_sub(decodes);
+        if decodes > 0 {
+            prefill_budget = prefill_budget.min(self.cost.prefill_budget(decodes));
+        }
         let mut i = 0;
         while i < self.running.len() {
             let remaining = self.running[i].remaining();
@@ -227,7 +235,10 @@ impl Scheduler {
             }
         }
         logits.clear();
+        let started = std::time::Instant::now();
         let result = forward(&chunks, logits);
+        let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        self.cost.observe(tokens, started.elapsed().as_secs_f64() * 1000.0);
         drop(chunks);
         if let Err(e) = result {
             // A failed step fails the sequences in it; the others keep going.
