@@ -6,21 +6,29 @@
 //! - [`q8`]: W8A8 in Q8_0-layout blocks (32 int8 + f16 scale), integer dot products.
 //! - [`kquants`]: llama.cpp's Q4_K / Q5_K / Q6_K super-blocks, dequantized (GGUF import).
 //! - [`q4`]: 4-bit weights in Q4_0-layout blocks with error-minimising scales, int8 activations.
+//! - [`repack`]: Q8_0 / Q4_0 weights in 8-row interleaved blocks (no horizontal sums).
+//! - [`attention`]: causal flash attention over a paged KV cache, and the plain reference.
+//! - [`fused`]: the elementwise layer steps (norms, RoPE, SwiGLU), fused per row.
+//!
+//! Every matmul splits its work the same way (`tiling`, on [`pool`], sized by [`tuning`]). An op
+//! with SIMD paths is a folder: `mod.rs` holds its API, dispatch and portable reference, and
+//! `avx2.rs`, `avx512.rs`, `neon.rs` the paths for those instruction sets.
 pub mod attention;
 pub mod fused;
 pub mod kquants;
 pub mod linear;
+pub mod pool;
 pub mod q4;
 pub mod q8;
+pub mod quant;
 pub mod repack;
 mod scratch;
-pub mod tuning;
-pub mod pool;
-pub mod quant;
 pub mod simd;
+mod tiling;
+pub mod tuning;
 
 pub use linear::{linear, LinearOp, Weights};
-pub use q4::{BlockQ4, Q4Matrix};
+pub use q4::{BlockQ4, Q4Matrix, Q4Scales};
 pub use q8::{BlockQ8, Q8Matrix};
 pub use quant::{QuantLinearOp, QuantMatrix};
 pub use simd::{active_isa, Isa};

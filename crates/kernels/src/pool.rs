@@ -364,12 +364,11 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
 /// `f(i, chunk)` for each `chunk_len` piece of `out` (the last may be shorter), in parallel.
 pub fn parallel_chunks_mut<T: Send>(out: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let chunk_len = chunk_len.max(1);
-    let (ptr, len) = (SyncPtr(out.as_mut_ptr()), out.len());
+    let (ptr, len) = (OutPtr::new(out), out.len());
     parallel_for(len.div_ceil(chunk_len), |i| {
-        let ptr = &ptr;
         let start = i * chunk_len;
         // SAFETY: each task gets a distinct, in-bounds chunk of `out`, borrowed for this call.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(start), chunk_len.min(len - start)) };
+        let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), chunk_len.min(len - start)) };
         f(i, chunk)
     })
 }
@@ -385,22 +384,44 @@ pub fn parallel_chunks_mut2<A: Send, B: Send>(
     let (a_chunk, b_chunk) = (a_chunk.max(1), b_chunk.max(1));
     let tasks = a.len().div_ceil(a_chunk);
     assert_eq!(tasks, b.len().div_ceil(b_chunk), "parallel_chunks_mut2: the slices cut into different chunk counts");
-    let (pa, la, pb, lb) = (SyncPtr(a.as_mut_ptr()), a.len(), SyncPtr(b.as_mut_ptr()), b.len());
+    let (pa, la, pb, lb) = (OutPtr::new(a), a.len(), OutPtr::new(b), b.len());
     parallel_for(tasks, |i| {
-        let (pa, pb) = (&pa, &pb);
         // SAFETY: as in `parallel_chunks_mut`, for each slice.
         let (ca, cb) = unsafe {
             (
-                std::slice::from_raw_parts_mut(pa.0.add(i * a_chunk), a_chunk.min(la - i * a_chunk)),
-                std::slice::from_raw_parts_mut(pb.0.add(i * b_chunk), b_chunk.min(lb - i * b_chunk)),
+                std::slice::from_raw_parts_mut(pa.get().add(i * a_chunk), a_chunk.min(la - i * a_chunk)),
+                std::slice::from_raw_parts_mut(pb.get().add(i * b_chunk), b_chunk.min(lb - i * b_chunk)),
             )
         };
         f(i, ca, cb)
     })
 }
 
-struct SyncPtr<T>(*mut T);
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
+/// Output pointer shared by tasks that write disjoint parts of one buffer: each element has one
+/// writer, and the call that hands the pointer out returns only after every task is done.
+pub(crate) struct OutPtr<T = f32>(*mut T);
+
+impl<T> OutPtr<T> {
+    pub(crate) fn new(out: &mut [T]) -> Self {
+        OutPtr(out.as_mut_ptr())
+    }
+
+    /// The pointer; a method, so that closures capture the wrapper (Sync), not its raw field.
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+impl<T> Clone for OutPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for OutPtr<T> {}
+// SAFETY: the tasks write disjoint elements (see above), which is sending each to one thread.
+unsafe impl<T: Send> Send for OutPtr<T> {}
+unsafe impl<T: Send> Sync for OutPtr<T> {}
 
 #[cfg(test)]
 mod tests {

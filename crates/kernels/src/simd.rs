@@ -108,6 +108,87 @@ pub fn active_isa() -> Isa {
     })
 }
 
+/// A storage format the kernels read as f32 (all their arithmetic is f32): f32 itself, or f16 /
+/// bf16 (dense weights, KV cache) widened on the way in. The one place each format's widening
+/// lives, so the dense matmul and attention read them alike. Sealed: exactly these three.
+pub trait Widen: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// One element.
+    fn to_f32(self) -> f32;
+    /// The slice itself when it already is f32 (nothing to widen).
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// `dst = src` as f32 (half's slice conversion uses F16C where the CPU has it).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// Eight consecutive elements as f32 lanes.
+    /// # Safety
+    /// `p` points to 8 readable elements and the CPU supports AVX2 + F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Widen for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn widen(src: &[half::f16], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Widen for half::bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn widen(src: &[half::bf16], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst)
+    }
+    /// bf16 is the top half of an f32: zero-extend to 32 bits and shift left.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const half::bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+}
+
 /// Small AVX2 helpers shared by the kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {

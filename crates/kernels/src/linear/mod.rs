@@ -1,14 +1,20 @@
 //! `y[m, n] = x[m, k] · w[n, k]ᵀ`: f32 activations, f32 / bf16 / f16 weights kept in their storage
-//! format (converted to f32 in registers), f32 accumulation.
+//! format (widened to f32 in registers, [`Widen`]), f32 accumulation.
 //!
-//! Work is split over output features (`n`) across the current kernel pool ([`crate::pool`]). Inside a task, rows of
-//! `x` are taken in blocks that stay in L2 while a register tile of MR x-rows by NR w-rows is
-//! computed, so each loaded weight vector feeds MR multiply-adds (prefill) and decode (m = 1) streams
-//! the weights once.
-use crate::simd::Isa;
-use crate::tuning::{chunk_len, tiling_for, ShapeKey, Tiling};
+//! Work is split over output features (`n`) by [`crate::tiling`]: inside a task, rows of `x` are
+//! taken in blocks that stay in L2 while a register tile of MR x-rows by NR w-rows is computed, so
+//! each loaded weight vector feeds MR multiply-adds (prefill) and decode (m = 1) streams the
+//! weights once.
+use crate::simd::{Isa, Widen};
+use crate::tiling::{Split, Tile};
+use crate::tuning::Tiling;
 use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 use half::{bf16, f16};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Weight matrix `[n, k]`, row-major, in its storage format.
 #[derive(Clone, Copy)]
@@ -29,44 +35,28 @@ impl Weights<'_> {
     }
 }
 
-/// A weight element that converts to f32.
-pub trait WeightElem: Copy + Send + Sync + 'static {
+/// A dense weight element ([`Widen`]: read as f32), with its kernel's name.
+pub trait WeightElem: Widen {
     /// The dense kernel's name for this weight type (tuning keys).
     const KERNEL: &'static str;
-    fn to_f32(self) -> f32;
+    /// bf16 has paths of its own (AVX2 even/odd lanes, AVX512_BF16).
+    const IS_BF16: bool = false;
 }
 impl WeightElem for f32 {
     const KERNEL: &'static str = "dense-f32";
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
 }
 impl WeightElem for bf16 {
     const KERNEL: &'static str = "dense-bf16";
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
+    const IS_BF16: bool = true;
 }
 impl WeightElem for f16 {
     const KERNEL: &'static str = "dense-f16";
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
 }
 
 const MR: usize = 2; // x rows per register tile (3 spills ymm registers with bf16 conversion)
 const NR: usize = 4; // w rows per register tile
 /// 8 tasks per thread; 48 x rows kept hot in L2 (a multiple of MR).
 pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 48 };
-
-/// Raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// `y = x · wᵀ` with `x: [m, k]`, `w: [n, k]`, `y: [m, n]` (all row-major).
 pub fn linear(x: &[f32], w: Weights, m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
@@ -85,16 +75,16 @@ thread_local! {
     static HI_LO: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
+fn run<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut [f32], isa: Isa) {
     assert!(w.len() >= n * k, "linear: weights too small for n={n} k={k}");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 && W::IS_BF16 {
         return crate::scratch::with_buffer(&HI_LO, 2 * m * k, 0, |hl| {
             avx512::split(&x[..m * k], hl);
             let (hi, lo) = hl.split_at(m * k);
-            drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe {
+            drive(W::KERNEL, m, n, k, y, |t| unsafe {
                 let w = w.as_ptr() as *const u16; // bf16 bits
-                avx512::tile(hi.as_ptr().add(i * k), lo.as_ptr().add(i * k), k, w.add(j * k), k, out, n, mr, nr)
+                avx512::tile(hi.as_ptr().add(t.i * k), lo.as_ptr().add(t.i * k), k, w.add(t.j * k), k, t.y, n, t.mr, t.nr)
             })
         });
     }
@@ -104,51 +94,25 @@ fn run<W: WeightElem + simd_load::Load8>(x: &[f32], w: &[W], m: usize, k: usize,
         // is rearranged to match once per call (see avx2::tile_bf16).
         return crate::scratch::with_buffer(&EVEN_ODD, m * k, 0.0, |xp| {
             avx2::even_odd(x, m, k, xp);
-            drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe {
+            drive(W::KERNEL, m, n, k, y, |t| unsafe {
                 let w = w.as_ptr() as *const u16; // bf16 bits
-                avx2::tile_bf16(x.as_ptr().add(i * k), xp.as_ptr().add(i * k), w.add(j * k), k, out, n, mr, nr)
+                avx2::tile_bf16(x.as_ptr().add(t.i * k), xp.as_ptr().add(t.i * k), w.add(t.j * k), k, t.y, n, t.mr, t.nr)
             })
         });
     }
-    drive(W::KERNEL, m, n, k, y, |i, j, mr, nr, out| unsafe { tile(isa, x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, out, n, mr, nr) });
+    drive(W::KERNEL, m, n, k, y, |t| unsafe { tile(isa, x.as_ptr().add(t.i * k), w.as_ptr().add(t.j * k), k, t.y, n, t.mr, t.nr) });
 }
 
-/// Split output columns across the pool; each task sweeps x in L2-sized row blocks and calls
-/// `tile(i, j, mr, nr, &mut y[i, j])` for MR x NR tiles.
-/// `kernel` and `k` name the shape for its tuned [`Tiling`] (compile mode max-autotune).
-pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync) {
-    let threads = crate::pool::current_threads();
-    let key = ShapeKey { kernel, n, k, threads, decode: m == 1 };
-    let tiling = tiling_for(key, DEFAULT_TILING);
-    // Enough chunks for load balance, each a multiple of NR rows.
-    let chunk = chunk_len(n, threads, tiling, NR);
-    let m_block = tiling.m_block.next_multiple_of(MR);
-    let out = OutPtr(y.as_mut_ptr());
-    crate::pool::parallel_for(n.div_ceil(chunk), |c| {
-        let out = out;
-        let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-        for i0 in (0..m).step_by(m_block) {
-            let i1 = (i0 + m_block).min(m);
-            let mut j = j0;
-            while j < j1 {
-                let nr = (j1 - j).min(NR);
-                let mut i = i0;
-                while i < i1 {
-                    let mr = (i1 - i).min(MR);
-                    // SAFETY: the tile is in bounds (asserts in `linear`) and this task alone
-                    // writes columns j0..j1.
-                    tile(i, j, mr, nr, unsafe { out.0.add(i * n + j) });
-                    i += mr;
-                }
-                j += nr;
-            }
-        }
-    });
+/// The dense split ([`crate::tiling`]): MR x NR register tiles over output columns, `tile(t)`
+/// computing `y[t.i.., t.j..]`. The row-major Q8_0 / Q4_0 kernels share it.
+pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], tile: impl Fn(Tile) + Sync) {
+    let split = Split { kernel, m, n, k, units: n, default: DEFAULT_TILING };
+    crate::tiling::drive::<MR, NR, 1>(&split, y, None, tile)
 }
 
 /// Dispatch one register tile to the ISA path with the right compile-time shape.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<W: WeightElem + simd_load::Load8>(
+unsafe fn tile<W: WeightElem>(
     isa: Isa,
     x: *const f32,
     w: *const W,
@@ -190,208 +154,6 @@ unsafe fn portable_tile<W: WeightElem>(x: *const f32, w: *const W, k: usize, y: 
                 s += xr[p] * wr[p].to_f32();
             }
             *y.add(i * ldy + j) = s;
-        }
-    }
-}
-
-/// Loading 8 weights as f32 lanes, per storage format.
-pub mod simd_load {
-    pub trait Load8: Sized {
-        const IS_BF16: bool = false;
-        /// # Safety
-        /// `p` must point to 8 readable elements and the CPU must support AVX2+F16C.
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
-    }
-
-    // Elsewhere the dense kernels are portable only: nothing to load.
-    #[cfg(not(target_arch = "x86_64"))]
-    impl Load8 for f32 {}
-    #[cfg(not(target_arch = "x86_64"))]
-    impl Load8 for half::bf16 {}
-    #[cfg(not(target_arch = "x86_64"))]
-    impl Load8 for half::f16 {}
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512;
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::simd_load::Load8;
-    use super::WeightElem;
-    use crate::simd::x86::hsum;
-    use half::{bf16, f16};
-    use std::arch::x86_64::*;
-
-    impl Load8 for f32 {
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-    }
-    impl Load8 for bf16 {
-        const IS_BF16: bool = true;
-        // bf16 is the top half of an f32: widen to 32 bits and shift.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(p: *const bf16) -> __m256 {
-            let h = _mm_loadu_si128(p as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-        }
-    }
-    impl Load8 for f16 {
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(p: *const f16) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        }
-    }
-
-
-    /// Dot product tail (k not a multiple of 8) plus the horizontal sum.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish<W: WeightElem>(acc: __m256, x: *const f32, w: *const W, body: usize, k: usize) -> f32 {
-        let mut s = hsum(acc);
-        for q in body..k {
-            s += *x.add(q) * (*w.add(q)).to_f32();
-        }
-        s
-    }
-
-    /// The hot tile: M (1 or 2) x-rows by 4 w-rows, named accumulators so that they stay in ymm
-    /// registers (arrays of __m256 got spilled).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile_x4<W: WeightElem + Load8, const M: usize>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize) {
-        let (w0, w1, w2, w3) = (w, w.add(k), w.add(2 * k), w.add(3 * k));
-        let x0 = x;
-        let x1 = if M > 1 { x.add(k) } else { x };
-        let z = _mm256_setzero_ps();
-        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
-        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let body = k / 8 * 8;
-        let mut p = 0;
-        while p < body {
-            let v0 = _mm256_loadu_ps(x0.add(p));
-            let v1 = if M > 1 { _mm256_loadu_ps(x1.add(p)) } else { z };
-            let b = W::load8(w0.add(p));
-            a00 = _mm256_fmadd_ps(v0, b, a00);
-            if M > 1 { a10 = _mm256_fmadd_ps(v1, b, a10) }
-            let b = W::load8(w1.add(p));
-            a01 = _mm256_fmadd_ps(v0, b, a01);
-            if M > 1 { a11 = _mm256_fmadd_ps(v1, b, a11) }
-            let b = W::load8(w2.add(p));
-            a02 = _mm256_fmadd_ps(v0, b, a02);
-            if M > 1 { a12 = _mm256_fmadd_ps(v1, b, a12) }
-            let b = W::load8(w3.add(p));
-            a03 = _mm256_fmadd_ps(v0, b, a03);
-            if M > 1 { a13 = _mm256_fmadd_ps(v1, b, a13) }
-            p += 8;
-        }
-        let rows = [(x0, [a00, a01, a02, a03]), (x1, [a10, a11, a12, a13])];
-        for (i, (xr, acc)) in rows.iter().take(M).enumerate() {
-            for (j, wr) in [w0, w1, w2, w3].iter().enumerate() {
-                *y.add(i * ldy + j) = finish(acc[j], *xr, *wr, body, k);
-            }
-        }
-    }
-
-    /// x rearranged for [`tile_bf16`]: in each block of 16, the 8 even then the 8 odd elements.
-    pub fn even_odd(x: &[f32], m: usize, k: usize, out: &mut [f32]) {
-        out.copy_from_slice(&x[..m * k]);
-        for row in out.chunks_exact_mut(k) {
-            for block in row.chunks_exact_mut(16) {
-                let src: [f32; 16] = block.try_into().unwrap();
-                for l in 0..8 {
-                    block[l] = src[2 * l];
-                    block[8 + l] = src[2 * l + 1];
-                }
-            }
-        }
-    }
-
-    /// bf16 weights, MR (1..=2) x NR (1..=4) tile. One 256-bit load brings 16 weights: shifting
-    /// left by 16 gives the even ones as f32, masking the low half gives the odd ones, matched by
-    /// the even/odd halves of `xp`. No widening shuffles, one load per 16 weights.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile_bf16(x: *const f32, xp: *const f32, w: *const u16, k: usize, y: *mut f32, ldy: usize, mr: usize, nr: usize) {
-        match (mr, nr) {
-            (2, 4) => bf16_tile::<2, 4>(x, xp, w, k, y, ldy),
-            (1, 4) => bf16_tile::<1, 4>(x, xp, w, k, y, ldy),
-            _ => {
-                for i in 0..mr {
-                    for j in 0..nr {
-                        bf16_tile::<1, 1>(x.add(i * k), xp.add(i * k), w.add(j * k), k, y.add(i * ldy + j), ldy);
-                    }
-                }
-            }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn bf16_tile<const M: usize, const N: usize>(x: *const f32, xp: *const f32, w: *const u16, k: usize, y: *mut f32, ldy: usize) {
-        let mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-        let z = _mm256_setzero_ps();
-        let mut acc = [[z; N]; M];
-        let body = k / 16 * 16;
-        let mut p = 0;
-        while p < body {
-            for j in 0..N {
-                let wv = _mm256_loadu_si256(w.add(j * k + p) as *const __m256i);
-                let even = _mm256_castsi256_ps(_mm256_slli_epi32(wv, 16));
-                let odd = _mm256_castsi256_ps(_mm256_and_si256(wv, mask));
-                for i in 0..M {
-                    let xe = _mm256_loadu_ps(xp.add(i * k + p));
-                    let xo = _mm256_loadu_ps(xp.add(i * k + p + 8));
-                    acc[i][j] = _mm256_fmadd_ps(xo, odd, _mm256_fmadd_ps(xe, even, acc[i][j]));
-                }
-            }
-            p += 16;
-        }
-        for i in 0..M {
-            for j in 0..N {
-                let mut s = hsum(acc[i][j]);
-                for q in body..k {
-                    s += *x.add(i * k + q) * bf16::from_bits(*w.add(j * k + q)).to_f32();
-                }
-                *y.add(i * ldy + j) = s;
-            }
-        }
-    }
-
-    /// General MR x NR tile, used for the few leftover columns.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<W: WeightElem + Load8, const M: usize, const N: usize>(
-        x: *const f32,
-        w: *const W,
-        k: usize,
-        y: *mut f32,
-        ldy: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); N]; M];
-        let body = k / 8 * 8;
-        let mut p = 0;
-        while p < body {
-            let mut xv = [_mm256_setzero_ps(); M];
-            for (i, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(x.add(i * k + p));
-            }
-            for j in 0..N {
-                let wv = W::load8(w.add(j * k + p));
-                for i in 0..M {
-                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
-                }
-            }
-            p += 8;
-        }
-        for i in 0..M {
-            for j in 0..N {
-                *y.add(i * ldy + j) = finish(acc[i][j], x.add(i * k), w.add(j * k), body, k);
-            }
         }
     }
 }

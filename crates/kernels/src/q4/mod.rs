@@ -5,10 +5,13 @@
 //! Unlike plain Q4_0 (scale fixed by the largest value), each block's scale is chosen to minimise
 //! the block's squared reconstruction error: a few candidate scales around the abs-max one are
 //! tried, each refined by least squares for its rounding, and the best is kept.
-use crate::q8::{block_linear, BlockMatrix, BlockQ8, Tile};
+use crate::q8::{block_linear, BlockMatrix, BlockQ8, BlockTile};
 use crate::quant::QuantMatrix;
 use crate::simd::Isa;
 use half::f16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 pub const QK4: usize = 32;
 
@@ -135,10 +138,26 @@ pub fn quantize_group_weighted(x: &[f32], imp: &[f32], out: &mut [BlockQ4]) {
 /// 4 blocks (4.25 and 4.125 bits per weight instead of 4.5, in the repacked layout).
 pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 
-/// NANO_QWEN3_Q4_SCALES=absmax reproduces llama.cpp's own Q4_0 rule (no search, no importances):
-/// `npm run quality` exports "llama.cpp's Q4_0" of the same weights with it.
-fn llama_rule_requested() -> bool {
-    std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() == Ok("absmax")
+/// How the int4 quantizer chooses each scale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Q4Scales {
+    /// This crate's error-minimising search (activation-aware with importances), per group.
+    #[default]
+    Searched,
+    /// llama.cpp's own Q4_0 rule, per block of 32 (no search, no importances, no shared groups):
+    /// what `npm run quality` exports as "llama.cpp's Q4_0" of the same weights.
+    Absmax,
+}
+
+impl Q4Scales {
+    /// `NANO_QWEN3_Q4_SCALES=absmax` asks for [`Q4Scales::Absmax`]. For the model loader to read;
+    /// the quantizers themselves take the rule as a parameter.
+    pub fn from_env() -> Self {
+        match std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() {
+            Ok("absmax") => Q4Scales::Absmax,
+            _ => Q4Scales::Searched,
+        }
+    }
 }
 
 /// A `[n, k]` matrix as Q4_0 blocks, row-major.
@@ -151,30 +170,35 @@ pub struct Q4Matrix {
 impl Q4Matrix {
     /// Quantize `w: [n, k]` (f32), `k` a multiple of 32, in parallel over rows.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
-        Self::quantize_weighted(w, n, k, None)
+        Self::quantize_with(w, n, k, None, QK4, Q4Scales::Searched)
     }
 
     /// With `importance` (len k: the mean square of each input feature), activation-aware.
     pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>) -> Self {
-        Self::quantize_grouped(w, n, k, importance, QK4)
+        Self::quantize_with(w, n, k, importance, QK4, Q4Scales::Searched)
+    }
+
+    /// [`Self::quantize_with`] with the rule [`Q4Scales::from_env`] names: the model loader's
+    /// entry point until it passes the rule itself.
+    pub fn quantize_grouped(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>, group: usize) -> Self {
+        Self::quantize_with(w, n, k, importance, group, Q4Scales::from_env())
     }
 
     /// [`Self::quantize_weighted`] with one scale per `group` weights (one of [`GROUP_SIZES`],
-    /// dividing `k`). NANO_QWEN3_Q4_SCALES=absmax ignores the group: it is llama.cpp's Q4_0 rule.
-    pub fn quantize_grouped(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>, group: usize) -> Self {
+    /// dividing `k`), chosen by `scales` ([`Q4Scales::Absmax`] ignores the group and importances:
+    /// it is llama.cpp's Q4_0 rule, per block).
+    pub fn quantize_with(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>, group: usize, scales: Q4Scales) -> Self {
         use rayon::prelude::*;
         assert!(GROUP_SIZES.contains(&group), "q4: group size {group} is not one of {GROUP_SIZES:?}");
         assert!(k % group == 0 && w.len() == n * k, "q4: bad shape [{n}, {k}] for groups of {group}");
         let ones = vec![1.0f32; group];
         let imp = |c: usize| importance.map_or(&ones[..], |i| &i[c * group..(c + 1) * group]);
-        let llama_rule = llama_rule_requested();
         let mut blocks = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; n * k / QK4];
         blocks.par_chunks_mut(k / QK4).zip(w.par_chunks(k)).for_each(|(bs, row)| {
             for (c, (out, x)) in bs.chunks_exact_mut(group / QK4).zip(row.chunks_exact(group)).enumerate() {
-                if llama_rule {
-                    out.iter_mut().zip(x.chunks_exact(QK4)).for_each(|(b, x)| *b = quantize_block_absmax(x));
-                } else {
-                    quantize_group_weighted(x, imp(c), out);
+                match scales {
+                    Q4Scales::Absmax => out.iter_mut().zip(x.chunks_exact(QK4)).for_each(|(b, x)| *b = quantize_block_absmax(x)),
+                    Q4Scales::Searched => quantize_group_weighted(x, imp(c), out),
                 }
             }
         });
@@ -182,7 +206,7 @@ impl Q4Matrix {
     }
 
     /// The most consecutive blocks (4, 2 or 1) whose scales are equal, bit for bit, in every
-    /// group of every row: what [`Self::quantize_grouped`] made, or a Q4_0 file exported from it.
+    /// group of every row: what [`Self::quantize_with`] made, or a Q4_0 file exported from it.
     pub fn shared_scale_blocks(&self) -> usize {
         let bpr = self.k / QK4;
         [4, 2].into_iter()
@@ -226,9 +250,9 @@ impl QuantMatrix for Q4Matrix {
     /// x is quantized to int8 blocks per row at run time.
     fn linear(&self, x: &[f32], m: usize, y: &mut [f32], isa: Isa) {
         #[cfg(target_arch = "x86_64")]
-        let tiles: Option<[Tile<BlockQ4>; 2]> = isa.uses_avx2().then_some([avx2::tile::<1>, avx2::tile::<2>]);
+        let tiles: Option<[BlockTile<BlockQ4>; 2]> = isa.uses_avx2().then_some([avx2::tile::<1>, avx2::tile::<2>]);
         #[cfg(not(target_arch = "x86_64"))]
-        let tiles: Option<[Tile<_>; 2]> = None;
+        let tiles: Option<[BlockTile<_>; 2]> = None;
         let w = BlockMatrix { name: self.name(), blocks: &self.blocks, n: self.n, k: self.k };
         block_linear(&w, x, m, y, None, tiles, dot, isa)
     }
@@ -251,94 +275,6 @@ unsafe fn dot(isa: Isa, x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> 
         acc += s as f32 * (xb.d.to_f32() * wb.d.to_f32());
     }
     acc
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{BlockQ4, BlockQ8, QK4};
-    use crate::simd::x86::{f16_to_f32, hsum};
-    use std::arch::x86_64::*;
-
-    /// [`super::evaluate`] eight lanes at a time (same rounding: clamp to [0, 15], truncate).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn evaluate(x: &[f32; QK4], imp: &[f32; QK4], d: f32) -> (f32, f32, f32) {
-        let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let dv = _mm256_set1_ps(d);
-        let (zero, fifteen, half, eight) = (_mm256_setzero_ps(), _mm256_set1_ps(15.0), _mm256_set1_ps(8.5), _mm256_set1_ps(8.0));
-        let (mut err, mut num, mut den) = (zero, zero, zero);
-        for c in 0..QK4 / 8 {
-            let v = _mm256_loadu_ps(x.as_ptr().add(c * 8));
-            let w = _mm256_loadu_ps(imp.as_ptr().add(c * 8));
-            let t = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(v, inv, half), zero), fifteen);
-            let q = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvttps_epi32(t)), eight);
-            let e = _mm256_fnmadd_ps(q, dv, v);
-            let wq = _mm256_mul_ps(w, q);
-            err = _mm256_fmadd_ps(_mm256_mul_ps(w, e), e, err);
-            num = _mm256_fmadd_ps(wq, v, num);
-            den = _mm256_fmadd_ps(wq, q, den);
-        }
-        (hsum(err), hsum(num), hsum(den))
-    }
-
-    /// Nibbles widened to int8 in [-8, 7]: low nibbles are elements 0..16, high 16..32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(b: &BlockQ4) -> __m256i {
-        let packed = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
-        let low = _mm_set1_epi8(0xF);
-        let lo = _mm_and_si128(packed, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
-    }
-
-    /// M (1 or 2) activation rows by 4 weight rows: each block is unpacked once and feeds M dot
-    /// products; each activation block (and its absolute value) feeds 4.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<const M: usize>(x: *const BlockQ8, w: *const BlockQ4, blocks: usize, y: *mut f32, ldy: usize) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 4]; M];
-        for b in 0..blocks {
-            let mut xv = [_mm256_setzero_si256(); M];
-            let mut ax = [_mm256_setzero_si256(); M];
-            let mut dx = [0f32; M];
-            for i in 0..M {
-                let xb = &*x.add(i * blocks + b);
-                xv[i] = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                ax[i] = _mm256_sign_epi8(xv[i], xv[i]);
-                dx[i] = f16_to_f32(xb.d);
-            }
-            for j in 0..4 {
-                let wb = &*w.add(j * blocks + b);
-                let wv = unpack(wb);
-                let dw = f16_to_f32(wb.d);
-                for i in 0..M {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[i], _mm256_sign_epi8(wv, xv[i])), ones);
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dx[i] * dw), acc[i][j]);
-                }
-            }
-        }
-        for i in 0..M {
-            for j in 0..4 {
-                *y.add(i * ldy + j) = hsum(acc[i][j]);
-            }
-        }
-    }
-
-    /// The same signed int8 dot product as Q8, on unpacked nibbles.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(x: *const BlockQ8, w: *const BlockQ4, blocks: usize) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            let (xb, wb) = (&*x.add(b), &*w.add(b));
-            let wv = unpack(wb);
-            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv)), ones);
-            let d = f16_to_f32(xb.d) * f16_to_f32(wb.d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc);
-        }
-        hsum(acc)
-    }
 }
 
 #[cfg(test)]
@@ -402,7 +338,7 @@ mod tests {
         let per_block = rmse(&Q4Matrix::quantize(&w, n, k));
         assert_eq!(Q4Matrix::quantize(&w, n, k).shared_scale_blocks(), 1);
         for (group, blocks) in [(64, 2), (128, 4)] {
-            let q = Q4Matrix::quantize_grouped(&w, n, k, None, group);
+            let q = Q4Matrix::quantize_with(&w, n, k, None, group, Q4Scales::Searched);
             assert_eq!(q.shared_scale_blocks(), blocks);
             for g in w.chunks_exact(group) {
                 let mut ours = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; blocks];
@@ -419,6 +355,19 @@ mod tests {
             }
             let e = rmse(&q);
             assert!(e > per_block && e < 1.25 * per_block, "group {group}: rmse {e} vs per-block {per_block}");
+        }
+    }
+
+    /// llama.cpp's rule, asked for by parameter: every block is [`quantize_block_absmax`] of its
+    /// 32 weights, whatever the group and the importances.
+    #[test]
+    fn absmax_rule_is_llama_cpp_q4_0_per_block() {
+        let (n, k) = (4, 256);
+        let w = fill(n * k, 17);
+        let imp: Vec<f32> = fill(k, 18).iter().map(|v| v.abs() + 0.1).collect();
+        let want: Vec<BlockQ4> = w.chunks_exact(QK4).map(quantize_block_absmax).collect();
+        for group in GROUP_SIZES {
+            assert_eq!(Q4Matrix::quantize_with(&w, n, k, Some(&imp), group, Q4Scales::Absmax).blocks, want, "group {group}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! x86-64 AVX-512 VNNI tiles for the repacked int8 / int4 matrices (layouts in `repack.rs`).
+//! x86-64 AVX-512 VNNI tiles for the repacked int8 / int4 matrices (layouts in the `repack`
+//! module docs).
 //!
 //! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each group of 4 products into
 //! its i32 lane: one instruction replaces AVX2's `sign` + `maddubs` + `madd` + `add`, and its

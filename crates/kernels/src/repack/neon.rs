@@ -1,6 +1,6 @@
-//! aarch64 NEON + dotprod tiles for the repacked int8 / int4 matrices (see `repack.rs` for the
-//! layouts). `sdot` multiplies 16 signed bytes by 16 and adds each group of 4 products into one
-//! of 4 i32 lanes; a weight vector holds the same 4 input features of 4 rows, so one `sdot`
+//! aarch64 NEON + dotprod tiles for the repacked int8 / int4 matrices (layouts in the `repack`
+//! module docs). `sdot` multiplies 16 signed bytes by 16 and adds each group of 4 products into
+//! one of 4 i32 lanes; a weight vector holds the same 4 input features of 4 rows, so one `sdot`
 //! against the broadcast activations advances 4 rows and two cover the 8-row group.
 //! (`vdotq_s32` is not stable Rust yet, hence the one-instruction `asm!`.)
 use super::{q4_unit, BlockQ8x8, Q4Rows, QK8, XQ4, XQ8, ROWS};
