@@ -1,7 +1,8 @@
 //! Continuous batching. Each step is ONE forward call over the next token of every running
 //! sequence plus prefill chunks of the others, within a token budget: decode first, then chunked
-//! prefill, then new sequences first come first served. While sequences decode, the prompt tokens
-//! of a step are also bounded so their streams keep pace ([`StepCost`]). When KV blocks run out the most recently
+//! prefill, then new sequences first come first served. While sequences decode, chunks of long
+//! prompts are also bounded so the decoding streams keep pace ([`StepCost`]); short prompts go in
+//! whole, for their own time to first token. When KV blocks run out the most recently
 //! admitted sequence is preempted (its blocks freed, its tokens recomputed later). Finished and
 //! aborted sequences leave at the step that sees them and free their blocks.
 use crate::error::{EngineError, Result};
@@ -152,16 +153,18 @@ impl Scheduler {
         self.drop_cancelled(tok);
         self.planned.clear();
         let decodes = self.running.iter().filter(|s| s.remaining() == 1).count();
-        // Decode tokens are always in the step; prefill chunks share what is left, and no more
-        // than keeps the decoding streams' pace.
-        let mut prefill_budget = self.cfg.max_batch_tokens.saturating_sub(decodes);
-        if decodes > 0 {
-            prefill_budget = prefill_budget.min(self.cost.prefill_budget(decodes));
-        }
+        // Decode tokens are always in the step; prompts share what is left. Chunks of long prompts
+        // are also held to what keeps the decoding streams' pace; a short prompt goes in whole
+        // (its own first token matters, and it delays the others once, by little).
+        let mut budget = Budget {
+            tokens: self.cfg.max_batch_tokens.saturating_sub(decodes),
+            long: if decodes > 0 { self.cost.prefill_budget(decodes) } else { usize::MAX },
+            max_chunk: self.cfg.max_chunk,
+        };
         let mut i = 0;
         while i < self.running.len() {
             let remaining = self.running[i].remaining();
-            let n = if remaining == 1 { 1 } else { remaining.min(prefill_budget).min(self.cfg.max_chunk) };
+            let n = if remaining == 1 { 1 } else { budget.chunk(remaining) };
             if n == 0 {
                 self.planned.push(0);
                 i += 1;
@@ -184,13 +187,13 @@ impl Scheduler {
                 break;
             }
             if remaining > 1 {
-                prefill_budget -= n;
+                budget.take(remaining, n);
             }
             self.planned.push(n);
             i += 1;
         }
         // Admit waiting sequences, first come first served, while budget and blocks last.
-        while prefill_budget > 0 && self.running.len() < self.cfg.max_sequences {
+        while budget.tokens > 0 && self.running.len() < self.cfg.max_sequences {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             if seq.table.is_empty() {
                 let (table, hashes) = self.blocks.match_prefix(&seq.tokens);
@@ -198,15 +201,15 @@ impl Scheduler {
                 seq.cached_tokens.get_or_insert(seq.computed.min(seq.prompt_len));
                 (seq.table, seq.hashes) = (table, hashes);
             }
-            let n = seq.remaining().min(prefill_budget).min(self.cfg.max_chunk);
+            let n = budget.chunk(seq.remaining());
             let want = seq.computed + n;
-            if !Self::grow(&mut self.blocks, &mut seq, want) {
+            if n == 0 || !Self::grow(&mut self.blocks, &mut seq, want) {
                 self.blocks.release(&seq.table);
                 seq.reset_kv();
                 self.waiting.push_front(seq);
                 break;
             }
-            prefill_budget -= n;
+            budget.take(seq.remaining(), n);
             self.running.push(seq);
             self.planned.push(n);
         }
@@ -310,6 +313,31 @@ impl Scheduler {
         let all: Vec<Sequence> = self.running.drain(..).chain(self.waiting.drain(..)).collect();
         for seq in all {
             self.retire(seq, Outcome::Failed(EngineError::Aborted), tok);
+        }
+    }
+}
+
+/// Prompts of at most this many tokens go into a step whole while others decode.
+pub const SHORT_PROMPT: usize = 128;
+
+/// The prompt tokens one step may still take: in all, and for chunks of long prompts.
+struct Budget {
+    tokens: usize,
+    long: usize,
+    max_chunk: usize,
+}
+
+impl Budget {
+    /// Tokens of a prompt with `remaining` tokens to run that this step takes.
+    fn chunk(&self, remaining: usize) -> usize {
+        let n = remaining.min(self.tokens).min(self.max_chunk);
+        if remaining <= SHORT_PROMPT { n } else { n.min(self.long) }
+    }
+
+    fn take(&mut self, remaining: usize, n: usize) {
+        self.tokens -= n;
+        if remaining > SHORT_PROMPT {
+            self.long = self.long.saturating_sub(n);
         }
     }
 }
