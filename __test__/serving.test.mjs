@@ -82,7 +82,10 @@ test('maxConcurrentSequences caps the batch; the rest wait and still finish', as
   clearInterval(watch)
   t.true(outs.every((o) => o.usage.completionTokens === 200))
   t.true(peak <= 2 && peak >= 1, `peak ${peak}`)
-  t.true(outs.some((o) => o.timings.queuedMs > 0))
+  // The 4 requests past the cap waited for a running one to finish: at least one whole decode.
+  const shortestDecode = Math.min(...outs.map((o) => o.timings.decodeMs))
+  const waited = outs.filter((o) => o.timings.queuedMs >= shortestDecode).length
+  t.true(waited >= 4, `${waited} requests queued for a whole decode (${outs.map((o) => Math.round(o.timings.queuedMs))})`)
   await runner.dispose()
 })
 

@@ -17,8 +17,12 @@ export type CompileMode = 'default' | 'reduce-overhead' | 'max-autotune'
 export type KvCacheDtype = 'f32' | 'f16' | 'bf16'
 
 /** The engine's lists of allowed values (the one source of the names; a test keeps the types above in step). */
-export function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] } {
-  return loadNative().optionValues()
+let values: ReturnType<typeof loadNativeOptionValues> | undefined
+const loadNativeOptionValues = (): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] } =>
+  loadNative().optionValues()
+export function optionValues(): ReturnType<typeof loadNativeOptionValues> {
+  values ??= loadNativeOptionValues()
+  return values
 }
 
 /** A value from the engine's list for `option`, typed as `T`. */

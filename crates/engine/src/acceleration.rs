@@ -262,7 +262,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     items.push(on_off(
         "useGradientCheckpointing",
         cfg.use_gradient_checkpointing,
-        "chunked prefill: at most 256 tokens of a prompt per engine step, so activation memory is bounded by the chunk (inference has no gradients; the scheduler also splits prompts to fit maxBatchTokens)",
+        "chunked prefill (inference has no gradients): computeLogits runs prompts in chunks of 256 tokens, and a serving step takes at most 256 tokens of a prompt, so activation memory is bounded by the chunk; serving already cuts prompts to maxBatchTokens (256 by default), so there it changes something only with a larger maxBatchTokens",
         "off",
     ));
     let compile = serde_json::to_value(cfg.compile_mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();

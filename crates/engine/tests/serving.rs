@@ -179,13 +179,13 @@ fn sixty_four_requests_share_a_pool_that_holds_eight() {
 
 #[test]
 fn aborts_free_their_blocks_and_a_prompt_over_the_pool_is_refused() {
-    // Small steps: a 200-token prompt takes many steps to prefill.
-    let serving = ServeOptions { max_batch_tokens: Some(4), kv_cache_memory: Some(20 * KvPool::block_bytes(2, 2, 32, Default::default())), ..Default::default() };
+    // One token a step: a 300-token prompt takes 300 steps to prefill, far longer than the abort needs.
+    let serving = ServeOptions { max_batch_tokens: Some(1), kv_cache_memory: Some(20 * KvPool::block_bytes(2, 2, 32, Default::default())), ..Default::default() };
     let engine = load(Quantization::None, serving);
     let opts = greedy(&engine, 200);
     for during in ["prefill", "decode"] {
         let (tx, rx) = mpsc::channel();
-        let long = prompt(3, if during == "prefill" { 200 } else { 10 });
+        let long = prompt(3, if during == "prefill" { 300 } else { 10 });
         let cancel = engine.submit(long, &opts, Box::new(move |e| drop(tx.send(e)))).unwrap();
         // Wait until it holds blocks (prefill) or has streamed a token (decode).
         let until = Instant::now() + Duration::from_secs(10);

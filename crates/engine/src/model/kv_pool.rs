@@ -71,34 +71,20 @@ pub struct Slots<'a> {
 
 pub struct KvPool {
     layers: Vec<(KvBuf, KvBuf)>,
-    blocks: usize,
     kv_heads: usize,
     head_dim: usize,
-    dtype: KvDtype,
 }
 
 impl KvPool {
     /// A pool of `blocks` blocks for a model of `layers` layers.
     pub fn new(layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype, blocks: usize) -> Self {
         let len = blocks * kv_heads * BLOCK_TOKENS * head_dim;
-        Self { layers: (0..layers).map(|_| (KvBuf::zeroed(dtype, len), KvBuf::zeroed(dtype, len))).collect(), blocks, kv_heads, head_dim, dtype }
+        Self { layers: (0..layers).map(|_| (KvBuf::zeroed(dtype, len), KvBuf::zeroed(dtype, len))).collect(), kv_heads, head_dim }
     }
 
     /// Bytes of one block across all layers, K and V.
     pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype) -> usize {
         2 * layers * kv_heads * BLOCK_TOKENS * head_dim * dtype.size()
-    }
-
-    pub fn blocks(&self) -> usize {
-        self.blocks
-    }
-
-    pub fn dtype(&self) -> KvDtype {
-        self.dtype
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.blocks * Self::block_bytes(self.layers.len(), self.kv_heads, self.head_dim, self.dtype)
     }
 
     /// The layout the attention kernels read a sequence's keys through.

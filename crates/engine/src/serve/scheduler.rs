@@ -260,7 +260,7 @@ impl Scheduler {
         let mut row = 0;
         let mut i = 0;
         let planned = std::mem::take(&mut self.planned);
-        for n in planned {
+        for &n in &planned {
             let seq = &mut self.running[i];
             if n == 0 {
                 i += 1;
@@ -287,7 +287,7 @@ impl Scheduler {
                 }
             }
         }
-        self.planned = Vec::with_capacity(self.running.len());
+        self.planned = planned; // cleared by the next plan: the buffer is reused
         self.publish();
         true
     }
