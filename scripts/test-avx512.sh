@@ -153,8 +153,12 @@ xorriso -as mkisofs -quiet -o "$work/boot.iso" -b isolinux/isolinux.bin -c isoli
   -no-emul-boot -boot-load-size 4 -boot-info-table "$work/iso" 2>/dev/null
 
 # --- Bochs: headless, serial port to a file, no prompts ------------------------------------------
+# No sound: on a host without a sound card Bochs 2.7's ALSA driver aborts at start-up
+# ("buffer overflow detected"); the dummy driver needs nothing from the host.
 cat >"$work/bochsrc" <<EOF
 display_library: rfb, options="timeout=0"
+speaker: enabled=0
+sound: driver=dummy
 megs: $mem
 romimage: file=$bios
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
