@@ -7,6 +7,7 @@ use crate::model::config::GenerationDefaults;
 use crate::model::{ExecOptions, KvDtype, KvPool, LogitsFor, Qwen3Model, BLOCK_TOKENS};
 use crate::progress::ProgressFn;
 use crate::quantize::static_int8::{self, CalibrationReport};
+use crate::serve::grammar::GrammarCompiler;
 use crate::serve::block_manager::BlockManager;
 use crate::serve::request::GenerateOptions;
 use crate::serve::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
@@ -20,7 +21,7 @@ use nano_qwen3_kernels::pool::ThreadPool;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Serving options (load time). `None` takes the documented default.
@@ -117,6 +118,8 @@ pub struct Engine {
     _load_pool: rayon::ThreadPool,
     /// What compile mode max-autotune measured or read from its cache at load.
     pub autotune: Option<crate::model::autotune::AutotuneReport>,
+    /// Structured outputs: the vocabulary's trie, built by the first request with a grammar.
+    grammar: Mutex<Option<Arc<GrammarCompiler>>>,
     /// The engine loop (declared last: dropped first, before what it uses).
     server: Server,
 }
@@ -250,6 +253,7 @@ impl Engine {
             pool,
             _load_pool: load_pool,
             autotune: tuned,
+            grammar: Mutex::new(None),
             server,
         })
     }
@@ -307,11 +311,25 @@ impl Engine {
         if prompt.len() + 1 > self.kv_pool_tokens() {
             return Err(EngineError::KvPoolOverflow { prompt_tokens: prompt.len(), pool_tokens: self.kv_pool_tokens(), pool_bytes: self.kv_pool_bytes });
         }
+        let vocab = self.tokenizer.vocab_size();
+        if let Some((id, _)) = opts.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+            return Err(EngineError::invalid_arg("logitBias key", id, &format!("a token id 0 <= id < {vocab}")));
+        }
+        let grammar = opts.grammar.as_ref().map(|g| self.grammar_compiler()?.matcher(g)).transpose()?;
         let budget = opts.max_tokens.min(self.max_seq_length - prompt.len());
-        let seq = Sequence::new(prompt, opts, budget, self.eos_ids(opts), sink);
+        let seq = Sequence::new(prompt, opts, budget, self.eos_ids(opts), grammar, sink);
         let cancel = seq.cancel.clone();
         self.server.submit(seq);
         Ok(cancel)
+    }
+
+    fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>> {
+        let mut slot = self.grammar.lock().unwrap();
+        if slot.is_none() {
+            let eos = self.generation_defaults.eos_token_ids.first().or(self.model.config.eos_token_ids.first()).copied().unwrap_or(0);
+            *slot = Some(Arc::new(GrammarCompiler::new(&self.tokenizer, eos)?));
+        }
+        Ok(slot.as_ref().unwrap().clone())
     }
 
     /// [`Self::submit`] and wait for the end, passing chunks to `on_chunk`; `cancel` aborts.

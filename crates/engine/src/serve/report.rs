@@ -247,6 +247,8 @@ impl Engine {
             stop: vec![],
             stop_token_ids: vec![],
             ignore_eos: true,
+            logprobs: None,
+            grammar: None,
         };
         let never = AtomicBool::new(false);
         let warmup = 1;

@@ -2,6 +2,7 @@
 //! released while streaming.
 use crate::model::config::GenerationDefaults;
 use crate::error::{EngineError, Result};
+use crate::serve::grammar::GrammarSpec;
 use crate::serve::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +25,17 @@ pub struct GenerateRequest {
     pub stop_token_ids: Vec<u32>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Added to these tokens' logits before sampling (token id as a decimal string -> bias).
+    #[serde(default)]
+    pub logit_bias: std::collections::BTreeMap<String, f64>,
+    /// Report each sampled token's log-probability and this many most likely alternatives.
+    pub logprobs: Option<f64>,
+    /// Constrain the output to a grammar (structured outputs).
+    pub grammar: Option<GrammarSpec>,
 }
+
+/// Most alternatives per token that `logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
@@ -35,6 +46,9 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// `Some(n)`: logprobs with n alternatives per token.
+    pub logprobs: Option<usize>,
+    pub grammar: Option<GrammarSpec>,
 }
 
 fn whole(name: &str, v: f64, min: f64, allowed: &str) -> Result<u64> {
@@ -68,6 +82,7 @@ impl GenerateRequest {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             seed: self.seed.map(|s| whole("seed", s, 0.0, "an integer >= 0")).transpose()?,
+            logit_bias: self.logit_bias()?,
         };
         sampling.validate()?;
         let max_tokens = match self.max_tokens {
@@ -83,7 +98,31 @@ impl GenerateRequest {
             stop: self.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs.map(top_logprobs).transpose()?,
+            grammar: self.grammar.clone(),
         })
+    }
+
+    /// Token ids are checked against the vocabulary when the request is submitted.
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>> {
+        self.logit_bias
+            .iter()
+            .map(|(k, &v)| {
+                let id = k.parse::<u32>().map_err(|_| EngineError::invalid_arg("logitBias key", format!("{k:?}"), "a token id (decimal integer)"))?;
+                if !(-100.0..=100.0).contains(&v) {
+                    return Err(EngineError::invalid_arg(&format!("logitBias[{k}]"), v, "-100 <= bias <= 100"));
+                }
+                Ok((id, v as f32))
+            })
+            .collect()
+    }
+}
+
+fn top_logprobs(n: f64) -> Result<usize> {
+    let allowed = format!("an integer 0..={MAX_TOP_LOGPROBS} (alternatives per token)");
+    match whole("logprobs", n, 0.0, &allowed)? {
+        n if n as usize <= MAX_TOP_LOGPROBS => Ok(n as usize),
+        n => Err(EngineError::invalid_arg("logprobs", n, &allowed)),
     }
 }
 

@@ -15,6 +15,8 @@ pub struct SamplingParams {
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
     pub seed: Option<u64>,
+    /// (token, bias) added to the logits after the penalties.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -28,6 +30,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -143,6 +146,11 @@ impl Sampler {
                 }
             }
         }
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
+            }
+        }
     }
 
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
@@ -250,6 +258,16 @@ mod tests {
         let mut s = sampler(SamplingParams { presence_penalty: 0.4, ..Default::default() });
         s.observe(0);
         assert_eq!(s.sample(&mut [2.0, 1.7]), 1);
+    }
+
+    #[test]
+    fn logit_bias_moves_the_choice_and_only_its_token() {
+        let mut s = sampler(SamplingParams { logit_bias: vec![(2, 5.0)], ..Default::default() });
+        assert_eq!(s.sample(&mut [1.0, 2.0, -2.5, 0.0]), 2); // -2.5 + 5 = 2.5 > 2
+        let mut s = sampler(SamplingParams { logit_bias: vec![(2, 4.0)], ..Default::default() });
+        assert_eq!(s.sample(&mut [1.0, 2.0, -2.5, 0.0]), 1); // 1.5 < 2
+        let mut s = sampler(SamplingParams { logit_bias: vec![(1, -100.0)], ..Default::default() });
+        assert_eq!(s.sample(&mut [1.0, 2.0, -2.5, 0.0]), 0);
     }
 
     #[test]

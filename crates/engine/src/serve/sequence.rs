@@ -2,9 +2,12 @@
 //! scheduler moves it between waiting and running; `on_logits` turns each step's logits into the
 //! next token, the text that is safe to release, and the end of the request.
 use crate::error::{EngineError, Result};
+use crate::serve::grammar::mask_logits;
+use crate::serve::logprobs::{token_logprob, TokenLogprob};
 use crate::serve::request::{FinishReason, GenerateOptions, StopMatcher, StopScan};
 use crate::serve::sampler::Sampler;
 use crate::text::tokenizer::{StreamDecoder, Tokenizer};
+use llguidance::Matcher;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,9 @@ use std::time::Instant;
 pub struct StreamChunk {
     pub text: String,
     pub token_ids: Vec<u32>,
+    /// One per token id, when the request asked for logprobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +53,8 @@ pub struct GenerateOutput {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
     pub usage: Usage,
     pub timings: Timings,
 }
@@ -89,6 +97,13 @@ pub struct Sequence {
     text: String,
     released: usize,
     pending_ids: Vec<u32>,
+    /// Alternatives per token when logprobs were asked for; the logprobs of every generated
+    /// token and of those not yet streamed.
+    top_logprobs: Option<usize>,
+    logprobs: Vec<TokenLogprob>,
+    pending_logprobs: usize,
+    /// The structured-output constraint, if any.
+    grammar: Option<Matcher>,
     sink: EventSink,
     submitted: Instant,
     started: Option<Instant>,
@@ -97,7 +112,7 @@ pub struct Sequence {
 
 impl Sequence {
     /// `budget`: new tokens at most; `stop_ids`: token ids that end it (EOS included as wanted).
-    pub fn new(prompt: Vec<u32>, opts: &GenerateOptions, budget: usize, stop_ids: Vec<u32>, sink: EventSink) -> Self {
+    pub fn new(prompt: Vec<u32>, opts: &GenerateOptions, budget: usize, stop_ids: Vec<u32>, grammar: Option<Matcher>, sink: EventSink) -> Self {
         Self {
             sampler: Sampler::new(opts.sampling.clone(), &prompt),
             prompt_len: prompt.len(),
@@ -114,6 +129,10 @@ impl Sequence {
             text: String::new(),
             released: 0,
             pending_ids: Vec::new(),
+            top_logprobs: opts.logprobs,
+            logprobs: Vec::new(),
+            pending_logprobs: 0,
+            grammar,
             sink,
             submitted: Instant::now(),
             started: None,
@@ -157,12 +176,28 @@ impl Sequence {
         if let Some(pad) = logits.get_mut(tok.vocab_size()..) {
             pad.fill(f32::NEG_INFINITY);
         }
+        let raw = self.top_logprobs.map(|_| logits.to_vec());
+        if let Some(m) = &mut self.grammar {
+            mask_logits(m, logits)?;
+        }
         let next = self.sampler.sample(logits);
         self.sampler.observe(next);
         self.first_token.get_or_insert_with(Instant::now);
         if self.stop_ids.contains(&next) {
             return Ok(Some(FinishReason::Stop));
         }
+        if let (Some(n), Some(raw)) = (self.top_logprobs, raw) {
+            self.logprobs.push(token_logprob(tok, &raw, next, n));
+            self.pending_logprobs += 1;
+        }
+        // The grammar is complete once it takes no more tokens: the output ends here.
+        let grammar_done = match &mut self.grammar {
+            Some(m) => {
+                m.consume_token(next).map_err(|e| EngineError::Internal(format!("structured output: {e}")))?;
+                m.is_stopped()
+            }
+            None => false,
+        };
         self.tokens.push(next);
         self.pending_ids.push(next);
         let from = self.text.len();
@@ -178,12 +213,22 @@ impl Sequence {
             }
             StopScan::SafeUpTo(safe) if safe > self.released => {
                 let text = self.text[self.released..safe].to_string();
-                (self.sink)(Event::Chunk(StreamChunk { text, token_ids: std::mem::take(&mut self.pending_ids) }));
+                self.send_chunk(text);
                 self.released = safe;
             }
             StopScan::SafeUpTo(_) => {}
         }
+        if grammar_done {
+            return Ok(Some(FinishReason::Stop));
+        }
         Ok((self.generated() >= self.budget).then_some(FinishReason::Length))
+    }
+
+    fn send_chunk(&mut self, text: String) {
+        let token_ids = std::mem::take(&mut self.pending_ids);
+        let logprobs = self.top_logprobs.map(|_| self.logprobs[self.logprobs.len() - self.pending_logprobs..].to_vec());
+        self.pending_logprobs = 0;
+        (self.sink)(Event::Chunk(StreamChunk { text, token_ids, logprobs }));
     }
 
     /// Flush what is held back, send the last chunk and the output.
@@ -202,7 +247,7 @@ impl Sequence {
         }
         if self.text.len() > self.released || !self.pending_ids.is_empty() {
             let text = self.text.get(self.released..).unwrap_or("").to_string();
-            (self.sink)(Event::Chunk(StreamChunk { text, token_ids: std::mem::take(&mut self.pending_ids) }));
+            self.send_chunk(text);
         }
         let now = Instant::now();
         let started = self.started.unwrap_or(now);
@@ -214,6 +259,7 @@ impl Sequence {
             text: std::mem::take(&mut self.text),
             token_ids: self.tokens[self.prompt_len..].to_vec(),
             finish_reason: reason,
+            logprobs: self.top_logprobs.map(|_| std::mem::take(&mut self.logprobs)),
             usage: Usage {
                 prompt_tokens: self.prompt_len,
                 completion_tokens: completion,

@@ -1,11 +1,38 @@
 //! Tokenizer (HF `tokenizer.json`) plus a streaming detokenizer that never splits a UTF-8 character.
 use crate::error::{EngineError, Result};
 use std::path::Path;
+use std::sync::OnceLock;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Cached: the tokenizers crate rebuilds the whole vocabulary map to answer this.
     vocab_size: usize,
+    /// Each token's bytes, built on first use (logprobs, structured outputs).
+    bytes: OnceLock<TokenBytes>,
+}
+
+/// What each token id stands for as bytes: byte-level BPE pieces mapped back to the bytes they
+/// encode; added tokens as their text, `special` marking the ones that are not text.
+pub struct TokenBytes {
+    pub bytes: Vec<Vec<u8>>,
+    pub special: Vec<bool>,
+}
+
+/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the other 68 bytes for the
+/// code points from U+0100 on, in byte order.
+fn byte_level_char_map() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (b as char, b)
+            } else {
+                next += 1;
+                (char::from_u32(next - 1).unwrap(), b)
+            }
+        })
+        .collect()
 }
 
 impl Tokenizer {
@@ -16,7 +43,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| EngineError::bad_file(path, format!("cannot parse tokenizer: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Self { inner, vocab_size })
+        Ok(Self { inner, vocab_size, bytes: OnceLock::new() })
     }
 
     /// From the text of a tokenizer.json (e.g. one rebuilt from GGUF metadata); `origin` names it in errors.
@@ -25,7 +52,7 @@ impl Tokenizer {
             .parse()
             .map_err(|e| EngineError::bad_file(origin, format!("cannot build the tokenizer: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Self { inner, vocab_size })
+        Ok(Self { inner, vocab_size, bytes: OnceLock::new() })
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -51,6 +78,27 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Every token's bytes (`vocab_size` entries). A vocabulary piece outside the byte-level
+    /// alphabet (not a byte-level tokenizer) keeps its UTF-8 text.
+    pub fn token_bytes(&self) -> &TokenBytes {
+        self.bytes.get_or_init(|| {
+            let map = byte_level_char_map();
+            let mut bytes = vec![Vec::new(); self.vocab_size];
+            let mut special = vec![false; self.vocab_size];
+            for (piece, id) in self.inner.get_vocab(false) {
+                if let Some(slot) = bytes.get_mut(id as usize) {
+                    *slot = piece.chars().map(|c| map.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| piece.into_bytes());
+                }
+            }
+            for (id, added) in self.inner.get_added_tokens_decoder() {
+                if let Some(slot) = bytes.get_mut(id as usize) {
+                    *slot = added.content.into_bytes();
+                    special[id as usize] = added.special;
+                }
+            }
+            TokenBytes { bytes, special }
+        })
+    }
 }
 
 /// Turns a growing token sequence into text deltas. A delta is released only when the decoded text
