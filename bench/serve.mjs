@@ -6,6 +6,8 @@
 //     tokens each, all submitted at once): aggregate decode tokens/s, inter-token latency p50/p99,
 //     time to first token p50/p99. Ours: one ModelRunner, N concurrent stream() calls. Peer: one
 //     context with N sequences, one sequence.evaluate() per stream.
+//  1b. HTTP: at SERVE_HTTP_STREAMS (16) streams, the same load through the OpenAI-compatible server
+//     (streaming /v1/completions on 127.0.0.1), against in-process in the same run.
 //  2. Time to first token behind a shared 1,024-token prefix: cold, then cached (ours).
 //  3. Inter-token latency p99 of 8 running streams while a 2,048-token prompt is admitted, against the
 //     same 8 streams unloaded (ours, and the peer).
@@ -13,6 +15,7 @@
 // every measurement, so an interrupted run keeps what it measured).
 //   SERVE_MODES=bf16,dynamic_int8,int4  SERVE_STREAMS=1,4,8,16,32  SERVE_NEW_TOKENS=128
 //   SERVE_PROMPT_TOKENS=32  SERVE_THREADS=2  SERVE_PEER=0 (skip llama.cpp)
+//   SERVE_HTTP=0 (skip 1b)  SERVE_HTTP_STREAMS=16
 //   SERVE_PREFIX=0 / SERVE_ADMISSION=0 (skip scenario 2 / 3)  SERVE_SCENARIO_MODE=dynamic_int8 (for 2 and 3)
 //   SERVE_PREFIX_TOKENS=1024  SERVE_LONG_PROMPT_TOKENS=2048  SERVE_ADMISSION_STREAMS=8  SERVE_ADMISSION_PEER=0
 //   Serving load options of ours, passed only when set: SERVE_KV_CACHE_MEMORY (bytes), SERVE_MAX_BATCH_TOKENS,
@@ -121,6 +124,14 @@ for (const quantization of modes) {
   }
 }
 
+// 1b. Through the HTTP server, against in-process at the same stream count, back to back.
+if (env.SERVE_HTTP !== '0') {
+  const streams = env.SERVE_HTTP_STREAMS ?? '16'
+  const args = ['--model', model, '--quantization', scenarioMode, '--scenario', 'concurrency', '--streams', streams, ...common]
+  results.http = { streams: Number(streams), inProcess: measure('serve-engine.mjs', args), http: measure('serve-engine.mjs', [...args, '--http']) }
+  save()
+}
+
 // 2. Shared-prefix time to first token (ours).
 if (env.SERVE_PREFIX !== '0') {
   results.prefix = measure('serve-engine.mjs', ['--model', model, '--quantization', scenarioMode, '--scenario', 'prefix', '--prefix-tokens', prefixTokens])
@@ -157,6 +168,14 @@ for (const { quantization, streams, ours: o = {}, peer: p } of results.concurren
       `${p ? p.type + (p.error ? ' (failed)' : '') : '-'} | ${f(p?.decodeTokensPerSecond, 2)} | ${f(p?.tokensPerStep)} | ${f(p?.itlP50Ms)} | ${f(p?.itlP99Ms)} | ${f(p?.ttftP50Ms, 0)} | ${f(p?.ttftP99Ms, 0)} | ` +
       `${ratio(o.decodeTokensPerSecond, p?.decodeTokensPerSecond)} | ${ratio(o.itlP99Ms, p?.itlP99Ms)} | ${ratio(o.ttftP99Ms, p?.ttftP99Ms)} |`,
   )
+}
+if (results.http) {
+  const { streams, inProcess: a, http: b } = results.http
+  console.log(`\n${streams} streams through the HTTP server (streaming /v1/completions on 127.0.0.1) against in-process, same run (${scenarioMode})\n`)
+  console.log('| path | decode tok/s | ITL p99 ms | TTFT p50 ms | HTTP / in-process |')
+  console.log('|---|---|---|---|---|')
+  console.log(`| in-process | ${f(a.decodeTokensPerSecond, 2)} | ${f(a.itlP99Ms)} | ${f(a.ttftP50Ms, 0)} | |`)
+  console.log(`| HTTP${b.error ? ' (failed)' : ''} | ${f(b.decodeTokensPerSecond, 2)} | ${f(b.itlP99Ms)} | ${f(b.ttftP50Ms, 0)} | ${ratio(b.decodeTokensPerSecond, a.decodeTokensPerSecond)} |`)
 }
 if (results.prefix) {
   const x = results.prefix

@@ -36,8 +36,8 @@ function parseToolCall(body: string): ToolCall | undefined {
   return undefined
 }
 
-/** Split a finished assistant message. */
-export function parseAssistantOutput(text: string): ParsedAssistantOutput {
+/** Split a finished assistant message; with `toolCalls: false` (no tools offered) tool-call markup stays content. */
+export function parseAssistantOutput(text: string, opts: { toolCalls?: boolean } = {}): ParsedAssistantOutput {
   let reasoningContent = ''
   let content = text
   const close = text.indexOf(THINK_CLOSE)
@@ -52,6 +52,7 @@ export function parseAssistantOutput(text: string): ParsedAssistantOutput {
     content = ''
   }
   const toolCalls: ToolCall[] = []
+  if (opts.toolCalls === false) return { content, reasoningContent, toolCalls }
   content = content.replace(TOOL_RE, (whole, body: string) => {
     const call = parseToolCall(body)
     if (!call) return whole
@@ -81,6 +82,9 @@ export class ChatStreamSplitter {
   private mode: 'start' | 'reasoning' | 'content' | 'tool' = 'start'
   /** Nothing of the reasoning released yet: its leading newlines are still to be stripped. */
   private reasoningStart = true
+
+  /** `toolCalls: false` (no tools offered): tool-call markup stays content. */
+  constructor(private opts: { toolCalls?: boolean } = {}) {}
 
   push(text: string): ChatDelta {
     this.buffer += text
@@ -117,6 +121,11 @@ export class ChatStreamSplitter {
         this.buffer = this.buffer.slice(cut)
         return out
       } else if (this.mode === 'content') {
+        if (this.opts.toolCalls === false) {
+          out.content += this.buffer
+          this.buffer = ''
+          return out
+        }
         const open = this.buffer.indexOf('<tool_call>')
         if (open >= 0) {
           out.content += this.buffer.slice(0, open)

@@ -5,6 +5,7 @@ import { createAccelerationConfig, optionValues } from './acceleration.js'
 import type { ChatMessage } from './chat.js'
 import { NanoQwenError } from './errors.js'
 import { defaultModelDir, ModelRunner } from './model-runner.js'
+import { createServer } from './server/index.js'
 
 const HELP = `nano-qwen3-serving: run Qwen3 models locally
 
@@ -14,6 +15,7 @@ Usage:
   nano-qwen3-serving bench [options]                  prefill and decode tokens/s
   nano-qwen3-serving info [options]                   model, acceleration plan and memory
   nano-qwen3-serving quantize [options] -o out.gguf   write the model, as loaded, to GGUF (llama.cpp's format)
+  nano-qwen3-serving serve [options]                  OpenAI-compatible HTTP server (/v1/chat/completions, ...)
   nano-qwen3-serving <command> --help
 
 Common options:
@@ -29,6 +31,16 @@ Generation options (generate, chat):
   --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
 Chat options:   --system <text>  --no-think
 Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
+Serve options:
+  --host <addr>             address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
+  --port <n>                port (default 8000)
+  --api-key <key>           clients must send "Authorization: Bearer <key>" (default: no key)
+  --served-model-name <id>  the model id clients send and /v1/models lists (default: --model)
+  --max-queue <n>           sequences that may wait for the batch before 429 (default 256)
+  --grace <seconds>         on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
+Serving engine (serve, and any command):
+  --max-seq-length <n>  --kv-cache-memory <bytes>  --max-batch-tokens <n>  --max-concurrent-sequences <n>
+  --no-prefix-caching
 Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 / static_int8 -> Q8_0, int4 -> Q4_0, none -> as loaded)
 `
 
@@ -54,6 +66,17 @@ const options = {
   'sample-text': { type: 'string' },
   output: { type: 'string', short: 'o' },
   calibration: { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'api-key': { type: 'string' },
+  'served-model-name': { type: 'string' },
+  'max-queue': { type: 'string' },
+  grace: { type: 'string' },
+  'max-seq-length': { type: 'string' },
+  'kv-cache-memory': { type: 'string' },
+  'max-batch-tokens': { type: 'string' },
+  'max-concurrent-sequences': { type: 'string' },
+  'no-prefix-caching': { type: 'boolean' },
 } as const
 
 function num(name: string, v: string | undefined): number | undefined {
@@ -76,7 +99,7 @@ function readCalibrationTexts(file: string): string[] {
 export async function main(argv: string[]): Promise<number> {
   const { values: o, positionals } = parseArgs({ args: argv, options, allowPositionals: true })
   const [command, ...rest] = positionals
-  if (!command || o.help || !['generate', 'chat', 'bench', 'info', 'quantize'].includes(command)) {
+  if (!command || o.help || !['generate', 'chat', 'bench', 'info', 'quantize', 'serve'].includes(command)) {
     process.stdout.write(HELP)
     return command && !o.help ? 2 : 0
   }
@@ -85,6 +108,11 @@ export async function main(argv: string[]): Promise<number> {
     modelName: o.model ?? defaultModelDir(),
     device: (o.device ?? 'auto') as any,
     threads: num('threads', o.threads),
+    maxSeqLength: num('max-seq-length', o['max-seq-length']),
+    kvCacheMemory: num('kv-cache-memory', o['kv-cache-memory']),
+    maxBatchTokens: num('max-batch-tokens', o['max-batch-tokens']),
+    maxConcurrentSequences: num('max-concurrent-sequences', o['max-concurrent-sequences']),
+    enablePrefixCaching: o['no-prefix-caching'] ? false : undefined,
     accelerationConfig: createAccelerationConfig({
       quantization: (o.quantization ?? 'none') as any,
       calibration: o.calibration ? { texts: readCalibrationTexts(o.calibration) } : undefined,
@@ -154,9 +182,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'quantize': {
         if (!o.output) throw new NanoQwenError('INVALID_ARGUMENT', 'quantize needs an output file: -o model.gguf')
         const bytes = await runner.export(o.output)
-        process.stderr.write(`wrote ${o.output} (${(bytes / 2 ** 20).toFixed(1)} MB, ${runner.getModelInfo().dtype} weights)\n`)
+        process.stderr.write(`wrote ${o.output} (${(bytes / 2 ** 20).toFixed(1)} MB, ${(runner.getModelInfo() as Record<string, unknown>).dtype} weights)\n`)
         return 0
       }
+      case 'serve':
+        return await serve(runner, o)
       default: {
         console.log(JSON.stringify(runner.getModelInfo(), null, 2))
         return 0
@@ -165,4 +195,30 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     await runner.dispose()
   }
+}
+
+/** Serves until SIGINT/SIGTERM, then stops accepting, gives in-flight requests --grace seconds, exits 0. */
+async function serve(runner: ModelRunner, o: Record<string, string | boolean | string[] | undefined>): Promise<number> {
+  const str = (k: string) => o[k] as string | undefined
+  const server = await createServer({
+    runner,
+    host: str('host') ?? '127.0.0.1',
+    port: num('port', str('port')) ?? 8000,
+    apiKey: str('api-key'),
+    maxQueue: num('max-queue', str('max-queue')),
+    servedModelName: str('served-model-name') ?? str('model') ?? 'qwen3-tiny',
+  })
+  const info = runner.getModelInfo()
+  const s = info.serving
+  const log = (line: string) => process.stderr.write(line + '\n')
+  log(`serving ${JSON.stringify(str('served-model-name') ?? str('model') ?? 'qwen3-tiny')} at ${server.baseURL}${str('api-key') ? ' (API key required)' : ''}`)
+  log(`plan: ${info.acceleration.quantization} weights (${info.acceleration.weightDtype}), applied: ${info.acceleration.appliedOptimizations.join(', ') || 'none'}`)
+  log(`KV pool: ${s.blocksTotal} blocks x ${s.blockTokens} tokens (${(s.kvCacheBytes / 2 ** 20).toFixed(0)} MiB ${s.kvCacheDtype}), batch <= ${s.maxConcurrentSequences} sequences, ${s.maxBatchTokens} tokens/step, prefix cache ${s.prefixCaching ? 'on' : 'off'}`)
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve())
+    process.once('SIGTERM', () => resolve())
+  })
+  log('shutting down: finishing in-flight requests')
+  await server.close({ graceMs: (num('grace', str('grace')) ?? 10) * 1000 })
+  return 0
 }

@@ -29,4 +29,5 @@ export {
   type TensorClass,
 } from './model-runner.js'
 export { type LoadProgress, loadProgressBar } from './progress.js'
-export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, Usage } from './params.js'
+export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, TokenAlternative, TokenLogprob, Usage } from './params.js'
+export { createServer, type NanoQwenServer, type ServerOptions } from './server/index.js'

@@ -17,6 +17,19 @@ export const generationParamsSchema = z
     stop: z.union([z.string(), z.array(z.string())]).optional(),
     stopTokenIds: z.array(z.number().int().nonnegative()).optional(),
     ignoreEos: z.boolean().optional(),
+    /** Token id -> bias added to its logit (-100..100). */
+    logitBias: z.record(z.string().regex(/^\d+$/, 'a token id'), z.number()).optional(),
+    /** Report each token's logprob and this many alternatives (0..20). */
+    logprobs: z.number().optional(),
+    /** Structured output: the text must match this grammar (enforced by token masks). */
+    grammar: z
+      .discriminatedUnion('type', [
+        z.object({ type: z.literal('json_schema'), schema: z.union([z.record(z.unknown()), z.boolean()]) }).strict(),
+        z.object({ type: z.literal('json_object') }).strict(),
+        z.object({ type: z.literal('lark'), grammar: z.string() }).strict(),
+        z.object({ type: z.literal('regex'), pattern: z.string() }).strict(),
+      ])
+      .optional(),
     signal: z.instanceof(AbortSignal).optional(),
   })
   .strict()
@@ -58,11 +71,28 @@ export interface GenerateResult {
   text: string
   tokenIds: number[]
   finishReason: FinishReason
+  /** One per generated token, when `logprobs` was set. */
+  logprobs?: TokenLogprob[]
   usage: Usage
   timings: Timings
+}
+
+/** A token and its log-probability under the model (before penalties, bias, grammar and temperature). */
+export interface TokenAlternative {
+  tokenId: number
+  token: string
+  bytes: number[]
+  logprob: number
+}
+
+export interface TokenLogprob extends TokenAlternative {
+  /** The most likely tokens at this step, most likely first. */
+  top: TokenAlternative[]
 }
 
 export interface StreamChunk {
   text: string
   tokenIds: number[]
+  /** One per token id, when `logprobs` was set. */
+  logprobs?: TokenLogprob[]
 }

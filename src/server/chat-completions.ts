@@ -1,0 +1,138 @@
+/** POST /v1/chat/completions: the chat template, reasoning split from <think>, tool calls, structured outputs. */
+import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCall } from '../chat.js'
+import type { ModelRunner } from '../model-runner.js'
+import type { FastifyReply } from 'fastify'
+import type { GenerateResult, GenerationParams } from '../params.js'
+import { chatLogprobs, choiceParams, newId, runChoice, totalUsage } from './generation.js'
+import { badRequest, errorBody, toHttpError } from './http-error.js'
+import type { Metrics } from './metrics.js'
+import { type ChatRequest, generationParams } from './requests.js'
+import { SseWriter } from './sse.js'
+import { type FunctionTool, toolCallGrammar } from './tool-grammar.js'
+
+export interface RequestContext {
+  runner: ModelRunner
+  modelName: string
+  metrics: Metrics
+  /** Aborted when the client goes away, or by `abort()` when one choice of several fails. */
+  signal: AbortSignal
+  abort: () => void
+  /** Set by `abort()`: the request failed (rather than its client leaving). */
+  failed: boolean
+  started: number
+}
+
+/** OpenAI messages to the template's: text parts joined, tool-call arguments as objects. */
+export function templateMessages(messages: ChatRequest['messages']): ChatMessage[] {
+  return messages.map((m, i) => {
+    const content = typeof m.content === 'string' ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text).join('') : ''
+    const { tool_calls, reasoning_content, ...rest } = m
+    const out: ChatMessage = { ...rest, role: m.role === 'developer' ? 'system' : m.role, content }
+    if (reasoning_content) out.reasoning_content = reasoning_content
+    if (tool_calls) {
+      out.tool_calls = tool_calls.map((c, j) => {
+        const f = (c as { function?: { name?: unknown; arguments?: unknown } }).function
+        if (!f || typeof f.name !== 'string') throw badRequest(`invalid messages[${i}].tool_calls[${j}]: a { type: "function", function: { name, arguments } }`, `messages[${i}].tool_calls`)
+        let args = f.arguments
+        if (typeof args === 'string') {
+          try {
+            args = JSON.parse(args)
+          } catch {
+            throw badRequest(`invalid messages[${i}].tool_calls[${j}].function.arguments: not JSON`, `messages[${i}].tool_calls`)
+          }
+        }
+        return { type: 'function', function: { name: f.name, arguments: args as Record<string, unknown> } }
+      })
+    }
+    return out
+  })
+}
+
+/** The grammar a request's tool_choice or response_format asks for, if any. */
+function grammarOf(r: ChatRequest): GenerationParams['grammar'] {
+  const tools = (r.tools ?? []) as FunctionTool[]
+  const choice = r.tool_choice
+  if (choice === 'required') {
+    if (!tools.length) throw badRequest('invalid tool_choice = "required": needs at least one entry in tools', 'tool_choice')
+    return { type: 'lark', grammar: toolCallGrammar(tools) }
+  }
+  if (choice && typeof choice === 'object') {
+    const t = tools.find((x) => x.function.name === choice.function.name)
+    if (!t) throw badRequest(`invalid tool_choice.function.name = ${JSON.stringify(choice.function.name)}: one of the tools' names (${tools.map((x) => x.function.name).join(', ') || 'none given'})`, 'tool_choice')
+    return { type: 'lark', grammar: toolCallGrammar([t]) }
+  }
+  const f = r.response_format
+  if (f?.type === 'json_object') return { type: 'json_object' }
+  if (f?.type === 'json_schema') return f.json_schema.schema ? { type: 'json_schema', schema: f.json_schema.schema } : { type: 'json_object' }
+  return undefined
+}
+
+const toolCallJson = (calls: ToolCall[], first = 0) =>
+  calls.map((c, i) => ({ index: first + i, id: newId('call').replace('-', '_'), type: 'function' as const, function: { name: c.function.name, arguments: JSON.stringify(c.function.arguments) } }))
+
+export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void) {
+  const grammar = grammarOf(r)
+  const toolsOn = r.tool_choice !== 'none' && r.tools?.length ? r.tools : undefined
+  // A constrained answer starts with its structure: no reasoning before it.
+  const enableThinking = grammar ? false : r.chat_template_kwargs?.enable_thinking
+  const prompt = ctx.runner.applyChatTemplate(templateMessages(r.messages), { addGenerationPrompt: true, enableThinking, tools: toolsOn })
+  const logprobs = r.logprobs ? (r.top_logprobs ?? 0) : undefined
+  const params: GenerationParams = { ...generationParams(r, r.max_completion_tokens ?? r.max_tokens ?? undefined, logprobs), grammar }
+  const n = r.n ?? 1
+  const id = newId('chatcmpl')
+  const created = Math.floor(Date.now() / 1000)
+  const base = { id, created, model: ctx.modelName, system_fingerprint: null }
+  const finish = (res: GenerateResult, calls: number) => (calls > 0 ? 'tool_calls' : res.finishReason)
+
+  if (!r.stream) {
+    const results = await Promise.all(choiceParams(params, n).map((p) => runChoice(ctx.runner, prompt, p, ctx, () => {})))
+    const choices = results.map((res, index) => {
+      const parsed = parseAssistantOutput(res.text, { toolCalls: !!toolsOn })
+      const message: Record<string, unknown> = { role: 'assistant', content: parsed.toolCalls.length && !parsed.content ? null : parsed.content }
+      if (parsed.reasoningContent) message.reasoning_content = parsed.reasoningContent
+      if (parsed.toolCalls.length) message.tool_calls = toolCallJson(parsed.toolCalls).map(({ index: _, ...c }) => c)
+      return { index, message, logprobs: chatLogprobs(res.logprobs), finish_reason: finish(res, parsed.toolCalls.length) }
+    })
+    send({ ...base, object: 'chat.completion', choices, usage: totalUsage(results) })
+    return
+  }
+
+  const sse = new SseWriter(reply)
+  const includeUsage = r.stream_options?.include_usage === true
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+    sse.send({ ...base, object: 'chat.completion.chunk', choices, ...(includeUsage ? { usage: null } : {}), ...extra })
+  try {
+    const results = await Promise.all(
+      choiceParams(params, n).map(async (p, index) => {
+        const splitter = new ChatStreamSplitter({ toolCalls: !!toolsOn })
+        let calls = 0
+        let first = true
+        const emit = (d: ReturnType<ChatStreamSplitter['push']>, lp: GenerateResult['logprobs']) => {
+          // The role first, once per choice (sent with the first output: an error before it is a plain 4xx).
+          if (first) {
+            first = false
+            chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }])
+          }
+          const delta: Record<string, unknown> = {}
+          if (d.reasoningContent) delta.reasoning_content = d.reasoningContent
+          if (d.content) delta.content = d.content
+          if (d.toolCalls.length) {
+            delta.tool_calls = toolCallJson(d.toolCalls, calls)
+            calls += d.toolCalls.length
+          }
+          if (Object.keys(delta).length || lp?.length) chunk([{ index, delta, logprobs: chatLogprobs(lp), finish_reason: null }])
+        }
+        const res = await runChoice(ctx.runner, prompt, p, ctx, (c) => emit(splitter.push(c.text), c.logprobs))
+        emit(splitter.finish(), undefined)
+        chunk([{ index, delta: {}, logprobs: null, finish_reason: finish(res, calls) }])
+        return res
+      }),
+    )
+    if (includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: totalUsage(results) })
+    sse.end()
+  } catch (e) {
+    ctx.abort()
+    // Once events have gone out the status is sent: the error becomes the last event.
+    if (!sse.end(ctx.signal.aborted && !ctx.failed ? undefined : errorBody(toHttpError(e)))) throw e
+  }
+}
