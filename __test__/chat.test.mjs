@@ -41,3 +41,28 @@ test('streamed in every split gives the same result as the whole parse', (t) => 
     }
   }
 })
+
+test('incremental tool calls: the name first, then arguments as written, reassembling exactly at every chunk size', (t) => {
+  const text =
+    'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris }", "n": {"a": [1, 2]}}}\n</tool_call>\n' +
+    '<tool_call>\n{"arguments": {"x": 1}, "name": "f"}\n</tool_call>'
+  for (let step = 1; step <= 9; step++) {
+    const s = new ChatStreamSplitter({ toolArguments: 'incremental' })
+    const parts = []
+    let content = ''
+    for (let i = 0; i < text.length; i += step) {
+      const d = s.push(text.slice(i, i + step))
+      parts.push(...(d.toolCallParts ?? []))
+      content += d.content
+      t.deepEqual(d.toolCalls, [])
+    }
+    content += s.finish().content
+    t.is(content, 'Sure.\n', `step ${step}`)
+    t.deepEqual(parts[0], { index: 0, name: 'get_weather', arguments: '' })
+    const args = (i) => parts.filter((p) => p.index === i).map((p) => p.arguments).join('')
+    t.is(args(0), '{"city": "Paris }", "n": {"a": [1, 2]}}', `step ${step}`)
+    if (step === 1) t.true(parts.filter((p) => p.index === 0).length > 10, 'arguments arrive in many parts')
+    // A call whose arguments come before its name cannot stream: it comes whole when it closes.
+    t.deepEqual(parts.filter((p) => p.index === 1), [{ index: 1, name: 'f', arguments: '{"x":1}' }])
+  }
+})

@@ -66,7 +66,20 @@ export interface ChatDelta {
   content: string
   reasoningContent: string
   toolCalls: ToolCall[]
+  /** With `toolArguments: 'incremental'`: tool calls as they are written. A call's first part has
+   * its `name` (and `arguments: ''`); the next ones carry the following text of its arguments JSON. */
+  toolCallParts?: ToolCallPart[]
 }
+
+export interface ToolCallPart {
+  /** Which call of the message (0, 1, ...). */
+  index: number
+  name?: string
+  arguments: string
+}
+
+/** The start of a Hermes-style call, up to where its arguments begin. */
+const CALL_HEAD = /^\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*(?=\S)/
 
 /** True if `text` ends with a proper prefix of `tag` (so more text may complete the tag). */
 function partialTagAt(text: string, tag: string): number {
@@ -83,8 +96,41 @@ export class ChatStreamSplitter {
   /** Nothing of the reasoning released yet: its leading newlines are still to be stripped. */
   private reasoningStart = true
 
-  /** `toolCalls: false` (no tools offered): tool-call markup stays content. */
-  constructor(private opts: { toolCalls?: boolean } = {}) {}
+  /** Incremental tool calls: the calls begun, and how much of the current one was released. */
+  private callsBegun = 0
+  private argsSent = -1
+
+  /** `toolCalls: false` (no tools offered): tool-call markup stays content. `toolArguments:
+   * 'incremental'`: tool calls come as `toolCallParts` while they are written (the OpenAI stream). */
+  constructor(private opts: { toolCalls?: boolean; toolArguments?: 'whole' | 'incremental' } = {}) {}
+
+  /** Incremental mode, inside a <tool_call> block: release the call's name, then its arguments
+   * up to what may still be the object's closing brace (or the start of the closing tag). */
+  private streamCall(body: string, ended: boolean, out: ChatDelta): void {
+    const parts = (out.toolCallParts ??= [])
+    if (this.argsSent < 0) {
+      const head = CALL_HEAD.exec(body)
+      if (!head) return
+      let name: string
+      try {
+        name = JSON.parse(head[1])
+      } catch {
+        return
+      }
+      parts.push({ index: this.callsBegun++, name, arguments: '' })
+      this.argsSent = head[0].length
+    }
+    let cut = body.length
+    if (!ended) {
+      const tag = partialTagAt(body, '</tool_call>')
+      if (tag >= 0) cut = tag
+    }
+    cut -= (ended ? /\s*\}?\s*$/ : /\}?\s*$/).exec(body.slice(0, cut))![0].length
+    if (cut > this.argsSent) {
+      parts.push({ index: this.callsBegun - 1, arguments: body.slice(this.argsSent, cut) })
+      this.argsSent = cut
+    }
+  }
 
   push(text: string): ChatDelta {
     this.buffer += text
@@ -140,10 +186,18 @@ export class ChatStreamSplitter {
         return out
       } else {
         const end = this.buffer.indexOf('</tool_call>')
+        const incremental = this.opts.toolArguments === 'incremental'
+        if (incremental) this.streamCall(this.buffer.slice('<tool_call>'.length, end < 0 ? undefined : end), end >= 0, out)
         if (end < 0) return out
         const block = this.buffer.slice(0, end + '</tool_call>'.length)
-        const call = parseToolCall(block.slice('<tool_call>'.length, -'</tool_call>'.length).trim())
-        if (call) out.toolCalls.push(call)
+        const streamed = incremental && this.argsSent >= 0
+        this.argsSent = -1
+        const call = streamed ? undefined : parseToolCall(block.slice('<tool_call>'.length, -'</tool_call>'.length).trim())
+        if (streamed) {
+          // already out as parts
+        } else if (call && incremental) {
+          ;(out.toolCallParts ??= []).push({ index: this.callsBegun++, name: call.function.name, arguments: JSON.stringify(call.function.arguments) })
+        } else if (call) out.toolCalls.push(call)
         else out.content += block
         this.buffer = this.buffer.slice(block.length)
         this.mode = 'content'
@@ -155,6 +209,8 @@ export class ChatStreamSplitter {
   finish(): ChatDelta {
     const rest = this.buffer
     this.buffer = ''
+    // A streamed call cut off mid-way (max tokens) stays incomplete: its parts are already out.
+    if (this.mode === 'tool' && this.argsSent >= 0) return { content: '', reasoningContent: '', toolCalls: [] }
     if (this.mode === 'reasoning') return { content: '', reasoningContent: rest, toolCalls: [] }
     return { content: rest, reasoningContent: '', toolCalls: [] }
   }

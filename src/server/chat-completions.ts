@@ -104,7 +104,7 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
   try {
     const results = await Promise.all(
       choiceParams(params, n).map(async (p, index) => {
-        const splitter = new ChatStreamSplitter({ toolCalls: !!toolsOn })
+        const splitter = new ChatStreamSplitter({ toolCalls: !!toolsOn, toolArguments: 'incremental' })
         let calls = 0
         let first = true
         const emit = (d: ReturnType<ChatStreamSplitter['push']>, lp: GenerateResult['logprobs']) => {
@@ -116,9 +116,14 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
           const delta: Record<string, unknown> = {}
           if (d.reasoningContent) delta.reasoning_content = d.reasoningContent
           if (d.content) delta.content = d.content
-          if (d.toolCalls.length) {
-            delta.tool_calls = toolCallJson(d.toolCalls, calls)
-            calls += d.toolCalls.length
+          if (d.toolCallParts?.length) {
+            // OpenAI's shape: the first delta of a call has its id, type and name; the rest extend its arguments.
+            delta.tool_calls = d.toolCallParts.map((p) =>
+              p.name !== undefined
+                ? { index: p.index, id: newId('call').replace('-', '_'), type: 'function', function: { name: p.name, arguments: p.arguments } }
+                : { index: p.index, function: { arguments: p.arguments } },
+            )
+            calls += d.toolCallParts.filter((p) => p.name !== undefined).length
           }
           if (Object.keys(delta).length || lp?.length) chunk([{ index, delta, logprobs: chatLogprobs(lp), finish_reason: null }])
         }
