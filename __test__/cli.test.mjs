@@ -43,3 +43,42 @@ test('bad options fail with a clear message', async (t) => {
   t.regex(e.stderr, /quantization = "int9"/)
   t.is(e.code, 1)
 })
+
+test('serve --help lists every serve flag', async (t) => {
+  const { stdout } = await run('serve', '--help')
+  for (const f of ['--host', '--port', '--api-key', '--served-model-name', '--max-queue', '--grace', '--kv-cache-memory', '--max-batch-tokens', '--max-concurrent-sequences', '--quantization']) {
+    t.true(stdout.includes(f), f)
+  }
+})
+
+test('serve: prints where it listens, answers, and on SIGTERM finishes the request in flight and exits 0', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, [join(root, 'bin', 'nano-qwen3-serving.cjs'), 'serve', '--port', '0', '--api-key', 'k', '--grace', '20'])
+  let stderr = ''
+  const url = await new Promise((resolve, reject) => {
+    child.stderr.on('data', (d) => {
+      stderr += d
+      const m = /at (http:\/\/127\.0\.0\.1:\d+\/v1)/.exec(stderr)
+      if (m && /KV pool/.test(stderr)) resolve(m[1])
+    })
+    child.on('exit', () => reject(new Error(stderr)))
+  })
+  t.regex(stderr, /KV pool: \d+ blocks x 16 tokens/)
+  t.regex(stderr, /plan: none weights/)
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
+  const request = fetch(`${url}/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
+    body: JSON.stringify({ prompt: 'Hello', max_tokens: 300, ignore_eos: true, temperature: 0 }),
+  })
+  await new Promise((r) => setTimeout(r, 100))
+  child.kill('SIGTERM')
+  const res = await request
+  t.is(res.status, 200)
+  t.is((await res.json()).usage.completion_tokens, 300)
+  const answered = Date.now()
+  t.is(await exited, 0)
+  // Not held open by the client's idle keep-alive connection (72 s).
+  t.true(Date.now() - answered < 10_000, `exited ${Date.now() - answered} ms after the answer`)
+  t.regex(stderr, /shutting down/)
+})

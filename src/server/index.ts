@@ -189,10 +189,14 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
     async close({ graceMs = 10_000 } = {}) {
       closing = true
       const timer = setTimeout(() => inFlight.forEach((ac) => ac.abort()), graceMs)
+      // Keep-alive connections become idle as their last response ends: close them then, not
+      // after the keep-alive timeout.
+      const idle = setInterval(() => app.server.closeIdleConnections(), 50)
       try {
         await app.close()
       } finally {
         clearTimeout(timer)
+        clearInterval(idle)
       }
       if (!given) await runner.dispose()
     },
