@@ -89,6 +89,9 @@ test.serial('completions: string, token and batched prompts, streaming, echo, lo
   t.is(echo.choices[0].text, 'Once upon' + r.choices[0].text)
   t.is(echo.choices[0].logprobs.tokens.length, ids.length + 5)
   t.is(echo.choices[0].logprobs.token_logprobs[0], null)
+  // Each prompt position's top alternative is at least as likely as the token that came.
+  const lp = echo.choices[0].logprobs
+  for (let i = 1; i < ids.length; i++) t.true(Object.values(lp.top_logprobs[i])[0] >= lp.token_logprobs[i] - 1e-6)
   const batch = await client.completions.create({ model: MODEL, prompt: ['a b c', 'Once upon'], max_tokens: 5, temperature: 0 })
   t.deepEqual(batch.choices.map((c) => c.index), [0, 1])
   t.is(batch.choices[1].text, r.choices[0].text)
@@ -263,6 +266,8 @@ test.serial('errors: OpenAI shapes and statuses, and a wrong key never reaches t
   await expect(await post('/v1/chat/completions', { model: MODEL, messages, stream: true, logit_bias: { 99999999: 1 } }), 400)
   await expect(await post('/v1/chat/completions', '{not json'), 400)
   await expect(await post('/v1/completions', { model: MODEL, prompt: 'x', suffix: 'y' }), 400, 'suffix')
+  await expect(await post('/v1/completions', { model: MODEL, prompt: Array(600).fill(300), echo: true, logprobs: 1 }), 400, 'echo')
+  await expect(await post('/v1/completions', { model: MODEL, prompt: 'x', n: 17 }), 400, 'n')
   await expect(await post('/v1/chat/completions', { model: 'gpt-4', messages }), 404, 'model')
   await expect(await fetch(origin() + '/v1/nothing', { headers: { authorization: `Bearer ${KEY}` } }), 404)
   await expect(await post('/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(5 << 20) }] }), 413)

@@ -29,6 +29,22 @@ function legacyLogprobs(lp: TokenLogprob[], offset: number): LegacyLogprobs {
   return out
 }
 
+/** The k largest entries' indices, largest first (k <= 5: one pass with a small sorted list). */
+function topIds(row: Float32Array, k: number): number[] {
+  const best: number[] = []
+  for (let i = 0; i < row.length; i++) {
+    if (best.length === k && row[i] <= row[best[k - 1]]) continue
+    let j = best.length === k ? k - 1 : best.length
+    while (j > 0 && row[best[j - 1]] < row[i]) j--
+    best.splice(j, 0, i)
+    if (best.length > k) best.pop()
+  }
+  return best
+}
+
+/** Prompts longer than this get no echoed logprobs: all positions' logits are held at once. */
+export const MAX_ECHO_LOGPROBS_TOKENS = 512
+
 /** The prompt's own logprobs for `echo` (the first token has none), from one forward pass. */
 async function promptLogprobs(ctx: RequestContext, ids: number[], top: number): Promise<LegacyLogprobs> {
   const vocab = (ctx.runner.getModelInfo() as Record<string, unknown>).vocabSize as number
@@ -53,7 +69,7 @@ async function promptLogprobs(ctx: RequestContext, ids: number[], top: number): 
     for (const v of row) sum += Math.exp(v - max)
     const norm = max + Math.log(sum)
     out.token_logprobs.push(row[id] - norm)
-    const best = [...row.keys()].sort((a, b) => row[b] - row[a] || a - b).slice(0, top)
+    const best = topIds(row, top)
     out.top_logprobs.push(Object.fromEntries(best.map((b) => [ctx.runner.detokenize([b]), row[b] - norm])))
   })
   return out
@@ -77,6 +93,12 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
   const jobs = list.flatMap((prompt, pi) => choiceParams(params, n).map((p, j) => ({ prompt, p, index: pi * n + j })))
   const echoText = (prompt: string | number[]) => (typeof prompt === 'string' ? prompt : ctx.runner.detokenize(prompt))
   const ids = (prompt: string | number[]) => (typeof prompt === 'string' ? ctx.runner.tokenize(prompt) : prompt)
+  if (r.echo && r.logprobs != null) {
+    const longest = Math.max(...list.map((p) => ids(p).length))
+    if (longest > MAX_ECHO_LOGPROBS_TOKENS) {
+      throw badRequest(`invalid echo with logprobs for a ${longest}-token prompt: at most ${MAX_ECHO_LOGPROBS_TOKENS} prompt tokens`, 'echo')
+    }
+  }
 
   if (!r.stream) {
     const results: GenerateResult[] = await Promise.all(jobs.map((j) => runChoice(ctx.runner, j.prompt, j.p, ctx, () => {})))

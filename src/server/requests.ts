@@ -22,7 +22,10 @@ const sampling = {
   seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
-  logit_bias: z.record(z.string().regex(/^\d+$/, 'token ids as decimal strings'), z.number().min(-100).max(100)).nullish(),
+  logit_bias: z
+    .record(z.string().regex(/^\d+$/, 'token ids as decimal strings'), z.number().min(-100).max(100))
+    .refine((m) => Object.keys(m).length <= 1024, 'at most 1024 tokens')
+    .nullish(),
   top_k: z.number().int().min(-1).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
   repetition_penalty: z.number().gt(0).nullish(),
