@@ -150,8 +150,8 @@ pub enum Q4Scales {
 }
 
 impl Q4Scales {
-    /// `NANO_QWEN3_Q4_SCALES=absmax` asks for [`Q4Scales::Absmax`]. For the model loader to read;
-    /// the quantizers themselves take the rule as a parameter.
+    /// `NANO_QWEN3_Q4_SCALES=absmax` asks for [`Q4Scales::Absmax`]. Read by the model loader; the
+    /// quantizers themselves take the rule as a parameter.
     pub fn from_env() -> Self {
         match std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() {
             Ok("absmax") => Q4Scales::Absmax,
@@ -176,12 +176,6 @@ impl Q4Matrix {
     /// With `importance` (len k: the mean square of each input feature), activation-aware.
     pub fn quantize_weighted(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>) -> Self {
         Self::quantize_with(w, n, k, importance, QK4, Q4Scales::Searched)
-    }
-
-    /// [`Self::quantize_with`] with the rule [`Q4Scales::from_env`] names: the model loader's
-    /// entry point until it passes the rule itself.
-    pub fn quantize_grouped(w: &[f32], n: usize, k: usize, importance: Option<&[f32]>, group: usize) -> Self {
-        Self::quantize_with(w, n, k, importance, group, Q4Scales::from_env())
     }
 
     /// [`Self::quantize_weighted`] with one scale per `group` weights (one of [`GROUP_SIZES`],
