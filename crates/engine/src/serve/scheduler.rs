@@ -241,7 +241,8 @@ impl Scheduler {
         let started = std::time::Instant::now();
         let result = forward(&chunks, logits);
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        self.cost.observe(tokens, started.elapsed().as_secs_f64() * 1000.0);
+        let decodes = chunks.iter().filter(|c| c.tokens.len() == 1 && c.logits == LogitsFor::LastToken).count();
+        self.cost.observe(decodes, tokens - decodes, started.elapsed().as_secs_f64() * 1000.0);
         drop(chunks);
         if let Err(e) = result {
             // A failed step fails the sequences in it; the others keep going.
