@@ -76,6 +76,16 @@ test.serial('the raw stream ends with data: [DONE] and repeats the prefix cache 
   t.true(usage.prompt_tokens_details.cached_tokens > 0, JSON.stringify(usage))
 })
 
+test.serial("continuous_usage_stats (vLLM's extension): every chunk carries the tokens so far", async (t) => {
+  const body = { model: MODEL, prompt: 'Once upon', max_tokens: 9, temperature: 0, ignore_eos: true, stream: true, stream_options: { continuous_usage_stats: true } }
+  const raw = await (await post('/v1/completions', body)).text()
+  const chunks = raw.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)))
+  const counts = chunks.map((c) => c.usage.completion_tokens)
+  t.true(counts.every((n, i) => i === 0 || n >= counts[i - 1]), JSON.stringify(counts))
+  t.is(counts.at(-1), 9)
+  t.true(chunks.every((c) => c.usage.prompt_tokens === server.runner.tokenize('Once upon').length))
+})
+
 test.serial('completions: string, token and batched prompts, streaming, echo, logprobs', async (t) => {
   const r = await client.completions.create({ model: MODEL, prompt: 'Once upon', max_tokens: 5, temperature: 0, logprobs: 2 })
   t.is(r.object, 'text_completion')

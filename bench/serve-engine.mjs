@@ -2,7 +2,7 @@
 // runner.stream() calls (see bench/serve-lib.mjs for the scenarios and what is measured).
 //   node bench/serve-engine.mjs --model DIR --quantization dynamic_int8 --threads 2 --scenario concurrency --streams 8
 // --http: the same streams through the OpenAI-compatible server on 127.0.0.1 (streaming
-// /v1/completions with token prompts; each SSE event counted as the tokens it carries).
+// /v1/completions with token prompts; tokens per event from vLLM's continuous usage stats).
 // Serving load options, passed only when their variable is set (a build without them rejects them):
 //   SERVE_KV_CACHE_MEMORY (bytes) -> kvCacheMemory, SERVE_MAX_BATCH_TOKENS -> maxBatchTokens,
 //   SERVE_MAX_CONCURRENT_SEQUENCES -> maxConcurrentSequences, SERVE_ENABLE_PREFIX_CACHING=1|0 -> enablePrefixCaching.
@@ -54,9 +54,9 @@ const inProcess = async (promptIds, maxTokens, onTokens) => {
 }
 
 const server = o.http ? await createServer({ runner, port: 0, servedModelName: 'bench' }) : undefined
-/** Streaming /v1/completions; logprobs: 0 gives each event's token count (one entry per token). */
+/** Streaming /v1/completions; continuous usage stats (vLLM's extension) give each event's token count. */
 const overHttp = async (promptIds, maxTokens, onTokens) => {
-  const body = { model: 'bench', prompt: promptIds, max_tokens: maxTokens, ignore_eos: true, temperature: 0, stream: true, logprobs: 0, stream_options: { include_usage: true } }
+  const body = { model: 'bench', prompt: promptIds, max_tokens: maxTokens, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } }
   const res = await fetch(`${server.baseURL}/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   const decoder = new TextDecoder()
   let buffer = ''
@@ -69,8 +69,8 @@ const overHttp = async (promptIds, maxTokens, onTokens) => {
       buffer = buffer.slice(end + 2)
       if (!event.startsWith('data: {')) continue
       const chunk = JSON.parse(event.slice(6))
-      const n = chunk.choices[0]?.logprobs?.tokens.length ?? 0
-      if (n) onTokens(n, performance.now())
+      const n = (chunk.usage?.completion_tokens ?? completionTokens) - completionTokens
+      if (n > 0 && chunk.choices.length) onTokens(n, performance.now())
       if (chunk.usage) completionTokens = chunk.usage.completion_tokens
     }
   }

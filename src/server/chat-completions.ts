@@ -3,7 +3,7 @@ import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCa
 import type { ModelRunner } from '../model-runner.js'
 import type { FastifyReply } from 'fastify'
 import type { GenerateResult, GenerationParams } from '../params.js'
-import { chatLogprobs, choiceParams, newId, runChoice, totalUsage } from './generation.js'
+import { chatLogprobs, choiceParams, newId, runChoice, StreamUsage, totalUsage } from './generation.js'
 import { badRequest, errorBody, toHttpError } from './http-error.js'
 import type { Metrics } from './metrics.js'
 import { type ChatRequest, generationParams } from './requests.js'
@@ -98,9 +98,8 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
   }
 
   const sse = new SseWriter(reply)
-  const includeUsage = r.stream_options?.include_usage === true
-  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
-    sse.send({ ...base, object: 'chat.completion.chunk', choices, ...(includeUsage ? { usage: null } : {}), ...extra })
+  const usage = StreamUsage.of(r.stream_options, () => ctx.runner.tokenize(prompt).length)
+  const chunk = (choices: unknown[]) => sse.send({ ...base, object: 'chat.completion.chunk', choices, ...usage.field() })
   try {
     const results = await Promise.all(
       choiceParams(params, n).map(async (p, index) => {
@@ -127,13 +126,16 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
           }
           if (Object.keys(delta).length || lp?.length) chunk([{ index, delta, logprobs: chatLogprobs(lp), finish_reason: null }])
         }
-        const res = await runChoice(ctx.runner, prompt, p, ctx, (c) => emit(splitter.push(c.text), c.logprobs))
+        const res = await runChoice(ctx.runner, prompt, p, ctx, (c) => {
+          usage.add(c.tokenIds.length)
+          emit(splitter.push(c.text), c.logprobs)
+        })
         emit(splitter.finish(), undefined)
         chunk([{ index, delta: {}, logprobs: null, finish_reason: finish(res, calls) }])
         return res
       }),
     )
-    if (includeUsage) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: totalUsage(results) })
+    if (usage.final) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: totalUsage(results) })
     sse.end()
   } catch (e) {
     ctx.abort()

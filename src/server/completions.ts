@@ -2,7 +2,7 @@
 import type { FastifyReply } from 'fastify'
 import type { GenerateResult, TokenLogprob } from '../params.js'
 import type { RequestContext } from './chat-completions.js'
-import { choiceParams, newId, runChoice, totalUsage } from './generation.js'
+import { choiceParams, newId, runChoice, StreamUsage, totalUsage } from './generation.js'
 import { badRequest, errorBody, toHttpError } from './http-error.js'
 import { type CompletionRequest, generationParams } from './requests.js'
 import { SseWriter } from './sse.js'
@@ -126,8 +126,8 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
   }
 
   const sse = new SseWriter(reply)
-  const includeUsage = r.stream_options?.include_usage === true
-  const chunk = (choice: unknown) => sse.send({ ...base, choices: [choice], ...(includeUsage ? { usage: null } : {}) })
+  const usage = StreamUsage.of(r.stream_options, () => list.reduce((s: number, p) => s + ids(p).length, 0))
+  const chunk = (choice: unknown) => sse.send({ ...base, choices: [choice], ...usage.field() })
   try {
     const results = await Promise.all(
       jobs.map(async ({ prompt, p, index }) => {
@@ -138,6 +138,7 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
           chunk({ text: head, index, logprobs: null, finish_reason: null })
         }
         const res = await runChoice(ctx.runner, prompt, p, ctx, (c) => {
+          usage.add(c.tokenIds.length)
           const logprobs = c.logprobs ? legacyLogprobs(c.logprobs, offset) : null
           offset += c.text.length
           chunk({ text: c.text, index, logprobs, finish_reason: null })
@@ -146,11 +147,11 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
         return res
       }),
     )
-    if (includeUsage) {
-      const usage = totalUsage(results)
-      usage.prompt_tokens = list.reduce((s, _, pi) => s + results[pi * n].usage.promptTokens, 0)
-      usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-      sse.send({ ...base, choices: [], usage })
+    if (usage.final) {
+      const total = totalUsage(results)
+      total.prompt_tokens = list.reduce((s, _, pi) => s + results[pi * n].usage.promptTokens, 0)
+      total.total_tokens = total.prompt_tokens + total.completion_tokens
+      sse.send({ ...base, choices: [], usage: total })
     }
     sse.end()
   } catch (e) {

@@ -46,3 +46,35 @@ export function chatLogprobs(lp: TokenLogprob[] | undefined) {
 export function choiceParams(params: GenerationParams, n: number): GenerationParams[] {
   return Array.from({ length: n }, (_, i) => (params.seed != null && i > 0 ? { ...params, seed: params.seed + i } : params))
 }
+
+/**
+ * The `usage` field of streamed chunks: absent, `null` until the last chunk (`include_usage`), or
+ * with `continuous_usage_stats` (vLLM's extension) the tokens so far in every chunk.
+ */
+export class StreamUsage {
+  private completion = 0
+
+  constructor(
+    private mode: 'none' | 'final' | 'continuous',
+    private promptTokens: number,
+  ) {}
+
+  static of(options: { include_usage?: boolean; continuous_usage_stats?: boolean } | null | undefined, promptTokens: () => number) {
+    if (options?.continuous_usage_stats) return new StreamUsage('continuous', promptTokens())
+    return new StreamUsage(options?.include_usage ? 'final' : 'none', 0)
+  }
+
+  get final(): boolean {
+    return this.mode !== 'none'
+  }
+
+  add(tokens: number) {
+    this.completion += tokens
+  }
+
+  field(): { usage?: unknown } {
+    if (this.mode === 'none') return {}
+    if (this.mode === 'final') return { usage: null }
+    return { usage: { prompt_tokens: this.promptTokens, completion_tokens: this.completion, total_tokens: this.promptTokens + this.completion } }
+  }
+}

@@ -14,7 +14,7 @@ const int = (min: number, max: number) => z.number().int().min(min).max(max)
 const sampling = {
   model: z.string().optional(),
   stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).passthrough().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().optional(), continuous_usage_stats: z.boolean().optional() }).passthrough().nullish(),
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().gt(0).max(1).nullish(),
   n: int(1, 16).nullish(),

@@ -163,8 +163,8 @@ impl Scheduler {
         };
         let mut i = 0;
         while i < self.running.len() {
-            let remaining = self.running[i].remaining();
-            let n = if remaining == 1 { 1 } else { budget.chunk(remaining) };
+            let (remaining, total) = (self.running[i].remaining(), self.running[i].tokens.len());
+            let n = if remaining == 1 { 1 } else { budget.chunk(remaining, total) };
             if n == 0 {
                 self.planned.push(0);
                 i += 1;
@@ -187,7 +187,7 @@ impl Scheduler {
                 break;
             }
             if remaining > 1 {
-                budget.take(remaining, n);
+                budget.take(total, n);
             }
             self.planned.push(n);
             i += 1;
@@ -201,7 +201,7 @@ impl Scheduler {
                 seq.cached_tokens.get_or_insert(seq.computed.min(seq.prompt_len));
                 (seq.table, seq.hashes) = (table, hashes);
             }
-            let n = budget.chunk(seq.remaining());
+            let n = budget.chunk(seq.remaining(), seq.tokens.len());
             let want = seq.computed + n;
             if n == 0 || !Self::grow(&mut self.blocks, &mut seq, want) {
                 self.blocks.release(&seq.table);
@@ -209,7 +209,7 @@ impl Scheduler {
                 self.waiting.push_front(seq);
                 break;
             }
-            budget.take(seq.remaining(), n);
+            budget.take(seq.tokens.len(), n);
             self.running.push(seq);
             self.planned.push(n);
         }
@@ -329,15 +329,17 @@ struct Budget {
 }
 
 impl Budget {
-    /// Tokens of a prompt with `remaining` tokens to run that this step takes.
-    fn chunk(&self, remaining: usize) -> usize {
+    /// Tokens this step takes of a sequence of `total` tokens with `remaining` still to run. Short
+    /// sequences go in whole; the tail of a long one is held like the rest of it (its last
+    /// chunks, attending over the whole prompt, are its dearest).
+    fn chunk(&self, remaining: usize, total: usize) -> usize {
         let n = remaining.min(self.tokens).min(self.max_chunk);
-        if remaining <= SHORT_PROMPT { n } else { n.min(self.long) }
+        if total <= SHORT_PROMPT { n } else { n.min(self.long) }
     }
 
-    fn take(&mut self, remaining: usize, n: usize) {
+    fn take(&mut self, total: usize, n: usize) {
         self.tokens -= n;
-        if remaining > SHORT_PROMPT {
+        if total > SHORT_PROMPT {
             self.long = self.long.saturating_sub(n);
         }
     }
@@ -359,5 +361,27 @@ impl SeqList for Vec<Sequence> {
     fn take_where(&mut self, f: fn(&Sequence) -> bool) -> Option<Sequence> {
         let i = self.iter().position(f)?;
         Some(self.remove(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_sequences_are_held_to_the_pace_budget_to_their_last_chunk_and_short_ones_go_whole() {
+        let budget = Budget { tokens: 256, long: 24, max_chunk: usize::MAX };
+        // The last 100 tokens of a 2,048-token prompt: still held (they attend over all of it).
+        assert_eq!(budget.chunk(100, 2048), 24);
+        assert_eq!(budget.chunk(1000, 2048), 24);
+        // A 100-token prompt goes in whole.
+        assert_eq!(budget.chunk(100, 100), 100);
+        assert_eq!(budget.chunk(SHORT_PROMPT, SHORT_PROMPT), SHORT_PROMPT);
+        // Taking from a long sequence uses up the pace budget; a short one only the step's tokens.
+        let mut b = Budget { tokens: 256, long: 24, max_chunk: usize::MAX };
+        b.take(100, 100);
+        assert_eq!((b.tokens, b.long), (156, 24));
+        b.take(2048, 20);
+        assert_eq!((b.tokens, b.long), (136, 4));
     }
 }
