@@ -365,3 +365,14 @@ test.serial('load: 500 requests from 32 clients, 10% disconnecting; completed on
   const rssAfter = process.memoryUsage().rss
   t.true(rssAfter < rssBefore * 1.1, `RSS ${rssBefore} -> ${rssAfter}`)
 })
+
+test.serial('createServer loads a runner from modelName, serves it, and disposes it on close', async (t) => {
+  const own = await createServer({ modelName: fixtureDir, threads: 2, port: 0 })
+  const models = await (await fetch(`${own.baseURL}/models`)).json()
+  t.deepEqual(models.data.map((m) => m.id), [fixtureDir])
+  const r = await (await fetch(`${own.baseURL}/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'hi', max_tokens: 2 }) })).json()
+  t.is(r.usage.completion_tokens <= 2, true)
+  await own.close()
+  t.throws(() => own.runner.tokenize('x'), { code: 'DISPOSED' })
+  await t.throwsAsync(createServer({ modelName: fixtureDir, port: 70000 }), { message: /port/ })
+})
