@@ -29,5 +29,6 @@ export {
   type TensorClass,
 } from './model-runner.js'
 export { type LoadProgress, loadProgressBar } from './progress.js'
+export { generationParamsSchema } from './params.js'
 export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, TokenAlternative, TokenLogprob, Usage } from './params.js'
 export { createServer, type NanoQwenServer, type ServerOptions } from './server/index.js'

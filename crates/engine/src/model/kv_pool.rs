@@ -128,3 +128,82 @@ fn scatter<T: KvElem>(buf: &mut [T], pages: &KvPages, heads: usize, hd: usize, a
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bf16 by hand: round the dropped 16 bits to nearest, ties to even; NaN stays NaN.
+    fn bf16_rne(x: f32) -> u16 {
+        let b = x.to_bits();
+        if x.is_nan() {
+            return ((b >> 16) | 0x40) as u16;
+        }
+        ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    }
+
+    /// An f16 bit pattern's value, decoded by hand.
+    fn f16_value(h: u16) -> f64 {
+        let (sign, exp, man) = (if h >> 15 == 1 { -1.0 } else { 1.0 }, (h >> 10) & 31, (h & 1023) as f64);
+        sign * match exp {
+            0 => man * 2f64.powi(-24),
+            31 => f64::INFINITY,
+            e => (1024.0 + man) * 2f64.powi(e as i32 - 25),
+        }
+    }
+
+    /// f16 by hand: the nearest of all finite f16 values, ties to the even pattern; past the
+    /// largest (65504) by half an ulp or more, infinity.
+    fn f16_rne(x: f32) -> u16 {
+        let sign = if x.is_sign_negative() { 0x8000 } else { 0 };
+        let a = (x as f64).abs();
+        if a >= 65520.0 {
+            return sign | 0x7C00;
+        }
+        let (mut best, mut best_err) = (0u16, f64::INFINITY);
+        for h in 0..0x7C00u16 {
+            let err = (f16_value(h) - a).abs();
+            if err < best_err || (err == best_err && h & 1 == 0) {
+                (best, best_err) = (h, err);
+            }
+        }
+        sign | best
+    }
+
+    /// Values where rounding rules differ: ties (even and odd), just off ties, subnormals of both
+    /// types, the largest finite values and past them, infinities, zeros of both signs.
+    fn sweep() -> Vec<f32> {
+        let mut v = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN_POSITIVE, 1e-45, 65504.0, 65519.0, 65520.0, 65536.0, 6e-8, 3e-8, 2.98e-8, -5.96e-8, 1.0e-5];
+        for base in [1.0f32, 1.5, -3.0, 1000.0, 0.1] {
+            let b = base.to_bits();
+            for off in [0x7FFF, 0x8000, 0x8001, 0x18000, 0x0FFF, 0x1000, 0x1001, 0x3000] {
+                v.push(f32::from_bits(b + off));
+            }
+        }
+        // f16 ties: halfway between neighbours (1 + k/1024 + 1/2048) for even and odd k.
+        for k in [0.0f32, 1.0, 2.0, 3.0, 1023.0] {
+            v.push(1.0 + k / 1024.0 + 1.0 / 2048.0);
+            v.push(-(1.0 + k / 1024.0 + 1.0 / 2048.0) * 4.0);
+        }
+        v
+    }
+
+    #[test]
+    fn kv_elements_round_to_nearest_even_bit_for_bit() {
+        let values = sweep();
+        let hd = values.len();
+        for dtype in [KvDtype::F16, KvDtype::Bf16] {
+            let mut pool = KvPool::new(1, 1, hd, dtype, 1);
+            pool.write(0, Slots { table: &[0], start: 0 }, &values, &values, 1, hd);
+            let got: Vec<u16> = match &pool.layer(0).0 {
+                KvBuf::F16(b) => b[..hd].iter().map(|x| x.to_bits()).collect(),
+                KvBuf::Bf16(b) => b[..hd].iter().map(|x| x.to_bits()).collect(),
+                KvBuf::F32(_) => unreachable!(),
+            };
+            for (x, g) in values.iter().zip(got) {
+                let want = if dtype == KvDtype::F16 { f16_rne(*x) } else { bf16_rne(*x) };
+                assert_eq!(g, want, "{dtype:?}: {x:e} ({:#010x}) stored as {g:#06x}, round-to-nearest-even is {want:#06x}", x.to_bits());
+            }
+        }
+    }
+}

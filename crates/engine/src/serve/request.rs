@@ -191,6 +191,53 @@ mod tests {
         assert!(matches!(m.scan("abc", 0), StopScan::SafeUpTo(3)));
     }
 
+    /// Streams `text` in the given pieces as a sequence does: what may still start a stop string is
+    /// held back; returns everything released and whether a stop string ended it.
+    fn stream(m: &StopMatcher, pieces: &[&str]) -> (String, bool) {
+        let (mut text, mut released, mut out) = (String::new(), 0, String::new());
+        for p in pieces {
+            let from = text.len();
+            text.push_str(p);
+            match m.scan(&text, from) {
+                StopScan::Hit(at) => {
+                    out.push_str(&text[released.min(at)..at]);
+                    return (out, true);
+                }
+                StopScan::SafeUpTo(safe) if safe > released => {
+                    out.push_str(&text[released..safe]);
+                    released = safe;
+                }
+                StopScan::SafeUpTo(_) => {}
+            }
+        }
+        out.push_str(&text[released..]);
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_split_at_every_boundary_never_leak() {
+        let m = StopMatcher::new(vec!["###END".into(), "é!".into()]);
+        for text in ["Hello ###END and more", "café! then", "a##b#END ###END", "no stop ## here #"] {
+            let want = ["###END", "é!"].iter().filter_map(|s| text.find(s)).min().map(|at| &text[..at]);
+            let cuts: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            // Every way to cut the text in two and in three pieces, and one character at a time.
+            let mut splits: Vec<Vec<&str>> = vec![text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()];
+            for &a in &cuts {
+                splits.push(vec![&text[..a], &text[a..]]);
+                for &b in cuts.iter().filter(|&&b| b >= a) {
+                    splits.push(vec![&text[..a], &text[a..b], &text[b..]]);
+                }
+            }
+            for pieces in &splits {
+                let (out, hit) = stream(&m, pieces);
+                match want {
+                    Some(prefix) => assert!(hit && out == prefix, "{pieces:?}: released {out:?}, want {prefix:?}"),
+                    None => assert!(!hit && out == text, "{pieces:?}: released {out:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn defaults_merge_and_bad_values_are_named() {
         let d = GenerationDefaults { do_sample: true, temperature: Some(0.6), top_k: Some(20), ..Default::default() };

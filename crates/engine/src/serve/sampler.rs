@@ -260,6 +260,72 @@ mod tests {
         assert_eq!(s.sample(&mut [2.0, 1.7]), 1);
     }
 
+    /// Each penalty alone, hand-computed, including negative logits and repeated tokens.
+    #[test]
+    fn each_penalty_alone_follows_its_rule_exactly() {
+        // Repetition (transformers' rule): a seen token's positive logit is divided, a negative one
+        // multiplied, by the penalty; unseen tokens are untouched.
+        let s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }, &[0, 1, 1]);
+        let mut l = [3.0f32, -1.5, 0.25, -4.0];
+        s.apply_penalties(&mut l);
+        assert_eq!(l, [1.5, -3.0, 0.25, -4.0]);
+        // Frequency: minus penalty x count of generated tokens (prompt tokens do not count).
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.5, ..Default::default() }, &[3]);
+        [0, 0, 0, 1].into_iter().for_each(|t| s.observe(t));
+        let mut l = [3.0f32, -1.5, 0.25, -4.0];
+        s.apply_penalties(&mut l);
+        assert_eq!(l, [1.5, -2.0, 0.25, -4.0]);
+        // Presence: minus penalty once per generated token, whatever its count.
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.5, ..Default::default() }, &[3]);
+        [0, 0, 0, 1].into_iter().for_each(|t| s.observe(t));
+        let mut l = [3.0f32, -1.5, 0.25, -4.0];
+        s.apply_penalties(&mut l);
+        assert_eq!(l, [2.5, -2.0, 0.25, -4.0]);
+        // Negative penalties reward instead.
+        let mut s = Sampler::new(SamplingParams { presence_penalty: -1.0, frequency_penalty: -0.25, ..Default::default() }, &[]);
+        [2, 2].into_iter().for_each(|t| s.observe(t));
+        let mut l = [3.0f32, -1.5, 0.25, -4.0];
+        s.apply_penalties(&mut l);
+        assert_eq!(l, [3.0, -1.5, 1.75, -4.0]);
+    }
+
+    /// Each cut alone, on logits whose softmax is known: p = [0.5, 0.25, 0.125, 0.125] from
+    /// ln-probabilities (temperature 1); the set of tokens ever drawn is exactly what the cut keeps.
+    #[test]
+    fn each_cut_alone_keeps_exactly_its_tokens() {
+        let l: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+        let drawn = |p: SamplingParams| {
+            let mut s = sampler(p);
+            let mut seen = [false; 4];
+            (0..2000).for_each(|_| seen[s.sample(&mut l.clone()) as usize] = true);
+            seen
+        };
+        let base = SamplingParams { temperature: 1.0, seed: Some(3), ..Default::default() };
+        assert_eq!(drawn(base.clone()), [true; 4]);
+        assert_eq!(drawn(SamplingParams { top_k: 2, ..base.clone() }), [true, true, false, false]);
+        // top_p: the smallest prefix whose mass reaches p (0.5 + 0.25 = 0.75).
+        assert_eq!(drawn(SamplingParams { top_p: 0.7, ..base.clone() }), [true, true, false, false]);
+        assert_eq!(drawn(SamplingParams { top_p: 0.5, ..base.clone() }), [true, false, false, false]);
+        // min_p: at least min_p x the top probability (0.3 x 0.5 = 0.15 keeps 0.5 and 0.25).
+        assert_eq!(drawn(SamplingParams { min_p: 0.3, ..base.clone() }), [true, true, false, false]);
+        assert_eq!(drawn(SamplingParams { min_p: 0.25, ..base.clone() }), [true; 4]);
+        // Temperature alone: near 0 it is greedy; high, it still draws from all four.
+        assert_eq!(drawn(SamplingParams { temperature: 0.01, ..base.clone() }), [true, false, false, false]);
+        assert_eq!(drawn(SamplingParams { temperature: 5.0, ..base }), [true; 4]);
+    }
+
+    #[test]
+    fn temperature_sharpens_by_its_exact_factor() {
+        // Two tokens, logits 0 and ln 3: at T = 1, P(1) = 0.75; at T = 0.5, 9 / 10 = 0.9.
+        let l = [0.0f32, 3f32.ln()];
+        let freq = |t: f64| {
+            let mut s = sampler(SamplingParams { temperature: t, seed: Some(11), ..Default::default() });
+            (0..20000).filter(|_| s.sample(&mut l.clone()) == 1).count() as f64 / 20000.0
+        };
+        assert!((freq(1.0) - 0.75).abs() < 0.015, "{}", freq(1.0));
+        assert!((freq(0.5) - 0.9).abs() < 0.015, "{}", freq(0.5));
+    }
+
     #[test]
     fn logit_bias_moves_the_choice_and_only_its_token() {
         let mut s = sampler(SamplingParams { logit_bias: vec![(2, 5.0)], ..Default::default() });
