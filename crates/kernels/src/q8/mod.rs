@@ -280,6 +280,25 @@ mod tests {
         assert!(quantize_block(&[0.0; 32]).qs.iter().all(|&q| q == 0));
     }
 
+    /// Both activation quantizers round to nearest, ties away from zero, exactly (truncation or
+    /// ties-to-even would stay within the model-level tolerances, so it is pinned here).
+    #[test]
+    fn activation_quantizers_round_half_away_from_zero_exactly() {
+        // Scale 1 (abs-max 127, and 1.0 is exact in f16): q must be the rounded value itself.
+        let offsets = [0.0f32, 0.25, 0.49, 0.5, 0.51, 0.75];
+        let x: Vec<f32> = (0..32).map(|i| if i == 0 { 127.0 } else { let v = (i as f32 * 3.0 - 48.0) + offsets[i % 6]; v.clamp(-126.0, 126.0) }).collect();
+        let want: Vec<i8> = x.iter().map(|v| v.round() as i8).collect(); // f32::round: half away from zero
+        for (name, b) in [("dynamic", quantize_block(&x)), ("dynamic portable", quantize_block_portable(&x)), ("static", quantize_block_with_scale(&x, 1.0))] {
+            assert_eq!(b.qs.to_vec(), want, "{name}: {x:?}");
+            assert_eq!(b.d.to_f32(), 1.0, "{name}");
+        }
+        // Static with a scale of 0.25 (exact in f16): ties at k + 0.5 steps go away from zero.
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.25 + if i % 2 == 0 { 0.125 } else { 0.0625 }).collect();
+        let b = quantize_block_with_scale(&x, 0.25);
+        let want: Vec<i8> = x.iter().map(|v| (v / 0.25).round() as i8).collect();
+        assert_eq!(b.qs.to_vec(), want);
+    }
+
     #[test]
     fn static_scales_saturate_and_match_dynamic_when_equal() {
         let x = fill(4 * 64, 9);
