@@ -135,3 +135,46 @@ fn bad_files_are_named_errors() {
     assert_eq!(e.code(), "UNSUPPORTED");
     assert!(e.to_string().contains("Q4_1") && e.to_string().contains("Q6_K"), "{e}");
 }
+
+/// Every config value the GGUF reader has a fallback for, set to something else than that fallback
+/// before the export: a key written under a wrong name (read back as the fallback) fails here.
+#[test]
+fn every_metadata_key_survives_an_export_with_non_default_values() {
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-meta-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixtures().join("qwen3-tiny");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    // Fallbacks: rms_norm_eps 1e-6, rope_theta 1e6, context 32768, kv heads = heads, key length =
+    // hidden / heads, no bos; eos from generation_config.json (absent here).
+    cfg["rms_norm_eps"] = 3e-5.into();
+    cfg["rope_theta"] = 12345.0.into();
+    cfg["max_position_embeddings"] = 1536.into();
+    cfg["bos_token_id"] = 151644.into();
+    cfg["eos_token_id"] = 151643.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let folder = load(&dir, Quantization::None).unwrap();
+    let path = dir.join("meta.gguf");
+    folder.export_gguf(&path).unwrap();
+    let gguf = load(&path, Quantization::None).unwrap();
+    let (a, b) = (&folder.model.config, &gguf.model.config);
+    assert_eq!(b.rms_norm_eps as f32, 3e-5f32);
+    assert_eq!(b.rope_theta as f32, 12345.0f32);
+    assert_eq!(b.max_position_embeddings, 1536);
+    assert_eq!(b.bos_token_id, Some(151644));
+    assert_eq!(b.eos_token_ids, vec![151643]);
+    assert_eq!(gguf.generation_defaults.eos_token_ids, vec![151643]);
+    assert_eq!(
+        (b.vocab_size, b.hidden_size, b.intermediate_size, b.num_hidden_layers, b.num_attention_heads, b.num_key_value_heads, b.head_dim, b.tie_word_embeddings),
+        (a.vocab_size, a.hidden_size, a.intermediate_size, a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim, a.tie_word_embeddings)
+    );
+    assert_ne!(a.num_key_value_heads, a.num_attention_heads, "the fixture must not match the kv-heads fallback");
+    assert_ne!(a.head_dim, a.hidden_size / a.num_attention_heads, "the fixture must not match the key-length fallback");
+    // And the model computes the same (rope_theta and eps reach the forward pass).
+    for p in prompts() {
+        assert_eq!(gguf.compute_logits(&p, false).unwrap(), folder.compute_logits(&p, false).unwrap());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
