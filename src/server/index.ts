@@ -82,12 +82,11 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
   let closing = false
 
   const app = Fastify({ logger, bodyLimit })
-  app.addHook('onRequest', async (req, reply) => {
+  app.addHook('onRequest', async (req) => {
     if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', null, 'shutting_down')
     if (key && PROTECTED.test(req.url.split('?')[0]) && !keyMatches(req.headers.authorization, key)) {
       throw new HttpError(401, 'missing or wrong API key: send "Authorization: Bearer <key>"', 'invalid_request_error', null, 'invalid_api_key')
     }
-    void reply
   })
   app.addHook('onResponse', async (_req, reply) => metrics.httpResponse(reply.statusCode))
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
