@@ -10,6 +10,8 @@
 //   npm run mutants                      every scope
 //   npm run mutants -- sampler stop      chosen scopes
 //   MUTANTS_JOBS=2                       parallel builds (each needs its own copy of the tree)
+//   MUTANTS_IN_PLACE=1                   mutate this tree and reuse target/ (no copy and no cold build
+//                                        of the dependencies; leave the tree alone while it runs)
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -44,6 +46,7 @@ for (const name of scopes) {
   const { pkg, files, tests } = SCOPES[name]
   const dir = join(out, name)
   const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', '300', '--jobs', process.env.MUTANTS_JOBS ?? '1']
+  if (process.env.MUTANTS_IN_PLACE === '1') args.push('--in-place')
   for (const f of files) args.push('--file', f)
   args.push('--', ...tests)
   console.error(`\n== ${name}: cargo ${args.join(' ')}`)
