@@ -138,8 +138,9 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
     if (usage.final) sse.send({ ...base, object: 'chat.completion.chunk', choices: [], usage: totalUsage(results) })
     sse.end()
   } catch (e) {
-    ctx.abort()
+    const clientGone = ctx.signal.aborted && !ctx.failed
+    ctx.abort() // the other choices of a failed request
     // Once events have gone out the status is sent: the error becomes the last event.
-    if (!sse.end(ctx.signal.aborted && !ctx.failed ? undefined : errorBody(toHttpError(e)))) throw e
+    if (!sse.end(clientGone ? undefined : errorBody(toHttpError(e)))) throw e
   }
 }

@@ -155,8 +155,9 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
     }
     sse.end()
   } catch (e) {
-    ctx.abort()
+    const clientGone = ctx.signal.aborted && !ctx.failed
+    ctx.abort() // the other choices of a failed request
     // Once events have gone out the status is sent: the error becomes the last event.
-    if (!sse.end(ctx.signal.aborted && !ctx.failed ? undefined : errorBody(toHttpError(e)))) throw e
+    if (!sse.end(clientGone ? undefined : errorBody(toHttpError(e)))) throw e
   }
 }

@@ -29,6 +29,9 @@ const CLIENT_CODES: Record<string, string> = {
 
 export function toHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e
+  // The client went away and its request was cancelled: nginx's 499, never sent to anyone, but
+  // counted apart from server errors in /metrics.
+  if (e instanceof NanoQwenError && e.code === 'ABORTED') return new HttpError(499, 'client closed the request', 'invalid_request_error', null, 'client_closed_request')
   if (e instanceof NanoQwenError && e.code in CLIENT_CODES) {
     const param = /^invalid ([A-Za-z_.\[\]0-9 ]+?) =/.exec(e.message)?.[1] ?? null
     return new HttpError(400, e.message, 'invalid_request_error', param, CLIENT_CODES[e.code])
