@@ -66,16 +66,22 @@ test('serve: prints where it listens, answers, and on SIGTERM finishes the reque
   t.regex(stderr, /KV pool: \d+ blocks x 16 tokens/)
   t.regex(stderr, /plan: none weights/)
   const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
-  const request = fetch(`${url}/completions`, {
+  // A streamed request: SIGTERM goes once its first chunk arrived, so it is surely in flight.
+  const res = await fetch(`${url}/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: 'Bearer k' },
-    body: JSON.stringify({ prompt: 'Hello', max_tokens: 300, ignore_eos: true, temperature: 0 }),
+    body: JSON.stringify({ prompt: 'Hello', max_tokens: 300, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } }),
   })
-  await new Promise((r) => setTimeout(r, 100))
-  child.kill('SIGTERM')
-  const res = await request
   t.is(res.status, 200)
-  t.is((await res.json()).usage.completion_tokens, 300)
+  let raw = ''
+  const decoder = new TextDecoder()
+  for await (const bytes of res.body) {
+    if (!raw) child.kill('SIGTERM')
+    raw += decoder.decode(bytes, { stream: true })
+  }
+  t.true(raw.endsWith('data: [DONE]\n\n'))
+  const events = raw.trim().split('\n\n')
+  t.is(JSON.parse(events.at(-2).slice(6)).usage.completion_tokens, 300)
   const answered = Date.now()
   t.is(await exited, 0)
   // Not held open by the client's idle keep-alive connection (72 s).

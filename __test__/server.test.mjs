@@ -292,7 +292,9 @@ test.serial('429 once the waiting queue is full', async (t) => {
   const c = new OpenAI({ baseURL: small.baseURL, apiKey: 'x', maxRetries: 0 })
   const long = { model: MODEL, messages, max_tokens: 400, temperature: 0, ignore_eos: true }
   const first = [c.chat.completions.create(long), c.chat.completions.create(long)]
-  await new Promise((r) => setTimeout(r, 50))
+  // Both in the engine (one running, one waiting) before the third is sent, however slow the machine.
+  const inEngine = () => runner.getModelInfo().serving
+  for (let i = 0; i < 500 && inEngine().runningSequences + inEngine().waitingSequences < 2; i++) await new Promise((r) => setTimeout(r, 10))
   const err = await t.throwsAsync(c.chat.completions.create(long))
   t.is(err.status, 429)
   await Promise.all(first)
