@@ -45,8 +45,10 @@ const rows = []
 for (const name of scopes) {
   const { pkg, files, tests } = SCOPES[name]
   const dir = join(out, name)
-  const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', '300', '--jobs', process.env.MUTANTS_JOBS ?? '1']
+  const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', '300']
+  // In place there is one tree, so one build at a time.
   if (process.env.MUTANTS_IN_PLACE === '1') args.push('--in-place')
+  else args.push('--jobs', process.env.MUTANTS_JOBS ?? '1')
   for (const f of files) args.push('--file', f)
   args.push('--', ...tests)
   console.error(`\n== ${name}: cargo ${args.join(' ')}`)
