@@ -189,6 +189,38 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_whole_blocks_of_k_and_v() {
+        assert_eq!(KvDtype::VARIANTS.map(|d| d.size()), [4, 2, 2]);
+        // 2 (K, V) x 3 layers x 2 heads x 16 tokens x 8 dims x 2 bytes.
+        assert_eq!(KvPool::block_bytes(3, 2, 8, KvDtype::F16), 2 * 3 * 2 * 16 * 8 * 2);
+        assert_eq!(KvPool::block_bytes(5, 3, 7, KvDtype::F32), 2 * 5 * 3 * 16 * 7 * 4);
+    }
+
+    /// Rows land where the block table says, laid out `[block][head][token][dim]`: 20 tokens over
+    /// two blocks in a shuffled table, 2 heads, padded input rows, from a start inside a block.
+    #[test]
+    fn rows_are_scattered_to_their_block_head_and_position() {
+        let (heads, hd, stride, start, n) = (2, 4, 2 * 4 + 3, 5, 20);
+        let table = [2u32, 0];
+        let value = |t: usize, h: usize, d: usize| (t * 100 + h * 10 + d) as f32;
+        let rows: Vec<f32> = (0..n).flat_map(|t| (0..stride).map(move |c| if c < heads * hd { value(start + t, c / hd, c % hd) } else { f32::NAN })).collect();
+        let mut pool = KvPool::new(1, heads, hd, KvDtype::F32, 3);
+        pool.write(0, Slots { table: &table, start }, &rows, &rows, n, stride);
+        let KvBuf::F32(buf) = &pool.layer(0).0 else { unreachable!() };
+        for t in start..start + n {
+            for h in 0..heads {
+                for d in 0..hd {
+                    let at = table[t / BLOCK_TOKENS] as usize * heads * BLOCK_TOKENS * hd + h * BLOCK_TOKENS * hd + (t % BLOCK_TOKENS) * hd + d;
+                    assert_eq!(buf[at], value(t, h, d), "token {t} head {h} dim {d}");
+                    assert_eq!(pool.pages(&table).offset(h, t, hd) + d, at);
+                }
+            }
+        }
+        // Nothing else was written (the padding columns and the unused block stay zero).
+        assert_eq!(buf.iter().filter(|x| **x != 0.0).count(), n * heads * hd); // every value written is >= 500
+    }
+
+    #[test]
     fn kv_elements_round_to_nearest_even_bit_for_bit() {
         let values = sweep();
         let hd = values.len();
