@@ -67,8 +67,11 @@ function grammarOf(r: ChatRequest): GenerationParams['grammar'] {
   return undefined
 }
 
-const toolCallJson = (calls: ToolCall[], first = 0) =>
-  calls.map((c, i) => ({ index: first + i, id: newId('call').replace('-', '_'), type: 'function' as const, function: { name: c.function.name, arguments: JSON.stringify(c.function.arguments) } }))
+/** OpenAI's call ids look like `call_...`. */
+const callId = () => newId('call').replace('-', '_')
+
+const toolCallJson = (calls: ToolCall[]) =>
+  calls.map((c) => ({ id: callId(), type: 'function' as const, function: { name: c.function.name, arguments: JSON.stringify(c.function.arguments) } }))
 
 export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void) {
   const grammar = grammarOf(r)
@@ -90,7 +93,7 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
       const parsed = parseAssistantOutput(res.text, { toolCalls: !!toolsOn })
       const message: Record<string, unknown> = { role: 'assistant', content: parsed.toolCalls.length && !parsed.content ? null : parsed.content }
       if (parsed.reasoningContent) message.reasoning_content = parsed.reasoningContent
-      if (parsed.toolCalls.length) message.tool_calls = toolCallJson(parsed.toolCalls).map(({ index: _, ...c }) => c)
+      if (parsed.toolCalls.length) message.tool_calls = toolCallJson(parsed.toolCalls)
       return { index, message, logprobs: chatLogprobs(res.logprobs), finish_reason: finish(res, parsed.toolCalls.length) }
     })
     send({ ...base, object: 'chat.completion', choices, usage: totalUsage(results) })
@@ -119,7 +122,7 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
             // OpenAI's shape: the first delta of a call has its id, type and name; the rest extend its arguments.
             delta.tool_calls = d.toolCallParts.map((p) =>
               p.name !== undefined
-                ? { index: p.index, id: newId('call').replace('-', '_'), type: 'function', function: { name: p.name, arguments: p.arguments } }
+                ? { index: p.index, id: callId(), type: 'function', function: { name: p.name, arguments: p.arguments } }
                 : { index: p.index, function: { arguments: p.arguments } },
             )
             calls += d.toolCallParts.filter((p) => p.name !== undefined).length

@@ -92,6 +92,13 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
   const base = { id, object: 'text_completion', created, model: ctx.modelName, system_fingerprint: null }
   const jobs = list.flatMap((prompt, pi) => choiceParams(params, n).map((p, j) => ({ prompt, p, index: pi * n + j })))
   const echoText = (prompt: string | number[]) => (typeof prompt === 'string' ? prompt : ctx.runner.detokenize(prompt))
+  /** Usage over every prompt: each prompt's tokens once, every choice's completion. */
+  const usageOf = (results: GenerateResult[]) => {
+    const u = totalUsage(results)
+    u.prompt_tokens = list.reduce((s, _, pi) => s + results[pi * n].usage.promptTokens, 0)
+    u.total_tokens = u.prompt_tokens + u.completion_tokens
+    return u
+  }
   const ids = (prompt: string | number[]) => (typeof prompt === 'string' ? ctx.runner.tokenize(prompt) : prompt)
   if (r.echo && r.logprobs != null) {
     const longest = Math.max(...list.map((p) => ids(p).length))
@@ -117,11 +124,7 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
         return { text: head + res.text, index, logprobs, finish_reason: res.finishReason }
       }),
     )
-    // Usage over every prompt: each prompt's tokens once, every choice's completion.
-    const usage = totalUsage(results)
-    usage.prompt_tokens = list.reduce((s, _, pi) => s + results[pi * n].usage.promptTokens, 0)
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-    send({ ...base, choices, usage })
+    send({ ...base, choices, usage: usageOf(results) })
     return
   }
 
@@ -147,12 +150,7 @@ export async function completions(r: CompletionRequest, ctx: RequestContext, rep
         return res
       }),
     )
-    if (usage.final) {
-      const total = totalUsage(results)
-      total.prompt_tokens = list.reduce((s, _, pi) => s + results[pi * n].usage.promptTokens, 0)
-      total.total_tokens = total.prompt_tokens + total.completion_tokens
-      sse.send({ ...base, choices: [], usage: total })
-    }
+    if (usage.final) sse.send({ ...base, choices: [], usage: usageOf(results) })
     sse.end()
   } catch (e) {
     const clientGone = ctx.signal.aborted && !ctx.failed

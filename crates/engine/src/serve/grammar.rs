@@ -53,8 +53,7 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
-/// The vocabulary as llguidance sees it, built once per engine (a token trie: ~0.1 s for 150k
-/// tokens).
+/// The vocabulary as llguidance sees it (a token trie), built once per engine.
 pub struct GrammarCompiler {
     factory: ParserFactory,
 }

@@ -38,19 +38,35 @@ fn alternative(tok: &Tokenizer, token_id: u32, logprob: f32) -> Alternative {
 pub fn token_logprob(tok: &Tokenizer, logits: &[f32], chosen: u32, n: usize) -> TokenLogprob {
     let norm = log_sum_exp(logits);
     let lp = |id: u32| logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| l - norm);
-    let mut ids: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
-    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-    if n > 0 && n < ids.len() {
-        ids.select_nth_unstable_by(n - 1, by_logit);
+    // The n best in one pass, kept sorted (n <= 20): no vocabulary-sized list per token.
+    let mut ids: Vec<u32> = Vec::with_capacity(n + 1);
+    for (i, &l) in logits.iter().enumerate().filter(|(_, l)| l.is_finite()) {
+        if ids.len() == n && ids.last().is_none_or(|&w| logits[w as usize] >= l) {
+            continue;
+        }
+        let at = ids.partition_point(|&w| logits[w as usize] >= l);
+        ids.insert(at, i as u32);
+        ids.truncate(n);
     }
-    ids.truncate(n);
-    ids.sort_unstable_by(by_logit);
     TokenLogprob { chosen: alternative(tok, chosen, lp(chosen)), top: ids.into_iter().map(|i| alternative(tok, i, lp(i))).collect() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_alternatives_are_a_full_sort_s_first_n() {
+        let tok = crate::text::tokenizer::Tokenizer::from_file(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny/tokenizer.json")).unwrap();
+        // Ties, a masked row and a spread of values.
+        let logits: Vec<f32> = (0..500).map(|i| if i == 7 { f32::NEG_INFINITY } else { ((i * 37) % 101) as f32 / 10.0 }).collect();
+        let mut sorted: Vec<u32> = (0..500u32).filter(|&i| i != 7).collect();
+        sorted.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
+        for n in [0, 1, 5, 20] {
+            let got: Vec<u32> = token_logprob(&tok, &logits, 3, n).top.iter().map(|a| a.token_id).collect();
+            assert_eq!(got, sorted[..n], "n = {n}");
+        }
+    }
 
     #[test]
     fn log_sum_exp_matches_the_plain_formula_and_skips_masked_rows() {

@@ -97,11 +97,10 @@ pub struct Sequence {
     text: String,
     released: usize,
     pending_ids: Vec<u32>,
-    /// Alternatives per token when logprobs were asked for; the logprobs of every generated
-    /// token and of those not yet streamed.
+    /// Alternatives per token when logprobs were asked for, and the logprobs of every generated
+    /// token (the last `pending_ids.len()` not yet streamed).
     top_logprobs: Option<usize>,
     logprobs: Vec<TokenLogprob>,
-    pending_logprobs: usize,
     /// The structured-output constraint, if any.
     grammar: Option<Matcher>,
     sink: EventSink,
@@ -131,7 +130,6 @@ impl Sequence {
             pending_ids: Vec::new(),
             top_logprobs: opts.logprobs,
             logprobs: Vec::new(),
-            pending_logprobs: 0,
             grammar,
             sink,
             submitted: Instant::now(),
@@ -188,7 +186,6 @@ impl Sequence {
         }
         if let (Some(n), Some(raw)) = (self.top_logprobs, raw) {
             self.logprobs.push(token_logprob(tok, &raw, next, n));
-            self.pending_logprobs += 1;
         }
         // The grammar is complete once it takes no more tokens: the output ends here.
         let grammar_done = match &mut self.grammar {
@@ -226,8 +223,7 @@ impl Sequence {
 
     fn send_chunk(&mut self, text: String) {
         let token_ids = std::mem::take(&mut self.pending_ids);
-        let logprobs = self.top_logprobs.map(|_| self.logprobs[self.logprobs.len() - self.pending_logprobs..].to_vec());
-        self.pending_logprobs = 0;
+        let logprobs = self.top_logprobs.map(|_| self.logprobs[self.logprobs.len() - token_ids.len()..].to_vec());
         (self.sink)(Event::Chunk(StreamChunk { text, token_ids, logprobs }));
     }
 
