@@ -1,24 +1,23 @@
 #!/usr/bin/env node
-// Builds the Rust addon from source with cargo and puts it where index.js (the napi-rs loader)
-// looks for it. Runs on `npm install`; cargo's incremental build makes a repeat run take seconds.
+// Builds the Rust addon from source with cargo and puts it where index.js (the loader) looks for a
+// source build. `npm run build` runs it; on `npm install`, scripts/install.mjs runs it only when no
+// prebuilt binary fits. cargo's incremental build makes a repeat run take seconds.
 // The `dev` profile is optimised (see Cargo.toml), so `cargo test` reuses the same artifacts.
 import { execFileSync } from 'node:child_process'
 import { copyFileSync, existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const suffix = {
-  'linux-x64': 'linux-x64-gnu',
-  'linux-arm64': 'linux-arm64-gnu',
-  'darwin-x64': 'darwin-x64',
-  'darwin-arm64': 'darwin-arm64',
-  'win32-x64': 'win32-x64-msvc',
-}[`${process.platform}-${process.arch}`]
-if (!suffix) {
-  console.error(`nano-qwen3-serving: no build recipe for ${process.platform}-${process.arch}`)
+const { currentPlatform, describePlatform } = createRequire(import.meta.url)('../platform.cjs')
+const platform = currentPlatform()
+// A source build is named after the prebuilt target it stands in for, which is how the loader finds it.
+if (!platform) {
+  console.error(`nano-qwen3-serving: no build recipe for ${describePlatform()}`)
   process.exit(1)
 }
+const suffix = platform.suffix
 if (process.env.NANO_QWEN3_SKIP_NATIVE_BUILD) process.exit(0)
 
 try {

@@ -138,7 +138,9 @@ export interface ServingInfo {
 /** The package's embedded model: a tiny Qwen3 with random weights and the real tokenizer. */
 export function defaultModelDir(): string {
   const here = dirname(fileURLToPath(import.meta.url))
-  return join(here, '..', 'fixtures', 'qwen3-tiny')
+  // In a packaged Electron app this file lies in app.asar, which only Electron's patched fs reads;
+  // the engine reads the model from the unpacked copy (asarUnpack, see the README's Electron part).
+  return join(here, '..', 'fixtures', 'qwen3-tiny').replace(/\.asar([\\/])/, '.asar.unpacked$1')
 }
 
 let nextRequestId = 1

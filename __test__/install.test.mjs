@@ -1,0 +1,82 @@
+// The prebuilt install, as a user gets it: the main package and this platform's package packed with
+// `npm pack`, installed into a fresh folder with no cargo on PATH and no network (npm ci --offline),
+// then the CLI, an ESM and a CJS script run the embedded model. The platform package holds this
+// checkout's own build (the release binaries come from `npm run build:prebuilt`; the packaging is
+// the same).
+import test from 'ava'
+import { execFile } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { delimiter, join } from 'node:path'
+import { promisify } from 'node:util'
+import { root } from './helpers.mjs'
+
+const exec = promisify(execFile)
+const { currentPlatform } = createRequire(import.meta.url)('../platform.cjs')
+const platform = currentPlatform()
+const localBuild = platform && join(root, `nano-qwen3-serving.${platform.suffix}.node`)
+const pathWithoutCargo = process.env.PATH.split(delimiter)
+  .filter((dir) => !existsSync(join(dir, 'cargo')))
+  .join(delimiter)
+const script = (name, ...args) => exec(process.execPath, [join(root, 'scripts', name), ...args], { maxBuffer: 16 << 20 })
+
+const prompt = 'Hello, my dog is cute'
+const esm = `import { ModelRunner, defaultModelDir } from 'nano-qwen3-serving'
+const runner = await ModelRunner.load({ modelName: defaultModelDir() })
+const r = await runner.generate(${JSON.stringify(prompt)}, { maxTokens: 8, temperature: 0, ignoreEos: true })
+console.log(JSON.stringify(r.tokenIds))
+await runner.dispose()
+`
+const cjs = `const { ModelRunner, defaultModelDir } = require('nano-qwen3-serving')
+ModelRunner.load({ modelName: defaultModelDir() }).then(async (runner) => {
+  const r = await runner.generate(${JSON.stringify(prompt)}, { maxTokens: 8, temperature: 0, ignoreEos: true })
+  console.log(JSON.stringify(r.tokenIds))
+  await runner.dispose()
+})
+`
+
+const maybe = platform && existsSync(localBuild) ? test : test.skip
+maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS run the embedded model', async (t) => {
+  const work = mkdtempSync(join(tmpdir(), 'nq3-install-'))
+  const into = join(work, 'npm')
+  const out = join(work, 'tarballs')
+  await script('prebuilt.mjs', 'stage', platform.suffix, '--binary', localBuild, '--into', into)
+  await script('prebuilt.mjs', 'pack', platform.suffix, '--into', into, '--out', out)
+  const tarballs = readdirSync(out)
+  const mainTgz = join(out, tarballs.find((f) => /^nano-qwen3-serving-\d/.test(f)))
+  const platformTgz = join(out, tarballs.find((f) => f.startsWith(`nano-qwen3-serving-${platform.suffix}-`)))
+
+  const app = join(work, 'app')
+  const installed = await script('install-offline.mjs', app, mainTgz, platformTgz)
+  t.log(installed.stdout.trim())
+  const pkgDir = join(app, 'node_modules', 'nano-qwen3-serving')
+  // The binary came from the platform package: the install script built nothing.
+  t.true(existsSync(join(app, 'node_modules', `nano-qwen3-serving-${platform.suffix}`, `nano-qwen3-serving.${platform.suffix}.node`)))
+  t.deepEqual(readdirSync(pkgDir).filter((f) => f.endsWith('.node') || f === 'target'), [])
+
+  const env = { ...process.env, PATH: pathWithoutCargo }
+  const cli = await exec('npx', ['--offline', 'nano-qwen3-serving', 'generate', '--max-tokens', '8', 'Hello'], { cwd: app, env })
+  t.true(cli.stdout.trim().length > 0)
+  t.regex(cli.stderr, /\[length\] 8 tokens/)
+
+  writeFileSync(join(app, 'run.mjs'), esm)
+  writeFileSync(join(app, 'run.cjs'), cjs)
+  const fromEsm = JSON.parse((await exec(process.execPath, ['run.mjs'], { cwd: app, env })).stdout)
+  const fromCjs = JSON.parse((await exec(process.execPath, ['run.cjs'], { cwd: app, env })).stdout)
+  // The same greedy tokens as this checkout gives: same model, same engine.
+  const { ModelRunner, defaultModelDir } = await import('../dist/index.mjs')
+  const here = await ModelRunner.load({ modelName: defaultModelDir() })
+  const expected = (await here.generate(prompt, { maxTokens: 8, temperature: 0, ignoreEos: true })).tokenIds
+  await here.dispose()
+  t.is(expected.length, 8)
+  t.deepEqual(fromEsm, expected)
+  t.deepEqual(fromCjs, expected)
+
+  // Without the platform package the loader says which platform it is and what to do.
+  rmSync(join(app, 'node_modules', `nano-qwen3-serving-${platform.suffix}`), { recursive: true })
+  const missing = await t.throwsAsync(exec(process.execPath, ['run.cjs'], { cwd: app, env }))
+  t.regex(missing.stderr, new RegExp(`no native addon could be loaded for ${process.platform}-${process.arch}`))
+  t.regex(missing.stderr, new RegExp(`--include=optional.*nano-qwen3-serving-${platform.suffix}`))
+  rmSync(work, { recursive: true, force: true })
+})

@@ -1,0 +1,34 @@
+// Which prebuilt target this process can load: shared by the loader (index.js), the install script
+// and the source build, so the platform names live in one list (platforms.json).
+'use strict'
+
+const { readFileSync } = require('node:fs')
+const { platforms } = require('./platforms.json')
+
+/** 'glibc' or 'musl' on Linux, undefined elsewhere. */
+function libc() {
+  if (process.platform !== 'linux') return undefined
+  const report = typeof process.report?.getReport === 'function' ? process.report.getReport() : null
+  if (report?.header?.glibcVersionRuntime) return 'glibc'
+  if (Array.isArray(report?.sharedObjects) && report.sharedObjects.some((f) => /ld-musl-|libc\.musl-/.test(f)))
+    return 'musl'
+  try {
+    return readFileSync('/usr/bin/ldd', 'utf8').includes('musl') ? 'musl' : 'glibc'
+  } catch {
+    return 'glibc'
+  }
+}
+
+/** The entry of platforms.json this process matches, or undefined when there is none. */
+function currentPlatform() {
+  const c = libc()
+  return platforms.find((p) => p.os === process.platform && p.cpu === process.arch && p.libc === c)
+}
+
+/** e.g. "linux-x64 (glibc)", for messages. */
+function describePlatform() {
+  const c = libc()
+  return `${process.platform}-${process.arch}${c ? ` (${c})` : ''}`
+}
+
+module.exports = { platforms, currentPlatform, describePlatform }

@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+// npm's install hook. Nothing to do when the prebuilt platform package for this machine is installed
+// (the usual case: npm picked it from optionalDependencies by os / cpu / libc). Otherwise, or when
+// NANO_QWEN3_BUILD_FROM_SOURCE=1, build the addon from source, which needs Rust (cargo).
+// Nothing here is required for a prebuilt install: with install scripts disabled (npm's
+// --ignore-scripts, or npm 11 awaiting approval) the loader still finds the platform package.
+import { execFileSync } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const require = createRequire(join(root, 'package.json'))
+const { currentPlatform, describePlatform, platforms } = require('./platform.cjs')
+const forced = !['', '0', 'false'].includes(process.env.NANO_QWEN3_BUILD_FROM_SOURCE ?? '')
+const platform = currentPlatform()
+
+function prebuiltInstalled() {
+  if (!platform) return false
+  try {
+    require.resolve(`nano-qwen3-serving-${platform.suffix}/package.json`)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function cargoPresent() {
+  try {
+    execFileSync('cargo', ['--version'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
+if (!forced && prebuiltInstalled()) process.exit(0)
+if (!cargoPresent()) {
+  const why = forced
+    ? 'NANO_QWEN3_BUILD_FROM_SOURCE is set'
+    : platform
+      ? `the prebuilt package nano-qwen3-serving-${platform.suffix} is not installed (were optional dependencies left out?)`
+      : `no prebuilt binary exists for ${describePlatform()} (prebuilt: ${platforms.map((p) => p.suffix).join(', ')})`
+  console.error(
+    `nano-qwen3-serving: ${why}, and building from source needs Rust (cargo), which was not found.\n` +
+      'Install Rust from https://rustup.rs and run `npm rebuild nano-qwen3-serving`' +
+      (platform && !forced ? ', or reinstall with `npm install --include=optional`.' : '.'),
+  )
+  process.exit(1)
+}
+execFileSync(process.execPath, [join(root, 'scripts', 'build-native.mjs')], { stdio: 'inherit' })
