@@ -17,7 +17,7 @@ const { currentPlatform } = createRequire(import.meta.url)('../platform.cjs')
 const platform = currentPlatform()
 const localBuild = platform && join(root, `nano-qwen3-serving.${platform.suffix}.node`)
 const pathWithoutCargo = process.env.PATH.split(delimiter)
-  .filter((dir) => !existsSync(join(dir, 'cargo')))
+  .filter((dir) => !existsSync(join(dir, 'cargo')) && !existsSync(join(dir, 'cargo.exe')))
   .join(delimiter)
 const script = (name, ...args) => exec(process.execPath, [join(root, 'scripts', name), ...args], { maxBuffer: 16 << 20 })
 
@@ -56,7 +56,11 @@ maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS r
   t.deepEqual(readdirSync(pkgDir).filter((f) => f.endsWith('.node') || f === 'target'), [])
 
   const env = { ...process.env, PATH: pathWithoutCargo }
-  const cli = await exec('npx', ['--offline', 'nano-qwen3-serving', 'generate', '--max-tokens', '8', 'Hello'], { cwd: app, env })
+  const cli = await exec('npx', ['--offline', 'nano-qwen3-serving', 'generate', '--max-tokens', '8', 'Hello'], {
+    cwd: app,
+    env,
+    shell: process.platform === 'win32', // npx is npx.cmd there
+  })
   t.true(cli.stdout.trim().length > 0)
   t.regex(cli.stderr, /\[length\] 8 tokens/)
 

@@ -79,12 +79,13 @@ writeFileSync(join(app, 'package-lock.json'), `${JSON.stringify(lock, null, 2)}\
 
 // No cargo: a source build would fail, so a finished install proves the prebuilt binary was used.
 const path = process.env.PATH.split(delimiter)
-  .filter((dir) => !existsSync(join(dir, 'cargo')))
+  .filter((dir) => !existsSync(join(dir, 'cargo')) && !existsSync(join(dir, 'cargo.exe')))
   .join(delimiter)
 const started = process.hrtime.bigint()
 execFileSync('npm', ['ci', '--offline', '--no-audit', '--no-fund', '--foreground-scripts'], {
   cwd: app,
   env: { ...process.env, PATH: path, CARGO: '', RUSTUP_HOME: '/nonexistent' },
   stdio: ['ignore', 'inherit', 'inherit'],
+  shell: process.platform === 'win32', // npm is npm.cmd there
 })
 console.log(`installed in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)

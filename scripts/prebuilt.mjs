@@ -97,7 +97,8 @@ const tool = (name) => {
   if (!existsSync(path)) fail(`${path} is missing: rustup component add llvm-tools`)
   return path
 }
-const run = (file, args) => execFileSync(file, args, { encoding: 'utf8', maxBuffer: 64 << 20 })
+const run = (file, args) =>
+  execFileSync(file, args, { encoding: 'utf8', maxBuffer: 64 << 20, shell: process.platform === 'win32' && file === 'npm' })
 
 // What each target's machines are sure to have. Anything else a binary needs is a defect.
 const allowedLibraries = {
