@@ -19,10 +19,16 @@ function libc() {
   }
 }
 
-/** The entry of platforms.json this process matches, or undefined when there is none. */
-function currentPlatform() {
-  const c = libc()
-  return platforms.find((p) => p.os === process.platform && p.cpu === process.arch && p.libc === c)
+/**
+ * The entry of platforms.json this process matches, or undefined when there is none. `target`
+ * overrides what to match (the install script passes npm's --os / --cpu / --libc, which install
+ * for another machine, e.g. an arm64 Docker image or Electron build made on an x64 host).
+ */
+function currentPlatform(target = {}) {
+  const os = target.os || process.platform
+  const cpu = target.cpu || process.arch
+  const c = target.libc || (os === process.platform ? libc() : os === 'linux' ? 'glibc' : undefined)
+  return platforms.find((p) => p.os === os && p.cpu === cpu && p.libc === c)
 }
 
 /** e.g. "linux-x64 (glibc)", for messages. */

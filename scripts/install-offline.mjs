@@ -82,7 +82,10 @@ const path = process.env.PATH.split(delimiter)
   .filter((dir) => !existsSync(join(dir, 'cargo')) && !existsSync(join(dir, 'cargo.exe')))
   .join(delimiter)
 const started = process.hrtime.bigint()
-execFileSync('npm', ['ci', '--offline', '--no-audit', '--no-fund', '--foreground-scripts'], {
+// --os / --cpu / --libc: the platform package's target, which may not be this machine's (the arm64
+// package is installed here and run under QEMU).
+const targetFlags = [`--os=${platform.os}`, `--cpu=${platform.cpu}`, ...(platform.libc ? [`--libc=${platform.libc}`] : [])]
+execFileSync('npm', ['ci', '--offline', '--no-audit', '--no-fund', '--foreground-scripts', ...targetFlags], {
   cwd: app,
   env: { ...process.env, PATH: path, CARGO: '', RUSTUP_HOME: '/nonexistent' },
   stdio: ['ignore', 'inherit', 'inherit'],

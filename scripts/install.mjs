@@ -13,7 +13,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(join(root, 'package.json'))
 const { currentPlatform, describePlatform, platforms } = require('./platform.cjs')
 const forced = !['', '0', 'false'].includes(process.env.NANO_QWEN3_BUILD_FROM_SOURCE ?? '')
-const platform = currentPlatform()
+// npm passes --os / --cpu / --libc (installs for another machine) to scripts as npm_config_*.
+const target = { os: process.env.npm_config_os, cpu: process.env.npm_config_cpu, libc: process.env.npm_config_libc }
+const platform = currentPlatform(target)
 
 function prebuiltInstalled() {
   if (!platform) return false
@@ -35,6 +37,13 @@ function cargoPresent() {
 }
 
 if (!forced && prebuiltInstalled()) process.exit(0)
+if (platform && platform !== currentPlatform()) {
+  console.error(
+    `nano-qwen3-serving: installing for ${platform.suffix} from a ${describePlatform()} machine, and ` +
+      `nano-qwen3-serving-${platform.suffix} is not installed; a source build here would make a binary for this machine, not that one.`,
+  )
+  process.exit(1)
+}
 if (!cargoPresent()) {
   const why = forced
     ? 'NANO_QWEN3_BUILD_FROM_SOURCE is set'
