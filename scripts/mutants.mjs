@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npm run mutants [-- SCOPE...]`: mutation testing of the files where rules live, with
-// cargo-mutants (installed on first use). Each mutant (an operator flipped, a return value
-// replaced, ...) is built and the scope's unit tests run; a mutant they do not catch is a rule no
-// test pins. Slow (a build per mutant), so not part of `npm test`.
+// cargo-mutants for Rust and StrykerJS for TypeScript (both installed on first use). Each mutant
+// (an operator flipped, a return value replaced, ...) is built and the scope's tests run; a mutant
+// they do not catch is a rule no test pins. Slow (a build or a test run per mutant), so not part of
+// `npm test`.
 // Writes target/mutants/<scope>/ (cargo-mutants' own output) and target/mutants/report.md: per
 // scope, caught / missed / timeout / unviable and the score (caught + timeout) / viable (a mutant
 // that hangs the tests counts as caught),
@@ -19,8 +20,15 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 
-/** Where the rules live (the issue's list), and the unit tests that pin them. */
+/** Where the rules live (the issue's list), and the tests that pin them. */
 const SCOPES = {
+  // TypeScript: Stryker instruments every mutant at once, tsup builds dist/ once, and each run
+  // switches one mutant on (the tests import dist/).
+  'ts-chat': { stryker: ['src/chat.ts'], tests: ['__test__/chat.test.mjs'] },
+  'ts-options': {
+    stryker: ['src/params.ts', 'src/acceleration.ts', 'src/validation.ts'],
+    tests: ['__test__/params.test.mjs', '__test__/errors.test.mjs'],
+  },
   sampler: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/sampler.rs'], tests: ['--lib'] },
   stop: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/request.rs'], tests: ['--lib'] },
   kv: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/kv_pool.rs'], tests: ['--lib'] },
@@ -33,18 +41,80 @@ const wanted = process.argv.slice(2)
 for (const s of wanted) if (!(s in SCOPES)) throw new Error(`unknown scope ${s}: one of ${Object.keys(SCOPES).join(', ')}`)
 const scopes = wanted.length ? wanted : Object.keys(SCOPES)
 
-const hasMutants = spawnSync('cargo', ['mutants', '--version'], { stdio: 'ignore' }).status === 0
-if (!hasMutants) {
-  console.error('installing cargo-mutants (once)...')
-  execFileSync('cargo', ['install', 'cargo-mutants', '--locked'], { stdio: 'inherit' })
+const STRYKER = '@stryker-mutator/core@9.5.1'
+if (scopes.some((s) => !SCOPES[s].stryker)) {
+  const hasMutants = spawnSync('cargo', ['mutants', '--version'], { stdio: 'ignore' }).status === 0
+  if (!hasMutants) {
+    console.error('installing cargo-mutants (once)...')
+    execFileSync('cargo', ['install', 'cargo-mutants', '--locked'], { stdio: 'inherit' })
+  }
+}
+
+/** Stryker in its own folder under target/ (with the TypeScript its tsconfig step imports), once. */
+function strykerBin() {
+  const prefix = join(root, 'target', 'stryker-tool')
+  const bin = join(prefix, 'node_modules', '@stryker-mutator', 'core', 'bin', 'stryker.js')
+  if (!existsSync(bin)) {
+    console.error(`installing ${STRYKER} (once)...`)
+    mkdirSync(prefix, { recursive: true })
+    execFileSync('npm', ['install', '--prefix', prefix, '--no-audit', '--no-fund', '--no-save', STRYKER, 'typescript@5.9.3'], { stdio: 'inherit' })
+  }
+  return bin
+}
+
+/** One Stryker scope; returns its row. Survivors are listed as file:line mutator (replacement). */
+function runStryker(name, { stryker: files, tests }, dir) {
+  mkdirSync(dir, { recursive: true })
+  const report = join(dir, 'mutation.json')
+  const config = {
+    testRunner: 'command',
+    commandRunner: { command: `npx ava ${tests.join(' ')}` },
+    mutate: files,
+    // dist/ is what the tests import: built once from the instrumented sources (types are not needed).
+    buildCommand: 'npx tsup --silent --no-dts',
+    coverageAnalysis: 'off',
+    concurrency: 1,
+    timeoutMS: 120000,
+    reporters: ['json', 'progress'],
+    jsonReporter: { fileName: report },
+    tempDirName: join('target', 'stryker-tmp'),
+    ignorePatterns: ['target', 'bench', 'deploy', 'examples', '.bench-models', 'fixtures/gguf'],
+    cleanTempDir: true,
+  }
+  const configFile = join(dir, 'stryker.config.json')
+  writeFileSync(configFile, JSON.stringify(config, null, 2))
+  console.error(`\n== ${name}: stryker run ${configFile}`)
+  spawnSync(process.execPath, [strykerBin(), 'run', configFile], { cwd: root, stdio: 'inherit' })
+  if (!existsSync(report)) return { name, error: 'no mutation.json (the dry run failed?)' }
+  const counts = { Killed: 0, Survived: 0, NoCoverage: 0, Timeout: 0, CompileError: 0, RuntimeError: 0, Ignored: 0 }
+  const list = []
+  for (const [file, { mutants }] of Object.entries(JSON.parse(readFileSync(report, 'utf8')).files)) {
+    for (const m of mutants) {
+      counts[m.status] = (counts[m.status] ?? 0) + 1
+      if (m.status === 'Survived' || m.status === 'NoCoverage')
+        list.push(`${file}:${m.location.start.line} ${m.mutatorName}: ${JSON.stringify(m.replacement ?? '')}`)
+    }
+  }
+  return {
+    name,
+    caught: counts.Killed,
+    missed: counts.Survived + counts.NoCoverage,
+    timeout: counts.Timeout,
+    unviable: counts.CompileError + counts.RuntimeError,
+    list,
+  }
 }
 
 const out = join(root, 'target', 'mutants')
 mkdirSync(out, { recursive: true })
 const rows = []
 for (const name of scopes) {
-  const { pkg, files, tests } = SCOPES[name]
   const dir = join(out, name)
+  if (SCOPES[name].stryker) {
+    rows.push(runStryker(name, SCOPES[name], dir))
+    continue
+  }
+  const { pkg, files, tests } = SCOPES[name]
   const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', '300']
   // In place there is one tree, so one build at a time.
   if (process.env.MUTANTS_IN_PLACE === '1') args.push('--in-place')
