@@ -77,8 +77,27 @@ maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS r
   t.deepEqual(fromEsm, expected)
   t.deepEqual(fromCjs, expected)
 
+  // The install hook: nothing to do with the prebuilt present; a forced source build, or a cross
+  // install whose package is missing, is refused with the reason (there is no cargo here).
+  const hook = (extra) =>
+    exec(process.execPath, [join(pkgDir, 'scripts', 'install.mjs')], { cwd: pkgDir, env: { ...env, ...extra } }).then(
+      () => ({ code: 0, stderr: '' }),
+      (e) => ({ code: e.code, stderr: e.stderr }),
+    )
+  t.deepEqual(await hook({}), { code: 0, stderr: '' })
+  const forced = await hook({ NANO_QWEN3_BUILD_FROM_SOURCE: '1' })
+  t.is(forced.code, 1)
+  t.regex(forced.stderr, /NANO_QWEN3_BUILD_FROM_SOURCE is set, and building from source needs Rust \(cargo\)/)
+  const otherCpu = process.arch === 'arm64' ? 'x64' : 'arm64'
+  const cross = await hook({ npm_config_cpu: otherCpu })
+  t.is(cross.code, 1)
+  t.regex(cross.stderr, new RegExp(`installing for ${process.platform}-${otherCpu} from a ${process.platform}-${process.arch}.*not that one`))
+
   // Without the platform package the loader says which platform it is and what to do.
   rmSync(join(app, 'node_modules', `nano-qwen3-serving-${platform.suffix}`), { recursive: true })
+  const missingHook = await hook({})
+  t.is(missingHook.code, 1)
+  t.regex(missingHook.stderr, new RegExp(`nano-qwen3-serving-${platform.suffix} is not installed \\(were optional dependencies left out\\?\\)`))
   const missing = await t.throwsAsync(exec(process.execPath, ['run.cjs'], { cwd: app, env }))
   t.regex(missing.stderr, new RegExp(`no native addon could be loaded for ${process.platform}-${process.arch}`))
   t.regex(missing.stderr, new RegExp(`--include=optional.*nano-qwen3-serving-${platform.suffix}`))
