@@ -32,7 +32,7 @@ const spec = (file) => `file:${relative(app, resolve(file))}`
 const platformEntry = (p, resolved) => ({
   version: main.version,
   resolved,
-  ...(resolved.startsWith('file:') ? {} : { optional: true }),
+  optional: true,
   os: [p.os],
   cpu: [p.cpu],
   ...(p.libc ? { libc: [p.libc] } : {}),
@@ -43,7 +43,9 @@ const runtimeTree = Object.fromEntries(
 )
 const name = main.name
 const optionalDependencies = Object.fromEntries(platforms.map((p) => [`${name}-${p.suffix}`, main.version]))
-const dependencies = { [name]: spec(mainArg), [`${name}-${suffix}`]: spec(platformArg) }
+// The app depends on the main package only, as a user's does; the platform package comes in as its
+// optional dependency, here resolved to the local tarball.
+const dependencies = { [name]: spec(mainArg) }
 const lock = {
   name: 'app',
   lockfileVersion: 3,

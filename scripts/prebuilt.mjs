@@ -166,8 +166,10 @@ function pack(selected, out) {
   }
   // The main package lists every platform package; npm installs the one matching os / cpu / libc.
   const original = readFileSync(join(root, 'package.json'), 'utf8')
+  const { prepare, ...scripts } = mainPackage.scripts // prepare builds dist/ in a checkout; a user has it built
   const withOptional = {
     ...mainPackage,
+    scripts,
     optionalDependencies: Object.fromEntries(platforms.map((p) => [`${mainPackage.name}-${p.suffix}`, mainPackage.version])),
   }
   try {
