@@ -58,6 +58,7 @@ function build(p) {
   // which cannot make a shared library).
   if (p.libc === 'musl') env[`CARGO_TARGET_${triple}_RUSTFLAGS`] = '-C target-feature=-crt-static'
   if (p.macosMin) env.MACOSX_DEPLOYMENT_TARGET = p.macosMin
+  if (p.os === 'win32') env.LIBNODE_PATH = windowsNodeStub()
   execFileSync('rustup', ['target', 'add', p.rustTarget], { stdio: 'inherit' })
   const args = ['zigbuild', '--locked', '--profile', 'prebuilt', '-p', 'nano-qwen3-node', '--target', p.zigTarget]
   console.error(`prebuilt: cargo ${args.join(' ')}`)
@@ -65,6 +66,23 @@ function build(p) {
   execFileSync('cargo', args, { cwd: root, env, stdio: 'inherit' })
   console.error(`prebuilt: ${p.suffix} built in ${((Date.now() - started) / 1000).toFixed(0)} s`)
   stage(p, join(root, 'target', p.rustTarget, 'prebuilt', libraryFile(p)))
+}
+
+/**
+ * napi's build script, on a MinGW target, insists on linking a libnode.dll (MSYS2's Node). Ours loads
+ * Node-API from the host process instead (`dyn-symbols`, see crates/node/build.rs), so it gets an
+ * import library that exports nothing: any Node-API symbol still linked statically fails the link,
+ * and the binary imports nothing from a libnode.dll, which the official Node and Electron lack.
+ */
+function windowsNodeStub() {
+  const dir = join(root, 'target', 'windows-libnode-stub')
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(join(dir, 'libnode.dll'), '') // napi-build checks only that it exists
+  writeFileSync(join(dir, 'node.def'), 'LIBRARY libnode.dll\nEXPORTS\n')
+  execFileSync('python3', ['-m', 'ziglang', 'dlltool', '-m', 'i386:x86-64', '-d', join(dir, 'node.def'), '-l', join(dir, 'libnode.dll.a')], {
+    stdio: 'inherit',
+  })
+  return dir
 }
 
 /** npm/<suffix>/: the binary and a package.json that lets npm install it only where it runs. */
