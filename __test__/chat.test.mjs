@@ -66,3 +66,93 @@ test('incremental tool calls: the name first, then arguments as written, reassem
     t.deepEqual(parts.filter((p) => p.index === 1), [{ index: 1, name: 'f', arguments: '{"x":1}' }])
   }
 })
+
+// Each rule of the split alone, with the exact expected pieces.
+const call = (name, args) => ({ type: 'function', function: { name, arguments: args } })
+
+test('whole output: tool-call bodies: string arguments are parsed, missing ones are {}, a nameless or broken call stays content', (t) => {
+  t.deepEqual(parseAssistantOutput('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>').toolCalls, [call('f', { a: 1 })])
+  t.deepEqual(parseAssistantOutput('<tool_call>{"name": "g"}</tool_call>').toolCalls, [call('g', {})])
+  for (const body of ['{"name": 3, "arguments": {}}', '{"name": "h", "arguments": "{oops"}', 'null']) {
+    const text = `<tool_call>${body}</tool_call>`
+    t.deepEqual(parseAssistantOutput(text), { content: text, reasoningContent: '', toolCalls: [] }, body)
+  }
+  const two = parseAssistantOutput('<tool_call>{"name": "a"}</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"x": [1]}}\n</tool_call>')
+  t.deepEqual(two, { content: '', reasoningContent: '', toolCalls: [call('a', {}), call('b', { x: [1] })] })
+})
+
+test('whole output: newlines around reasoning are stripped, content keeps its own; a closing tag alone ends reasoning', (t) => {
+  t.deepEqual(parseAssistantOutput('<think>\n\nA\nB\n\n</think>\n\nC\n'), { content: 'C\n', reasoningContent: 'A\nB', toolCalls: [] })
+  t.deepEqual(parseAssistantOutput('plan\n</think>\nanswer'), { content: 'answer', reasoningContent: 'plan', toolCalls: [] })
+  t.deepEqual(parseAssistantOutput('  <think>\n\nstill'), { content: '', reasoningContent: 'still', toolCalls: [] })
+  t.deepEqual(parseAssistantOutput(' not <think> first'), { content: ' not <think> first', reasoningContent: '', toolCalls: [] })
+})
+
+test('whole output: content is trimmed only around removed tool calls; toolCalls: false keeps the markup', (t) => {
+  t.is(parseAssistantOutput('  text  ').content, '  text  ')
+  t.is(parseAssistantOutput(' Sure. <tool_call>{"name": "f"}</tool_call> ').content, 'Sure.')
+  const markup = '<think>r</think>Sure. <tool_call>{"name": "f"}</tool_call>'
+  t.deepEqual(parseAssistantOutput(markup, { toolCalls: false }), {
+    content: 'Sure. <tool_call>{"name": "f"}</tool_call>',
+    reasoningContent: 'r',
+    toolCalls: [],
+  })
+})
+
+test('streamed: each delta holds back exactly what may still become a tag or trailing newlines', (t) => {
+  const s = new ChatStreamSplitter()
+  const d = (text) => {
+    const r = s.push(text)
+    return [r.reasoningContent, r.content]
+  }
+  t.deepEqual(d(' <thi'), ['', '']) // may still be <think>
+  t.deepEqual(d('nk>\n\n'), ['', '']) // leading newlines of the reasoning are dropped
+  t.deepEqual(d('abc\n'), ['abc', '']) // a newline that may precede </think> waits
+  t.deepEqual(d('\nde</th'), ['\n\nde', '']) // released once text follows; a partial tag waits
+  t.deepEqual(d('ink>\n\nHi <tool'), ['', 'Hi ']) // newlines after </think> dropped; a partial <tool_call> waits
+  t.deepEqual(d('box>'), ['', '<toolbox>'])
+  t.deepEqual(s.finish(), { content: '', reasoningContent: '', toolCalls: [] })
+})
+
+test('streamed: a start that cannot become <think> is content at once; finish releases what was held', (t) => {
+  const s = new ChatStreamSplitter()
+  t.deepEqual(s.push('<'), { content: '', reasoningContent: '', toolCalls: [] })
+  t.deepEqual(s.push('b>'), { content: '<b>', reasoningContent: '', toolCalls: [] })
+  t.deepEqual(s.push(' <tool_c'), { content: ' ', reasoningContent: '', toolCalls: [] })
+  t.deepEqual(s.finish(), { content: '<tool_c', reasoningContent: '', toolCalls: [] })
+  const r = new ChatStreamSplitter()
+  t.is(r.push('<think>cut off\n').reasoningContent, 'cut off')
+  t.deepEqual(r.finish(), { content: '', reasoningContent: '\n', toolCalls: [] })
+})
+
+test('streamed: toolCalls: false passes tool-call markup through as content', (t) => {
+  const s = new ChatStreamSplitter({ toolCalls: false })
+  const text = 'A <tool_call>{"name": "f"}</tool_call>'
+  let content = ''
+  for (const ch of text) {
+    const d = s.push(ch)
+    t.deepEqual(d.toolCalls, [])
+    content += d.content
+  }
+  t.is(content + s.finish().content, text)
+})
+
+test('incremental tool calls: escaped names, and the closing brace and whitespace never leak into the arguments', (t) => {
+  const s = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  const parts = []
+  for (const piece of ['<tool_call>{"name": "say \\"hi\\"", "arguments": ', '{"a": 1', '}  \n', '}\n</tool_call>'])
+    parts.push(...(s.push(piece).toolCallParts ?? []))
+  t.deepEqual(parts, [
+    { index: 0, name: 'say "hi"', arguments: '' },
+    { index: 0, arguments: '{"a": 1' },
+    { index: 0, arguments: '}' },
+  ])
+  t.deepEqual(s.finish(), { content: '', reasoningContent: '', toolCalls: [] })
+  // Cut off inside a streamed call: what was sent stays sent, nothing more comes.
+  const cut = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  t.deepEqual(cut.push('<tool_call>{"name": "f", "arguments": {"q": "x').toolCallParts, [
+    { index: 0, name: 'f', arguments: '' },
+    { index: 0, arguments: '{"q": "x' },
+  ])
+  t.deepEqual(cut.finish(), { content: '', reasoningContent: '', toolCalls: [] })
+})
