@@ -74,7 +74,7 @@ function runStryker(name, { stryker: files, tests }, dir) {
     buildCommand: 'npx tsup --silent --no-dts',
     coverageAnalysis: 'off',
     concurrency: 1,
-    timeoutMS: 120000,
+    timeoutMS: 15000, // on top of 1.5x the dry run's time: a mutant that loops forever costs little
     reporters: ['json', 'progress'],
     jsonReporter: { fileName: report },
     tempDirName: join('target', 'stryker-tmp'),
