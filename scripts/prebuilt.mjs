@@ -122,7 +122,7 @@ const run = (file, args) =>
 const allowedLibraries = {
   'linux-glibc': /^(libc\.so\.6|libm\.so\.6|libdl\.so\.2|libpthread\.so\.0|librt\.so\.1|libgcc_s\.so\.1|ld-linux-(x86-64|aarch64)\.so\.[12])$/,
   'linux-musl': /^(libc\.so|libc\.musl-(x86_64|aarch64)\.so\.1)$/,
-  darwin: /^(\/usr\/lib\/libSystem\.B\.dylib|\/usr\/lib\/libiconv\.2\.dylib|\/usr\/lib\/libresolv\.9\.dylib)$/,
+  darwin: /^\/usr\/lib\/(libSystem\.B|libiconv\.2|libcharset\.1|libresolv\.9|libc\+\+\.1)\.dylib$/,
   win32:
     /^(kernel32|ntdll|advapi32|bcrypt|bcryptprimitives|userenv|ws2_32|msvcrt|ucrtbase|api-ms-win-[a-z0-9-]+|synchronization|shell32|ole32|oleaut32|secur32|crypt32)\.dll$/i,
 }
@@ -130,7 +130,7 @@ const expected = {
   'linux-x64': /Format: elf64-x86-64/,
   'linux-arm64': /Format: elf64-(little)?aarch64/,
   'darwin-x64': /Format: Mach-O 64-bit x86-64/,
-  'darwin-arm64': /Format: Mach-O 64-bit arm64/,
+  'darwin-arm64': /Format: Mach-O (64-bit )?arm64/,
   'win32-x64': /Format: COFF-x86-64/,
   'win32-arm64': /Format: COFF-ARM64/,
 }
@@ -143,21 +143,30 @@ function check(p) {
   const headers = run(readobj, ['--file-headers', file])
   const want = expected[`${p.os}-${p.cpu}`]
   if (!want.test(headers)) throw new Error(`${p.suffix}: wrong format, expected ${want}:\n${headers.slice(0, 400)}`)
+  const sharedLibrary = { linux: /Type: SharedObject/, darwin: /FileType: DynamicLibrary/, win32: /IMAGE_FILE_DLL/ }[p.os]
+  if (!sharedLibrary.test(headers)) throw new Error(`${p.suffix}: not a shared library (${sharedLibrary} not in its headers)`)
   let exportsNapi
   let libraries
-  let glibc = ''
+  let minimum = ''
   if (p.os === 'linux') {
     exportsNapi = /\bnapi_register_module_v1\b/.test(run(tool('llvm-nm'), ['-D', '--defined-only', file]))
     libraries = [...run(readobj, ['--needed-libs', file]).matchAll(/^\s+(\S+\.so\S*)$/gm)].map((m) => m[1])
     const versions = [...run(readobj, ['--version-info', file]).matchAll(/GLIBC_(\d+)\.(\d+)/g)].map((m) => [+m[1], +m[2]])
     if (p.libc === 'glibc') {
       const [major, minor] = versions.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a), [0, 0])
-      glibc = `${major}.${minor}`
-      if (major > 2 || minor > 17) throw new Error(`${p.suffix}: needs glibc ${glibc}, more than the 2.17 floor`)
+      minimum = `glibc ${major}.${minor}`
+      if (major > 2 || minor > 17) throw new Error(`${p.suffix}: needs ${minimum}, more than the 2.17 floor`)
     } else if (versions.length) throw new Error(`${p.suffix}: a musl binary asks for glibc symbol versions`)
   } else if (p.os === 'darwin') {
     exportsNapi = /\b_napi_register_module_v1\b/.test(run(tool('llvm-nm'), ['--extern-only', '--defined-only', file]))
-    libraries = [...run(tool('llvm-objdump'), ['--macho', '--dylibs-used', file]).matchAll(/^\s+(\S+) \(compat/gm)].map((m) => m[1])
+    // --dylibs-used lists the binary's own install name too (LC_ID_DYLIB): not a dependency.
+    const own = run(tool('llvm-objdump'), ['--macho', '--dylib-id', file]).trim().split('\n').pop().trim()
+    libraries = [...run(tool('llvm-objdump'), ['--macho', '--dylibs-used', file]).matchAll(/^\s+(\S+) \(compat/gm)]
+      .map((m) => m[1])
+      .filter((l) => l !== own)
+    const minos = run(tool('llvm-objdump'), ['--macho', '--private-headers', file]).match(/\n\s*minos (\d+\.\d+)/)?.[1]
+    if (minos !== p.macosMin) throw new Error(`${p.suffix}: built for macOS ${minos}, not ${p.macosMin}`)
+    minimum = `macOS ${minos}`
   } else {
     exportsNapi = /\bnapi_register_module_v1\b/.test(run(readobj, ['--coff-exports', file]))
     libraries = [...run(readobj, ['--coff-imports', file]).matchAll(/Name: (\S+\.dll)/gi)].map((m) => m[1])
@@ -170,7 +179,7 @@ function check(p) {
     target: p.suffix,
     format: headers.match(/Format: (.*)/)[1],
     libraries: [...new Set(libraries)].join(' '),
-    glibc,
+    minimum,
     megabytes: (statSync(file).size / 1e6).toFixed(1),
   }
 }
