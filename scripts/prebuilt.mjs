@@ -79,7 +79,7 @@ function windowsNodeStub() {
   mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, 'libnode.dll'), '') // napi-build checks only that it exists
   writeFileSync(join(dir, 'node.def'), 'LIBRARY libnode.dll\nEXPORTS\n')
-  execFileSync('python3', ['-m', 'ziglang', 'dlltool', '-m', 'i386:x86-64', '-d', join(dir, 'node.def'), '-l', join(dir, 'libnode.dll.a')], {
+  execFileSync('python3', ['-m', 'ziglang', 'dlltool', '-m', 'i386:x86-64', '-d', join(dir, 'node.def'), '-l', join(dir, 'libnode.a')], {
     stdio: 'inherit',
   })
   return dir

