@@ -156,3 +156,39 @@ test('incremental tool calls: escaped names, and the closing brace and whitespac
   ])
   t.deepEqual(cut.finish(), { content: '', reasoningContent: '', toolCalls: [] })
 })
+
+test('whole and streamed in one piece: a closing tag at the very start, and newlines inside reasoning and content are kept', (t) => {
+  const cases = [
+    ['</think>answer', { content: 'answer', reasoningContent: '' }],
+    ['<think>A\nB\n\n</think>C\nD', { content: 'C\nD', reasoningContent: 'A\nB' }],
+    ['<think>still\ngoing', { content: '', reasoningContent: 'still\ngoing' }],
+  ]
+  for (const [text, expected] of cases) {
+    t.deepEqual(parseAssistantOutput(text), { ...expected, toolCalls: [] }, text)
+    const s = new ChatStreamSplitter()
+    const first = s.push(text)
+    const rest = s.finish()
+    if (!text.startsWith('</think>')) t.deepEqual({ content: first.content + rest.content, reasoningContent: first.reasoningContent + rest.reasoningContent }, expected, text)
+  }
+})
+
+test('streamed: reasoning is released to its last character; a closing tag that starts a push is held whole', (t) => {
+  const s = new ChatStreamSplitter()
+  t.is(s.push('<think>xyz').reasoningContent, 'xyz')
+  t.deepEqual(s.push('</thi'), { content: '', reasoningContent: '', toolCalls: [] })
+  t.deepEqual(s.push('nk>x'), { content: 'x', reasoningContent: '', toolCalls: [] })
+})
+
+test('incremental tool calls: any whitespace inside the head, and a body that is not a call head stays content', (t) => {
+  const s = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  const parts = s.push('<tool_call>\n{  "name"  :\t"f"  ,\n  "arguments"  :  {"a": 1}').toolCallParts
+  t.deepEqual(parts, [
+    { index: 0, name: 'f', arguments: '' },
+    { index: 0, arguments: '{"a": 1' },
+  ])
+  const junk = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  const text = '<tool_call>x {"name": "f", "arguments": {}}</tool_call>'
+  const d = junk.push(text)
+  t.deepEqual(d.toolCallParts ?? [], [])
+  t.is(d.content, text)
+})
