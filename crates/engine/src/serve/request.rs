@@ -248,4 +248,65 @@ mod tests {
         let e = GenerateRequest { max_tokens: Some(0.0), ..Default::default() }.resolve(&d).unwrap_err();
         assert!(e.to_string().contains("maxTokens"), "{e}");
     }
+
+    fn resolved(f: &dyn Fn(&mut GenerateRequest)) -> Result<GenerateOptions> {
+        let mut r = GenerateRequest::default();
+        f(&mut r);
+        r.resolve(&GenerationDefaults::default())
+    }
+
+    #[test]
+    fn logit_bias_is_parsed_and_bounded_exactly() {
+        let bias = resolved(&|r| {
+            r.logit_bias.insert("7".into(), 100.0);
+            r.logit_bias.insert("3".into(), -100.0);
+        });
+        assert_eq!(bias.unwrap().sampling.logit_bias, vec![(3, -100.0), (7, 100.0)]);
+        let e = resolved(&|r| {
+            r.logit_bias.insert("x".into(), 1.0);
+        }).unwrap_err().to_string();
+        assert!(e.contains("logitBias key") && e.contains("\"x\""), "{e}");
+        for v in [100.5, -100.5, f64::NAN] {
+            let e = resolved(&|r| {
+                r.logit_bias.insert("1".into(), v);
+            }).unwrap_err().to_string();
+            assert!(e.contains("logitBias[1]") && e.contains("-100 <= bias <= 100"), "{e}");
+        }
+    }
+
+    #[test]
+    fn whole_number_options_take_their_bounds_and_refuse_fractions() {
+        assert_eq!(resolved(&|r| r.max_tokens = Some(1.0)).unwrap().max_tokens, 1);
+        assert_eq!(resolved(&|_| ()).unwrap().max_tokens, DEFAULT_MAX_TOKENS);
+        for bad in [0.0, 1.5, f64::INFINITY, f64::NAN] {
+            assert!(resolved(&|r| r.max_tokens = Some(bad)).is_err(), "maxTokens {bad}");
+        }
+        assert_eq!(resolved(&|r| r.seed = Some(0.0)).unwrap().sampling.seed, Some(0));
+        assert!(resolved(&|r| r.seed = Some(-1.0)).is_err());
+        assert_eq!(resolved(&|r| r.top_k = Some(0.0)).unwrap().sampling.top_k, 0);
+        assert!(resolved(&|r| r.top_k = Some(2.5)).is_err());
+        assert_eq!(resolved(&|r| r.logprobs = Some(0.0)).unwrap().logprobs, Some(0));
+        assert_eq!(resolved(&|r| r.logprobs = Some(MAX_TOP_LOGPROBS as f64)).unwrap().logprobs, Some(MAX_TOP_LOGPROBS));
+        let e = resolved(&|r| r.logprobs = Some(MAX_TOP_LOGPROBS as f64 + 1.0)).unwrap_err().to_string();
+        assert!(e.contains("logprobs") && e.contains("0..=20"), "{e}");
+        assert!(resolved(&|r| r.stop = vec!["ok".into(), String::new()]).is_err());
+    }
+
+    #[test]
+    fn generation_config_values_apply_only_to_sampled_defaults() {
+        let d = GenerationDefaults { do_sample: false, temperature: Some(0.7), top_k: Some(20), top_p: Some(0.8), min_p: Some(0.1), repetition_penalty: Some(1.3), ..Default::default() };
+        let greedy = GenerateRequest::default().resolve(&d).unwrap().sampling;
+        assert_eq!((greedy.temperature, greedy.top_k, greedy.top_p, greedy.min_p, greedy.repetition_penalty), (0.0, 0, 1.0, 0.0, 1.0));
+        let sampled = GenerateRequest::default().resolve(&GenerationDefaults { do_sample: true, ..d.clone() }).unwrap().sampling;
+        assert_eq!((sampled.temperature, sampled.top_k, sampled.top_p, sampled.min_p, sampled.repetition_penalty), (0.7, 20, 0.8, 0.1, 1.3));
+        let mine = GenerateRequest { top_p: Some(0.5), ..Default::default() }.resolve(&d).unwrap().sampling;
+        assert_eq!(mine.top_p, 0.5);
+    }
+
+    #[test]
+    fn the_search_for_a_straddling_stop_steps_back_to_a_char_boundary() {
+        // from - longest lands inside the 4-byte emoji: the search must start before it, not after.
+        let m = StopMatcher::new(vec!["\u{1F600}a".into(), "b".into()]);
+        assert!(matches!(m.scan("\u{1F600}ab", 6), StopScan::Hit(0)));
+    }
 }

@@ -343,4 +343,77 @@ mod tests {
         assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { temperature: f64::NAN, ..Default::default() }.validate().is_err());
     }
+
+    #[test]
+    fn rng_is_xoshiro256_starstar_seeded_by_splitmix64() {
+        // Known answers from an independent implementation of both reference algorithms (Vigna);
+        // splitmix64(0)'s first output, 0xe220a8397b1dcdaf, is the published one.
+        let first = |seed| {
+            let mut r = Rng::new(seed);
+            [r.next_u64(), r.next_u64(), r.next_u64(), r.next_u64()]
+        };
+        assert_eq!(first(0), [0x99ec5f36cb75f2b4, 0xbf6e1f784956452a, 0x1a5f849d4933e6e0, 0x6aa594f1262d2d2c]);
+        assert_eq!(first(42), [0x15780b2e0c2ec716, 0x6104d9866d113a7e, 0xae17533239e499a1, 0xecb8ad4703b360a1]);
+        let mut r = Rng::new(0);
+        assert_eq!(r.next_f64(), (0x99ec5f36cb75f2b4u64 >> 11) as f64 / (1u64 << 53) as f64);
+    }
+
+    #[test]
+    fn argmax_ties_go_to_the_lowest_id() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[-1.0, -1.0]), 0);
+    }
+
+    #[test]
+    fn validation_boundaries_are_exact() {
+        let with = |f: &dyn Fn(&mut SamplingParams)| {
+            let mut p = SamplingParams::default();
+            f(&mut p);
+            p.validate().is_ok()
+        };
+        assert!(with(&|p| p.temperature = 0.0));
+        assert!(!with(&|p| p.temperature = -1e-9));
+        assert!(!with(&|p| p.top_p = 0.0));
+        assert!(with(&|p| p.top_p = 1.0));
+        assert!(!with(&|p| p.top_p = 1.0 + 1e-9));
+        assert!(with(&|p| p.min_p = 0.0));
+        assert!(with(&|p| p.min_p = 1.0));
+        assert!(!with(&|p| p.min_p = -1e-9));
+        assert!(!with(&|p| p.repetition_penalty = 0.0));
+        assert!(with(&|p| p.repetition_penalty = 1e-9));
+        for v in [-2.0, 2.0] {
+            assert!(with(&|p| p.presence_penalty = v));
+            assert!(with(&|p| p.frequency_penalty = v));
+        }
+        for v in [-2.0 - 1e-9, 2.0 + 1e-9, f64::NAN, f64::INFINITY] {
+            assert!(!with(&|p| p.presence_penalty = v));
+            assert!(!with(&|p| p.frequency_penalty = v));
+        }
+        assert!(!with(&|p| p.temperature = f64::INFINITY));
+    }
+
+    #[test]
+    fn draws_follow_the_kept_distribution_renormalised() {
+        // probabilities 0.5 / 0.3 / 0.2: every draw lands on a token in proportion to its share of
+        // what the cuts keep (a fixed seed, so the counts are the same on every run).
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let freq = |p: SamplingParams| {
+            let mut s = sampler(SamplingParams { temperature: 1.0, seed: Some(11), ..p });
+            let mut counts = [0usize; 3];
+            for _ in 0..4000 {
+                counts[s.sample(&mut logits.clone()) as usize] += 1;
+            }
+            counts.map(|c| c as f64 / 4000.0)
+        };
+        let all = freq(SamplingParams::default());
+        for (got, want) in all.iter().zip([0.5, 0.3, 0.2]) {
+            assert!((got - want).abs() < 0.03, "{all:?}");
+        }
+        // top_p 0.7 keeps 0.5 + 0.3: token 0 then has 0.5 / 0.8 of the draws.
+        let cut = freq(SamplingParams { top_p: 0.7, ..Default::default() });
+        assert!((cut[0] - 0.625).abs() < 0.03 && cut[2] == 0.0, "{cut:?}");
+        // top_k = vocabulary - 1: the smallest is never drawn.
+        let k = freq(SamplingParams { top_k: 2, ..Default::default() });
+        assert!((k[0] - 0.625).abs() < 0.03 && k[2] == 0.0, "{k:?}");
+    }
 }
