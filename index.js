@@ -2,7 +2,8 @@
 // ends in an error that says nothing about the platform). Order:
 //   1. NANO_QWEN3_NATIVE_PATH, when set (a binary built elsewhere);
 //   2. a source build in this folder (nano-qwen3-serving.<suffix>.node): it exists only when this
-//      package was built from source, on purpose or because no prebuilt binary fits;
+//      package was built from source, on purpose or because no prebuilt binary fits (on a platform
+//      with no prebuilt target, <suffix> is the bare platform, e.g. freebsd-x64);
 //   3. the prebuilt platform package nano-qwen3-serving-<suffix> (an optional dependency, so npm
 //      installs only the one whose os / cpu / libc match);
 // else an error that names the platform, what was tried and what to do.
@@ -11,7 +12,7 @@
 
 const { existsSync } = require('node:fs')
 const { join } = require('node:path')
-const { platforms, currentPlatform, describePlatform } = require('./platform.cjs')
+const { platforms, currentPlatform, describePlatform, packageName, binaryName, localSuffix } = require('./platform.cjs')
 const { version } = require('./package.json')
 
 function load() {
@@ -29,14 +30,14 @@ function load() {
     const binding = attempt(`NANO_QWEN3_NATIVE_PATH=${path}`, () => require(path))
     if (binding) return binding
   }
+  const local = join(__dirname, binaryName(localSuffix()))
+  if (existsSync(local)) {
+    const binding = attempt(local, () => require(local))
+    if (binding) return binding
+  } else tried.push(`${local}: no source build`)
   const platform = currentPlatform()
   if (platform) {
-    const local = join(__dirname, `nano-qwen3-serving.${platform.suffix}.node`)
-    if (existsSync(local)) {
-      const binding = attempt(local, () => require(local))
-      if (binding) return binding
-    } else tried.push(`${local}: no source build`)
-    const pkg = `nano-qwen3-serving-${platform.suffix}`
+    const pkg = packageName(platform)
     const binding = attempt(pkg, () => {
       const found = require(`${pkg}/package.json`).version
       if (found !== version) throw new Error(`version ${found} installed, ${version} needed (reinstall the package)`)
@@ -47,7 +48,7 @@ function load() {
   const supported = platforms.map((p) => p.suffix).join(', ')
   const advice = platform
     ? `Reinstall with optional dependencies enabled (npm install --include=optional; a lockfile made on another ` +
-      `platform can leave nano-qwen3-serving-${platform.suffix} out), or build from source with Rust ` +
+      `platform can leave ${packageName(platform)} out), or build from source with Rust ` +
       `(https://rustup.rs): NANO_QWEN3_BUILD_FROM_SOURCE=1 npm rebuild nano-qwen3-serving`
     : `No prebuilt binary exists for it (prebuilt: ${supported}). Build from source with Rust ` +
       `(https://rustup.rs): NANO_QWEN3_BUILD_FROM_SOURCE=1 npm rebuild nano-qwen3-serving`

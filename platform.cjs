@@ -31,10 +31,26 @@ function currentPlatform(target = {}) {
   return platforms.find((p) => p.os === os && p.cpu === cpu && p.libc === c)
 }
 
+/** The platform package's name: npm installs the one whose os / cpu / libc match. */
+const packageName = (p) => `nano-qwen3-serving-${p.suffix}`
+
+/** The addon's file name, in a platform package or as a source build in the main package. */
+const binaryName = (suffix) => `nano-qwen3-serving.${suffix}.node`
+
+/** What cargo calls the addon on each OS. */
+const cdylibName = (os) =>
+  ({ darwin: 'libnano_qwen3_node.dylib', win32: 'nano_qwen3_node.dll' })[os] ?? 'libnano_qwen3_node.so'
+
+/**
+ * The name a source build here goes by: the prebuilt target it stands in for, or, on a platform
+ * without one (FreeBSD, ...), the bare platform, so a source build works there too.
+ */
+const localSuffix = () => currentPlatform()?.suffix ?? `${process.platform}-${process.arch}`
+
 /** e.g. "linux-x64 (glibc)", for messages. */
 function describePlatform() {
   const c = libc()
   return `${process.platform}-${process.arch}${c ? ` (${c})` : ''}`
 }
 
-module.exports = { platforms, currentPlatform, describePlatform }
+module.exports = { platforms, currentPlatform, describePlatform, packageName, binaryName, cdylibName, localSuffix }

@@ -13,9 +13,9 @@ import { promisify } from 'node:util'
 import { root } from './helpers.mjs'
 
 const exec = promisify(execFile)
-const { currentPlatform } = createRequire(import.meta.url)('../platform.cjs')
+const { currentPlatform, packageName, binaryName } = createRequire(import.meta.url)('../platform.cjs')
 const platform = currentPlatform()
-const localBuild = platform && join(root, `nano-qwen3-serving.${platform.suffix}.node`)
+const localBuild = platform && join(root, binaryName(platform.suffix))
 const pathWithoutCargo = process.env.PATH.split(delimiter)
   .filter((dir) => !existsSync(join(dir, 'cargo')) && !existsSync(join(dir, 'cargo.exe')))
   .join(delimiter)
@@ -45,14 +45,14 @@ maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS r
   await script('prebuilt.mjs', 'pack', platform.suffix, '--into', into, '--out', out)
   const tarballs = readdirSync(out)
   const mainTgz = join(out, tarballs.find((f) => /^nano-qwen3-serving-\d/.test(f)))
-  const platformTgz = join(out, tarballs.find((f) => f.startsWith(`nano-qwen3-serving-${platform.suffix}-`)))
+  const platformTgz = join(out, tarballs.find((f) => f.startsWith(`${packageName(platform)}-`)))
 
   const app = join(work, 'app')
   const installed = await script('install-offline.mjs', app, mainTgz, platformTgz)
   t.log(installed.stdout.trim())
   const pkgDir = join(app, 'node_modules', 'nano-qwen3-serving')
   // The binary came from the platform package: the install script built nothing.
-  t.true(existsSync(join(app, 'node_modules', `nano-qwen3-serving-${platform.suffix}`, `nano-qwen3-serving.${platform.suffix}.node`)))
+  t.true(existsSync(join(app, 'node_modules', packageName(platform), binaryName(platform.suffix))))
   t.deepEqual(readdirSync(pkgDir).filter((f) => f.endsWith('.node') || f === 'target'), [])
 
   const env = { ...process.env, PATH: pathWithoutCargo }
@@ -94,12 +94,20 @@ maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS r
   t.regex(cross.stderr, new RegExp(`installing for ${process.platform}-${otherCpu} from a ${process.platform}-${process.arch}.*not that one`))
 
   // Without the platform package the loader says which platform it is and what to do.
-  rmSync(join(app, 'node_modules', `nano-qwen3-serving-${platform.suffix}`), { recursive: true })
+  rmSync(join(app, 'node_modules', packageName(platform)), { recursive: true })
   const missingHook = await hook({})
   t.is(missingHook.code, 1)
-  t.regex(missingHook.stderr, new RegExp(`nano-qwen3-serving-${platform.suffix} is not installed \\(were optional dependencies left out\\?\\)`))
+  t.regex(missingHook.stderr, new RegExp(`${packageName(platform)} is not installed \\(were optional dependencies left out\\?\\)`))
   const missing = await t.throwsAsync(exec(process.execPath, ['run.cjs'], { cwd: app, env }))
   t.regex(missing.stderr, new RegExp(`no native addon could be loaded for ${process.platform}-${process.arch}`))
-  t.regex(missing.stderr, new RegExp(`--include=optional.*nano-qwen3-serving-${platform.suffix}`))
+  t.regex(missing.stderr, new RegExp(`--include=optional.*${packageName(platform)}`))
   rmSync(work, { recursive: true, force: true })
+})
+
+test('on a platform with no prebuilt target, a source build goes by the bare platform name', async (t) => {
+  const probe =
+    "Object.defineProperty(process, 'arch', { value: 'riscv64' }); const p = require('./platform.cjs');" +
+    'console.log(JSON.stringify([p.currentPlatform() ?? null, p.binaryName(p.localSuffix())]))'
+  const { stdout } = await exec(process.execPath, ['-e', probe], { cwd: root })
+  t.deepEqual(JSON.parse(stdout), [null, `nano-qwen3-serving.${process.platform}-riscv64.node`])
 })

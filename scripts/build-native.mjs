@@ -10,15 +10,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const { currentPlatform, describePlatform } = createRequire(import.meta.url)('../platform.cjs')
-const platform = currentPlatform()
-// A source build is named after the prebuilt target it stands in for, which is how the loader finds it.
-if (!platform) {
-  console.error(`nano-qwen3-serving: no build recipe for ${describePlatform()}`)
-  process.exit(1)
-}
-const suffix = platform.suffix
-if (process.env.NANO_QWEN3_SKIP_NATIVE_BUILD) process.exit(0)
+const { binaryName, cdylibName, localSuffix } = createRequire(import.meta.url)('../platform.cjs')
 
 try {
   execFileSync('cargo', ['--version'], { stdio: 'ignore' })
@@ -32,13 +24,11 @@ try {
 
 console.error('nano-qwen3-serving: building the native addon (first build takes several minutes)...')
 execFileSync('cargo', ['build', '-p', 'nano-qwen3-node'], { cwd: root, stdio: 'inherit' })
-const lib = { linux: 'libnano_qwen3_node.so', darwin: 'libnano_qwen3_node.dylib', win32: 'nano_qwen3_node.dll' }[
-  process.platform
-]
 const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, 'target')
-const built = join(targetDir, 'debug', lib)
+const built = join(targetDir, 'debug', cdylibName(process.platform))
 if (!existsSync(built)) {
   console.error(`nano-qwen3-serving: cargo finished but ${built} is missing`)
   process.exit(1)
 }
-copyFileSync(built, join(root, `nano-qwen3-serving.${suffix}.node`))
+// Named after the prebuilt target it stands in for (or the bare platform): how the loader finds it.
+copyFileSync(built, join(root, binaryName(localSuffix())))

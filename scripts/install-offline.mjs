@@ -11,7 +11,8 @@
 // other os / cpu, which npm skips without fetching, as it does in a real cross-platform lockfile.
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { delimiter, dirname, join, relative, resolve } from 'node:path'
+import { createRequire } from 'node:module'
+import { basename, delimiter, dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -23,10 +24,9 @@ if (!platformArg) {
 const app = resolve(appArg)
 mkdirSync(app, { recursive: true })
 const main = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
-const { platforms } = JSON.parse(readFileSync(join(root, 'platforms.json'), 'utf8'))
-const suffix = platformArg.match(/nano-qwen3-serving-([a-z0-9-]+)-\d+\.\d+\.\d+\.tgz$/)?.[1]
-const platform = platforms.find((p) => p.suffix === suffix)
-if (!platform) throw new Error(`${platformArg}: not a platform package tarball`)
+const { platforms, packageName } = createRequire(import.meta.url)('../platform.cjs')
+const platform = platforms.find((p) => basename(platformArg) === `${packageName(p)}-${main.version}.tgz`)
+if (!platform) throw new Error(`${platformArg}: not a platform package tarball of version ${main.version}`)
 
 const spec = (file) => `file:${relative(app, resolve(file))}`
 const platformEntry = (p, resolved) => ({
@@ -42,7 +42,7 @@ const runtimeTree = Object.fromEntries(
   Object.entries(repoLock).filter(([key, entry]) => key.startsWith('node_modules/') && !entry.dev && !entry.devOptional),
 )
 const name = main.name
-const optionalDependencies = Object.fromEntries(platforms.map((p) => [`${name}-${p.suffix}`, main.version]))
+const optionalDependencies = Object.fromEntries(platforms.map((p) => [packageName(p), main.version]))
 // The app depends on the main package only, as a user's does; the platform package comes in as its
 // optional dependency, here resolved to the local tarball.
 const dependencies = { [name]: spec(mainArg) }
@@ -64,12 +64,12 @@ const lock = {
     },
     ...Object.fromEntries(
       platforms.map((p) => [
-        `node_modules/${name}-${p.suffix}`,
+        `node_modules/${packageName(p)}`,
         platformEntry(
           p,
-          p.suffix === suffix
+          p === platform
             ? spec(platformArg)
-            : `https://registry.npmjs.org/${name}-${p.suffix}/-/${name}-${p.suffix}-${main.version}.tgz`,
+            : `https://registry.npmjs.org/${packageName(p)}/-/${packageName(p)}-${main.version}.tgz`,
         ),
       ]),
     ),

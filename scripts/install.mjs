@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(join(root, 'package.json'))
-const { currentPlatform, describePlatform, platforms } = require('./platform.cjs')
+const { currentPlatform, describePlatform, packageName, platforms } = require('./platform.cjs')
 const forced = !['', '0', 'false'].includes(process.env.NANO_QWEN3_BUILD_FROM_SOURCE ?? '')
 // npm passes --os / --cpu / --libc (an install for another machine) to scripts as npm_config_*.
 const target = { os: process.env.npm_config_os, cpu: process.env.npm_config_cpu, libc: process.env.npm_config_libc }
@@ -24,7 +24,7 @@ const targetName = crossInstall ? `${target.os || process.platform}-${target.cpu
 function prebuiltInstalled() {
   if (!platform) return false
   try {
-    require.resolve(`nano-qwen3-serving-${platform.suffix}/package.json`)
+    require.resolve(`${packageName(platform)}/package.json`)
     return true
   } catch {
     return false
@@ -46,7 +46,7 @@ function fail(message) {
 }
 
 const missing = platform
-  ? `the prebuilt package nano-qwen3-serving-${platform.suffix} is not installed (were optional dependencies left out?)`
+  ? `the prebuilt package ${packageName(platform)} is not installed (were optional dependencies left out?)`
   : `no prebuilt binary exists for ${targetName} (prebuilt: ${platforms.map((p) => p.suffix).join(', ')})`
 if (!forced && prebuiltInstalled()) process.exit(0)
 if (crossInstall && platform !== currentPlatform()) {

@@ -18,12 +18,13 @@
 // (pip install ziglang); for `check`: rustup's llvm-tools component. No `-C target-cpu`: the kernels
 // choose their instruction set at run time, so one binary per architecture is fast on every CPU.
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const { platforms } = JSON.parse(readFileSync(join(root, 'platforms.json'), 'utf8'))
+const { platforms, packageName, cdylibName, binaryName: binaryFor } = createRequire(import.meta.url)('../platform.cjs')
 const mainPackage = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
 
 const [command, ...rest] = process.argv.slice(2)
@@ -46,10 +47,8 @@ function fail(message) {
   process.exit(1)
 }
 
-const libraryFile = (p) =>
-  ({ linux: 'libnano_qwen3_node.so', darwin: 'libnano_qwen3_node.dylib', win32: 'nano_qwen3_node.dll' })[p.os]
 const packageDir = (p) => join(flags.into ? resolve(flags.into) : join(root, 'npm'), p.suffix)
-const binaryName = (p) => `nano-qwen3-serving.${p.suffix}.node`
+const binaryName = (p) => binaryFor(p.suffix)
 
 function build(p) {
   const env = { ...process.env }
@@ -65,7 +64,7 @@ function build(p) {
   const started = Date.now()
   execFileSync('cargo', args, { cwd: root, env, stdio: 'inherit' })
   console.error(`prebuilt: ${p.suffix} built in ${((Date.now() - started) / 1000).toFixed(0)} s`)
-  stage(p, join(root, 'target', p.rustTarget, 'prebuilt', libraryFile(p)))
+  stage(p, join(root, 'target', p.rustTarget, 'prebuilt', cdylibName(p.os)))
 }
 
 /**
@@ -93,7 +92,7 @@ function stage(p, binary) {
   mkdirSync(dir, { recursive: true })
   copyFileSync(binary, join(dir, binaryName(p)))
   const pkg = {
-    name: `${mainPackage.name}-${p.suffix}`,
+    name: packageName(p),
     version: mainPackage.version,
     description: `The ${p.suffix} native addon of ${mainPackage.name} (prebuilt; installed by it as an optional dependency)`,
     license: mainPackage.license,
@@ -108,10 +107,15 @@ function stage(p, binary) {
   console.error(`prebuilt: staged ${dir}`)
 }
 
+/** An LLVM tool from rustup's llvm-tools component (reads ELF, Mach-O and PE alike). */
+let llvmBin
 const tool = (name) => {
-  const sysroot = execFileSync('rustc', ['--print', 'sysroot'], { encoding: 'utf8' }).trim()
-  const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/host: (\S+)/)[1]
-  const path = join(sysroot, 'lib', 'rustlib', host, 'bin', name)
+  if (!llvmBin) {
+    const sysroot = execFileSync('rustc', ['--print', 'sysroot'], { encoding: 'utf8' }).trim()
+    const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/host: (\S+)/)[1]
+    llvmBin = join(sysroot, 'lib', 'rustlib', host, 'bin')
+  }
+  const path = join(llvmBin, name)
   if (!existsSync(path)) fail(`${path} is missing: rustup component add llvm-tools`)
   return path
 }
@@ -132,7 +136,6 @@ const expected = {
   'darwin-x64': /Format: Mach-O 64-bit x86-64/,
   'darwin-arm64': /Format: Mach-O (64-bit )?arm64/,
   'win32-x64': /Format: COFF-x86-64/,
-  'win32-arm64': /Format: COFF-ARM64/,
 }
 
 /** Every check on one binary; returns a row for the report, or throws naming what is wrong. */
@@ -155,7 +158,7 @@ function check(p) {
     if (p.libc === 'glibc') {
       const [major, minor] = versions.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a), [0, 0])
       minimum = `glibc ${major}.${minor}`
-      if (major > 2 || minor > 17) throw new Error(`${p.suffix}: needs ${minimum}, more than the 2.17 floor`)
+      if (major > 2 || (major === 2 && minor > 17)) throw new Error(`${p.suffix}: needs ${minimum}, more than the 2.17 floor`)
     } else if (versions.length) throw new Error(`${p.suffix}: a musl binary asks for glibc symbol versions`)
   } else if (p.os === 'darwin') {
     exportsNapi = /\b_napi_register_module_v1\b/.test(run(tool('llvm-nm'), ['--extern-only', '--defined-only', file]))
@@ -192,19 +195,26 @@ function pack(selected, out) {
     files.push(run('npm', ['pack', '--silent', '--pack-destination', out, packageDir(p)]).trim().split('\n').pop())
   }
   // The main package lists every platform package; npm installs the one matching os / cpu / libc.
-  const original = readFileSync(join(root, 'package.json'), 'utf8')
   const { prepare, ...scripts } = mainPackage.scripts // prepare builds dist/ in a checkout; a user has it built
   const withOptional = {
     ...mainPackage,
     scripts,
-    optionalDependencies: Object.fromEntries(platforms.map((p) => [`${mainPackage.name}-${p.suffix}`, mainPackage.version])),
+    optionalDependencies: Object.fromEntries(platforms.map((p) => [packageName(p), mainPackage.version])),
   }
+  // npm packs the package.json it finds, so it is swapped for the packing; each swap is a rename,
+  // so a process reading it meanwhile (the loader reads the version) never sees half a file.
+  const file = join(root, 'package.json')
+  const swap = (text) => {
+    writeFileSync(`${file}.tmp`, text)
+    renameSync(`${file}.tmp`, file)
+  }
+  const original = readFileSync(file, 'utf8')
   try {
-    writeFileSync(join(root, 'package.json'), `${JSON.stringify(withOptional, null, 2)}\n`)
+    swap(`${JSON.stringify(withOptional, null, 2)}\n`)
     // dist/ is built by `npm run build:ts` (the caller's job); the scripts would rebuild it.
     files.push(run('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', out, root]).trim().split('\n').pop())
   } finally {
-    writeFileSync(join(root, 'package.json'), original)
+    swap(original)
   }
   for (const f of files) console.log(`${join(out, f)}\t${(statSync(join(out, f)).size / 1e6).toFixed(1)} MB`)
 }
