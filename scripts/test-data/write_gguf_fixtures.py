@@ -7,8 +7,9 @@ Run from the repo root:
 Writes:
   fixtures/gguf/qwen3-tiny-pypi.gguf  fixtures/qwen3-tiny converted the way convert_hf_to_gguf.py
                                       does for Qwen3, with mixed BF16/F32 tensors on purpose.
-  fixtures/gguf/kquants.gguf          random blocks of Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, each with an
-                                      F32 `<type>.ref` tensor holding gguf-py's dequantization.
+  fixtures/gguf/kquants.gguf          random blocks of Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q4_1, Q5_0,
+                                      Q5_1, Q2_K, Q3_K, each with an F32 `<type>.ref` tensor holding
+                                      gguf-py's dequantization.
 Then reads both back with gguf.GGUFReader and checks them.
 """
 
@@ -140,6 +141,12 @@ KQ_SCALES = {
     T.Q4_K: [(0, False), (2, False)],
     T.Q5_K: [(0, False), (2, False)],
     T.Q6_K: [(208, True)],  # d sits at the END of the 210-byte block
+    # Added later, after the types above, so their random blocks stay as they were.
+    T.Q4_1: [(0, True), (2, True)],  # d, m
+    T.Q5_0: [(0, True)],
+    T.Q5_1: [(0, True), (2, True)],
+    T.Q2_K: [(80, False), (82, False)],  # d, dmin after scales[16] and qs[64]
+    T.Q3_K: [(108, True)],  # d after hmask[32], qs[64], scales[12]
 }
 KQ_ROWS, KQ_COLS = 3, 512
 

@@ -28,7 +28,7 @@ fn prompts() -> Vec<Vec<u32>> {
 #[test]
 fn every_block_format_dequantizes_like_gguf_py() {
     let g = GgufFile::open(&fixtures().join("gguf/kquants.gguf")).unwrap();
-    for name in ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k"] {
+    for name in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"] {
         let got = g.load_stored(name, &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
         let want = g.load_stored(&format!("{name}.ref"), &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -124,16 +124,20 @@ fn bad_files_are_named_errors() {
         b[at..at + 5].copy_from_slice(b"llama");
     });
     assert_eq!(e.code(), "UNSUPPORTED");
-    assert!(e.to_string().contains("\"llama\"") && e.to_string().contains("qwen3"), "{e}");
-    // A tensor type we don't load: blk.0.attn_q.weight's F32 (0) turned into Q4_1 (3).
+    assert!(e.to_string().contains("\"llama\"") && e.to_string().contains("\"qwen3\", \"qwen2\""), "{e}");
+    // A tensor type we don't load: blk.0.attn_q.weight's F32 (0) turned into IQ4_NL (20).
     let e = load_edited("type", |b| {
         let name = b"blk.0.attn_q.weight";
         let at = find(b, name) + name.len() + 4 + 2 * 8; // n_dims, two dims, then the type
         assert_eq!(&b[at..at + 4], &[0, 0, 0, 0]);
-        b[at] = 3;
+        b[at] = 20;
     });
     assert_eq!(e.code(), "UNSUPPORTED");
-    assert!(e.to_string().contains("Q4_1") && e.to_string().contains("Q6_K"), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("\"blk.0.attn_q.weight\" has type IQ4_NL"), "{e}");
+    for listed in ["F32", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+        assert!(e.contains(listed), "{listed} missing from: {e}");
+    }
 }
 
 /// Every config value the GGUF reader has a fallback for, set to something else than that fallback

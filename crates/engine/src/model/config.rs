@@ -1,11 +1,57 @@
-//! Hugging Face `config.json` / `generation_config.json` for Qwen3, in both the transformers-4
-//! (`rope_theta`) and transformers-5 (`rope_parameters`) styles.
+//! Hugging Face `config.json` / `generation_config.json` for Qwen3 and Qwen2 / Qwen2.5, in both the
+//! transformers-4 (`rope_theta`) and transformers-5 (`rope_parameters`) styles.
 use crate::error::{EngineError, Result};
 use serde_json::Value;
 use std::path::Path;
 
+/// The model families the engine runs. They share one forward pass and differ in two places:
+/// Qwen3 normalises each query and key head (RMSNorm) before RoPE, Qwen2 adds biases to the q, k
+/// and v projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Qwen3,
+    Qwen2,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 2] = [Architecture::Qwen3, Architecture::Qwen2];
+
+    /// The name in Hugging Face's `model_type` and in GGUF's `general.architecture` (they agree).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// `"qwen3", "qwen2"`, for error messages.
+    pub fn supported() -> String {
+        Self::ALL.map(|a| format!("\"{}\"", a.name())).join(", ")
+    }
+
+    /// The model class transformers names it by (config.json's `architectures`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+
+    /// Per-head RMSNorm of queries and keys before RoPE.
+    pub fn qk_norm(self) -> bool {
+        self == Architecture::Qwen3
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// Biases on the q, k and v projections (always for Qwen2; `attention_bias` for Qwen3).
+    pub attention_bias: bool,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -61,8 +107,10 @@ impl ModelConfig {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let bad = |reason: String| EngineError::InvalidConfig { path: path.into(), reason };
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("<missing>");
-        if model_type != "qwen3" {
-            return Err(bad(format!("model_type is \"{model_type}\"; supported: \"qwen3\"")));
+        let architecture = Architecture::from_name(model_type)
+            .ok_or_else(|| bad(format!("model_type is \"{model_type}\"; supported: {}", Architecture::supported())))?;
+        if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+            return Err(bad("use_sliding_window is true; sliding-window attention is not supported".into()));
         }
         let req = |key: &str| -> Result<usize> {
             match v.get(key).and_then(Value::as_u64) {
@@ -102,7 +150,19 @@ impl ModelConfig {
         if rope_type != "default" {
             return Err(bad(format!("rope_type \"{rope_type}\" is not supported; supported: \"default\"")));
         }
+        let rms_norm_eps = match v.get("rms_norm_eps") {
+            None => 1e-6,
+            Some(e) => match e.as_f64() {
+                Some(e) if e > 0.0 && e.is_finite() => e,
+                _ => return Err(bad(format!("\"rms_norm_eps\" is {e}; it must be a positive number"))),
+            },
+        };
         Ok(Self {
+            architecture,
+            attention_bias: match architecture {
+                Architecture::Qwen2 => true,
+                Architecture::Qwen3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            },
             vocab_size: req("vocab_size")?,
             hidden_size,
             intermediate_size: req("intermediate_size")?,
@@ -110,7 +170,7 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(32768)
                 as usize,
@@ -125,7 +185,9 @@ impl ModelConfig {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads * hd;
         let kv = self.num_key_value_heads * hd;
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * hd;
+        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
+        let qk_norm = if self.architecture.qk_norm() { 2 * hd } else { 0 };
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + bias + qk_norm;
         let embed = self.vocab_size * h;
         embed * if self.tie_word_embeddings { 1 } else { 2 } + self.num_hidden_layers * layer + h
     }
@@ -175,12 +237,40 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_has_biases_and_no_qk_norm() {
+        let p = Path::new("config.json");
+        let mut v = base();
+        v["model_type"] = json!("qwen2");
+        let c = ModelConfig::from_json(&v, p).unwrap();
+        assert_eq!((c.architecture, c.attention_bias, c.architecture.qk_norm()), (Architecture::Qwen2, true, false));
+        let q3 = ModelConfig::from_json(&base(), p).unwrap();
+        assert_eq!((q3.architecture, q3.attention_bias, q3.architecture.qk_norm()), (Architecture::Qwen3, false, true));
+        // Qwen2 counts q/k/v biases (8 + 2·4) and no q/k norms (2·4) per layer.
+        assert_eq!(c.num_parameters(), q3.num_parameters() + 16 - 8);
+        v["use_sliding_window"] = json!(true);
+        let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
+        assert!(e.contains("use_sliding_window"), "{e}");
+    }
+
+    #[test]
+    fn rms_norm_eps_must_be_positive() {
+        let p = Path::new("config.json");
+        for bad in [json!(0.0), json!(-1e-6), json!("1e-6")] {
+            let mut v = base();
+            v["rms_norm_eps"] = bad.clone();
+            let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
+            assert!(e.contains("rms_norm_eps") && e.contains(&bad.to_string()), "{e}");
+        }
+        assert_eq!(ModelConfig::from_json(&base(), p).unwrap().rms_norm_eps, 1e-6);
+    }
+
+    #[test]
     fn rejects_unknown_model_type_and_missing_fields() {
         let p = Path::new("config.json");
         let mut v = base();
         v["model_type"] = json!("llama");
         let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
-        assert!(e.contains("\"llama\"") && e.contains("qwen3"), "{e}");
+        assert!(e.contains("\"llama\"") && e.contains("\"qwen3\", \"qwen2\""), "{e}");
         let mut v = base();
         v.as_object_mut().unwrap().remove("hidden_size");
         let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();

@@ -133,6 +133,15 @@ fn norm_rope(x: &mut [f32], stride: usize, heads: usize, w: &[f32], eps: f32, co
     }
 }
 
+/// Add `bias` to every row of `x` (rows `stride` apart, the last one possibly cut to `bias.len()`).
+fn add_row_bias(x: &mut [f32], stride: usize, bias: &[f32]) {
+    for row in x.chunks_mut(stride) {
+        for (v, b) in row[..bias.len()].iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
 impl Qwen3Model {
     /// Run `batch` through the model, writing each sequence's new K/V into `kv`, and append the
     /// logits rows its `LogitsFor` asks for, in batch order, to `logits` (`[rows, vocab]`).
@@ -181,7 +190,6 @@ impl Qwen3Model {
         let final_norm = &self.norm.values;
         for (li, layer) in self.layers.iter().enumerate() {
             let (in_w, post_w) = (&layer.input_norm.values, &layer.post_attention_norm.values);
-            let (qn_w, kn_w) = (&layer.q_norm.values, &layer.k_norm.values);
             if li == 0 {
                 fused::rms_norm(&ws.x[..t * h], in_w, eps, &mut ws.xn[..t * h]);
             } else {
@@ -207,8 +215,25 @@ impl Qwen3Model {
             };
             // Exactly t rows of each (the slices end after the last row's heads).
             let qkv = &mut ws.qkv[..];
-            norm_rope(&mut qkv[q_at..q_at + (t - 1) * stride_q + nq], stride_q, nh, qn_w, eps, cos, sin, opts.fused);
-            norm_rope(&mut qkv[k_at..k_at + (t - 1) * stride_kv + nkvd], stride_kv, nkv, kn_w, eps, cos, sin, opts.fused);
+            let (q_rows, k_rows) = (q_at..q_at + (t - 1) * stride_q + nq, k_at..k_at + (t - 1) * stride_kv + nkvd);
+            if let Some(bias) = &layer.qkv_bias {
+                let v_rows = v_at..v_at + (t - 1) * stride_kv + nkvd;
+                let (bq, rest) = bias.values.split_at(nq);
+                let (bk, bv) = rest.split_at(nkvd);
+                add_row_bias(&mut qkv[q_rows.clone()], stride_q, bq);
+                add_row_bias(&mut qkv[k_rows.clone()], stride_kv, bk);
+                add_row_bias(&mut qkv[v_rows], stride_kv, bv);
+            }
+            match (&layer.q_norm, &layer.k_norm) {
+                (Some(qn), Some(kn)) => {
+                    norm_rope(&mut qkv[q_rows], stride_q, nh, &qn.values, eps, cos, sin, opts.fused);
+                    norm_rope(&mut qkv[k_rows], stride_kv, nkv, &kn.values, eps, cos, sin, opts.fused);
+                }
+                _ => {
+                    fused::rope(&mut qkv[q_rows], stride_q, nh, hd, cos, sin);
+                    fused::rope(&mut qkv[k_rows], stride_kv, nkv, hd, cos, sin);
+                }
+            }
             let mut offset = 0;
             for s in batch {
                 let n = s.tokens.len();

@@ -1,4 +1,4 @@
-//! The Qwen3 (dense) model: its weights as loaded (quantized, fused, repacked per the plan) and
+//! The Qwen3 / Qwen2 (dense) model: its weights as loaded (quantized, fused, repacked per the plan) and
 //! what they are made of. The forward pass is in [`forward`], the paged KV storage in [`kv_pool`].
 pub mod autotune;
 pub mod config;
@@ -50,13 +50,22 @@ pub(crate) struct RmsNorm {
     pub(crate) values: Vec<f32>,
 }
 
+/// The q, k and v projection biases (Qwen2): one tensor each for export, and the three
+/// concatenated (`[nq + 2·nkv]`) for the forward pass.
+pub(crate) struct QkvBias {
+    pub(crate) parts: [Tensor; 3],
+    pub(crate) values: Vec<f32>,
+}
+
 pub(crate) struct Layer {
     pub(crate) input_norm: RmsNorm,
     /// q, k, v projections.
     pub(crate) qkv: Proj,
+    pub(crate) qkv_bias: Option<QkvBias>,
     pub(crate) o_proj: Linear,
-    pub(crate) q_norm: RmsNorm,
-    pub(crate) k_norm: RmsNorm,
+    /// Per-head query / key RMSNorm (Qwen3; None for Qwen2).
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
     pub(crate) post_attention_norm: RmsNorm,
     /// gate, up projections.
     pub(crate) gate_up: Proj,
@@ -169,10 +178,24 @@ impl Qwen3Model {
             .enumerate()
             .map(|(i, (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj))| {
                 let p = format!("model.layers.{i}");
+                let qk_norm = cfg.architecture.qk_norm();
+                let head_norm = |n: &str| qk_norm.then(|| norm(format!("{p}.self_attn.{n}.weight"), hd)).transpose();
+                let qkv_bias = cfg
+                    .attention_bias
+                    .then(|| -> Result<QkvBias> {
+                        let part = |n: &str, size: usize| {
+                            src.load_stored(&format!("{p}.self_attn.{n}.bias"), &[size], dev)?.into_dense(Some(DType::F32))
+                        };
+                        let parts = [part("q_proj", nq)?, part("k_proj", nkv)?, part("v_proj", nkv)?];
+                        let values = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
+                        Ok(QkvBias { parts, values })
+                    })
+                    .transpose()?;
                 Ok(Layer {
                     input_norm: norm(format!("{p}.input_layernorm.weight"), h)?,
-                    q_norm: norm(format!("{p}.self_attn.q_norm.weight"), hd)?,
-                    k_norm: norm(format!("{p}.self_attn.k_norm.weight"), hd)?,
+                    q_norm: head_norm("q_norm")?,
+                    k_norm: head_norm("k_norm")?,
+                    qkv_bias,
                     post_attention_norm: norm(format!("{p}.post_attention_layernorm.weight"), h)?,
                     qkv: Proj::new(vec![q_proj, k_proj, v_proj], false),
                     o_proj,
@@ -243,7 +266,7 @@ impl Qwen3Model {
         &self.device
     }
 
-    /// Every tensor under llama.cpp's `qwen3` names, in a stable order (fused projections split).
+    /// Every tensor under llama.cpp's `qwen3` / `qwen2` names, in a stable order (fused projections split).
     pub fn export_tensors(&self) -> Result<Vec<(String, ExportData<'_>)>> {
         let dense = |t: &Tensor| ExportData::Dense(t.clone());
         let mut out = vec![("token_embd.weight".to_string(), self.embed_tokens.export()?)];
@@ -252,12 +275,17 @@ impl Qwen3Model {
             let mut qkv = l.qkv.export()?.into_iter();
             let mut gu = l.gate_up.export()?.into_iter();
             out.push((b("attn_norm"), dense(&l.input_norm.weight)));
-            out.push((b("attn_q"), qkv.next().unwrap()));
-            out.push((b("attn_k"), qkv.next().unwrap()));
-            out.push((b("attn_v"), qkv.next().unwrap()));
+            for (j, n) in ["attn_q", "attn_k", "attn_v"].into_iter().enumerate() {
+                out.push((b(n), qkv.next().unwrap()));
+                if let Some(bias) = &l.qkv_bias {
+                    out.push((format!("blk.{i}.{n}.bias"), dense(&bias.parts[j])));
+                }
+            }
             out.push((b("attn_output"), l.o_proj.export()?));
-            out.push((b("attn_q_norm"), dense(&l.q_norm.weight)));
-            out.push((b("attn_k_norm"), dense(&l.k_norm.weight)));
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                out.push((b("attn_q_norm"), dense(&qn.weight)));
+                out.push((b("attn_k_norm"), dense(&kn.weight)));
+            }
             out.push((b("ffn_norm"), dense(&l.post_attention_norm.weight)));
             out.push((b("ffn_gate"), gu.next().unwrap()));
             out.push((b("ffn_up"), gu.next().unwrap()));
@@ -303,8 +331,11 @@ impl Qwen3Model {
             for (name, lin) in mats {
                 add(name, lin.format(), lin.bytes());
             }
-            for n in [&l.input_norm, &l.post_attention_norm, &l.q_norm, &l.k_norm] {
+            for n in [Some(&l.input_norm), Some(&l.post_attention_norm), l.q_norm.as_ref(), l.k_norm.as_ref()].into_iter().flatten() {
                 add("norms", "f32".into(), n.weight.elem_count() * 4);
+            }
+            if let Some(b) = &l.qkv_bias {
+                add("qkv biases", "f32".into(), b.values.len() * 4);
             }
         }
         add("norms", "f32".into(), self.norm.weight.elem_count() * 4);

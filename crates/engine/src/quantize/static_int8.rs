@@ -201,6 +201,13 @@ fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats, al
             }
         }
         v.divide_rows(&s_kv);
+        if cfg.attention_bias {
+            // v = W_v x + b_v: scaling v's rows scales its bias too.
+            let bias = format!("{p}.self_attn.v_proj.bias");
+            let mut b = src.load_stored(&bias, &[nkv * hd], &Device::Cpu)?.into_f32_vec()?;
+            b.iter_mut().zip(&s_kv).for_each(|(b, s)| *b /= s);
+            out.insert(bias, Tensor::from_vec(b, nkv * hd, &Device::Cpu)?);
+        }
         let s_o: Vec<f32> = (0..nh * hd).map(|j| s_kv[(j / hd / group) * hd + j % hd]).collect();
         o.scale_cols(&s_o);
 
@@ -305,26 +312,27 @@ mod tests {
 
     /// SmoothQuant only moves scale between activations and weights: in f32 the smoothed model
     /// computes the same logits, while the activation ranges it feeds to int8 shrink. The fixture
-    /// gets outlier channels first (two norm weights x50), as real Qwen checkpoints have.
-    #[test]
-    fn smoothing_keeps_the_function_and_narrows_activation_ranges() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+    /// gets outlier channels first (weights x50 at `outliers`: name, length, index), as real Qwen
+    /// checkpoints have, and every site in `expect_smoothed` must be smoothed.
+    fn check_smoothing(fixture: &str, outliers: &[(&str, usize, usize)], expect_smoothed: &[&str]) {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
         let ckpt = Checkpoint::open(&dir).unwrap();
-        let mut outliers = HashMap::new();
-        for (name, channel) in [("model.layers.0.input_layernorm.weight", 3), ("model.layers.1.post_attention_layernorm.weight", 5)] {
-            let mut w = ckpt.load_stored(name, &[cfg.hidden_size], &Device::Cpu).unwrap().into_f32_vec().unwrap();
+        let mut boosted = HashMap::new();
+        for &(name, len, channel) in outliers {
+            let mut w = ckpt.load_stored(name, &[len], &Device::Cpu).unwrap().into_f32_vec().unwrap();
             w[channel] *= 50.0;
-            outliers.insert(name.to_string(), Tensor::from_vec(w, cfg.hidden_size, &Device::Cpu).unwrap());
+            boosted.insert(name.to_string(), Tensor::from_vec(w, len, &Device::Cpu).unwrap());
         }
-        let src = Overlay { base: &ckpt, replaced: outliers };
+        let src = Overlay { base: &ckpt, replaced: boosted };
         let seqs = CalibrationConfig::default().token_sequences(&tok).unwrap();
         let plain = Qwen3Model::load(&cfg, &src, WeightFormat::Dense(DType::F32), &Device::Cpu).unwrap();
         let stats = calibration::collect(&plain, &seqs, None, "calibrate").unwrap();
         let (replaced, smoothed_sites) = smooth(&cfg, &src, &stats, 0.5).unwrap();
-        assert!(smoothed_sites.contains(&"layers.0.q/k/v_proj input".to_string()), "{smoothed_sites:?}");
-        assert!(smoothed_sites.contains(&"layers.1.gate/up_proj input".to_string()), "{smoothed_sites:?}");
+        for site in expect_smoothed {
+            assert!(smoothed_sites.contains(&site.to_string()), "{site} not in {smoothed_sites:?}");
+        }
         let overlay = Overlay { base: &src, replaced };
         let smoothed = Qwen3Model::load(&cfg, &overlay, WeightFormat::Dense(DType::F32), &Device::Cpu).unwrap();
         let logits = |m: &Qwen3Model, t: &[u32]| {
@@ -343,7 +351,7 @@ mod tests {
             nz.iter().copied().fold(0f32, f32::max) / nz.iter().copied().fold(f32::INFINITY, f32::min)
         };
         for (i, (b, a)) in stats.layers.iter().zip(&after.layers).enumerate() {
-            for site in [Site::AttnIn, Site::MlpIn, Site::DownIn] {
+            for site in [Site::AttnIn, Site::OIn, Site::MlpIn, Site::DownIn] {
                 let (sb, sa) = (spread(&b[site as usize]), spread(&a[site as usize]));
                 assert!(sa <= sb * 1.001, "{}: channel spread grew from {sb} to {sa}", site.name());
                 if smoothed_sites.contains(&format!("layers.{i}.{}", site.name())) {
@@ -351,5 +359,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn smoothing_keeps_the_function_and_narrows_activation_ranges() {
+        check_smoothing(
+            "qwen3-tiny",
+            &[("model.layers.0.input_layernorm.weight", 32, 3), ("model.layers.1.post_attention_layernorm.weight", 32, 5)],
+            &["layers.0.q/k/v_proj input", "layers.1.gate/up_proj input"],
+        );
+    }
+
+    /// Qwen2's v_proj bias is scaled with v_proj's rows when the o_proj input is smoothed (an
+    /// outlier put in that bias makes the o_proj input need it).
+    #[test]
+    fn smoothing_keeps_a_qwen2_model_with_biases_the_same() {
+        check_smoothing(
+            "qwen2-tiny",
+            &[("model.layers.0.self_attn.v_proj.bias", 128, 65), ("model.layers.1.input_layernorm.weight", 256, 9)],
+            &["layers.0.o_proj input", "layers.1.q/k/v_proj input"],
+        );
     }
 }

@@ -161,7 +161,7 @@ impl Engine {
         let c = &self.model.config;
         ModelInfo {
             model_path: self.files.path().display().to_string(),
-            architecture: "Qwen3ForCausalLM",
+            architecture: c.architecture.hf_class(),
             num_parameters: c.num_parameters(),
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,

@@ -1,11 +1,12 @@
 //! GGUF files (v2/v3) as a model source: metadata, tensor table and data, all checked against the
 //! file size before anything is loaded. F32 / F16 / BF16 / Q8_0 / Q4_0 tensors load natively
-//! (Q8_0 and Q4_0 are our block layouts); Q4_K / Q5_K / Q6_K are dequantized at load.
+//! (Q8_0 and Q4_0 are our block layouts); the other common types (Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K)
+//! are dequantized at load ([`TYPES`] is the list).
 use crate::error::{EngineError, Result};
 use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
-use nano_qwen3_kernels::{kquants, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantMatrix};
+use nano_qwen3_kernels::{kquants, legacy_quants, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantMatrix};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -47,28 +48,51 @@ impl Meta {
     }
 }
 
-/// ggml tensor types this reader understands: (id, name, values per block, bytes per block).
-const TYPES: &[(u32, &str, usize, usize)] = &[
-    (0, "F32", 1, 4),
-    (1, "F16", 1, 2),
-    (2, "Q4_0", 32, 18),
-    (8, "Q8_0", 32, 34),
-    (12, "Q4_K", 256, kquants::Q4K_BYTES),
-    (13, "Q5_K", 256, kquants::Q5K_BYTES),
-    (14, "Q6_K", 256, kquants::Q6K_BYTES),
-    (30, "BF16", 1, 2),
+/// How a ggml type becomes weights: kept in one of our run formats, or dequantized to f32 at load.
+#[derive(Clone, Copy)]
+enum Handling {
+    Dense(DType),
+    Q8_0,
+    Q4_0,
+    Dequantize(fn(&[u8], &mut [f32])),
+}
+
+/// A ggml tensor type this reader loads: id, name, values and bytes per block, handling.
+struct GgmlType(u32, &'static str, usize, usize, Handling);
+
+/// The one list of loadable ggml types (ids from ggml.h).
+const TYPES: &[GgmlType] = &[
+    GgmlType(0, "F32", 1, 4, Handling::Dense(DType::F32)),
+    GgmlType(1, "F16", 1, 2, Handling::Dense(DType::F16)),
+    GgmlType(30, "BF16", 1, 2, Handling::Dense(DType::BF16)),
+    GgmlType(8, "Q8_0", 32, 34, Handling::Q8_0),
+    GgmlType(2, "Q4_0", 32, 18, Handling::Q4_0),
+    GgmlType(3, "Q4_1", 32, legacy_quants::Q4_1_BYTES, Handling::Dequantize(legacy_quants::dequantize_q4_1)),
+    GgmlType(6, "Q5_0", 32, legacy_quants::Q5_0_BYTES, Handling::Dequantize(legacy_quants::dequantize_q5_0)),
+    GgmlType(7, "Q5_1", 32, legacy_quants::Q5_1_BYTES, Handling::Dequantize(legacy_quants::dequantize_q5_1)),
+    GgmlType(10, "Q2_K", 256, kquants::Q2K_BYTES, Handling::Dequantize(kquants::dequantize_q2_k)),
+    GgmlType(11, "Q3_K", 256, kquants::Q3K_BYTES, Handling::Dequantize(kquants::dequantize_q3_k)),
+    GgmlType(12, "Q4_K", 256, kquants::Q4K_BYTES, Handling::Dequantize(kquants::dequantize_q4_k)),
+    GgmlType(13, "Q5_K", 256, kquants::Q5K_BYTES, Handling::Dequantize(kquants::dequantize_q5_k)),
+    GgmlType(14, "Q6_K", 256, kquants::Q6K_BYTES, Handling::Dequantize(kquants::dequantize_q6_k)),
 ];
-pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0 (native), Q4_K, Q5_K, Q6_K (dequantized at load)";
+
+fn type_info(id: u32) -> Option<&'static GgmlType> {
+    TYPES.iter().find(|t| t.0 == id)
+}
+
+/// "F32, F16, BF16, Q8_0, Q4_0 (run natively); Q4_1, ... (dequantized at load)", from [`TYPES`].
+pub fn supported_types() -> String {
+    let names = |deq: bool| {
+        TYPES.iter().filter(|t| matches!(t.4, Handling::Dequantize(_)) == deq).map(|t| t.1).collect::<Vec<_>>().join(", ")
+    };
+    format!("{} (run natively); {} (dequantized at load)", names(false), names(true))
+}
 
 /// Names of the ggml types we do not load, for error messages.
 fn ggml_type_name(id: u32) -> String {
     const OTHER: &[(u32, &str)] = &[
-        (3, "Q4_1"),
-        (6, "Q5_0"),
-        (7, "Q5_1"),
         (9, "Q8_1"),
-        (10, "Q2_K"),
-        (11, "Q3_K"),
         (15, "Q8_K"),
         (16, "IQ2_XXS"),
         (17, "IQ2_XS"),
@@ -225,23 +249,27 @@ impl GgufFile {
         let mut tensors = HashMap::with_capacity(infos.len());
         for (name, dims, ggml_type, offset) in infos {
             // Unknown types get no size; they are reported when (and if) the model needs them.
-            let bytes = TYPES.iter().find(|t| t.0 == ggml_type).map(|&(_, tname, per_block, block_bytes)| {
-                let n: usize = dims.iter().product();
+            let overflow = || EngineError::bad_file(path, format!("corrupt GGUF header: tensor \"{name}\" has dims {dims:?}"));
+            let bytes = type_info(ggml_type).map(|&GgmlType(_, tname, per_block, block_bytes, _)| {
+                let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(overflow)?;
                 if n % per_block != 0 {
                     Err(EngineError::bad_file(path, format!("tensor \"{name}\": {n} values do not fill whole {tname} blocks")))
                 } else {
-                    Ok(n / per_block * block_bytes)
+                    (n / per_block).checked_mul(block_bytes).ok_or_else(overflow)
                 }
             });
             let bytes = bytes.transpose()?.unwrap_or(0);
-            let start = data_start + offset;
-            let end = start + bytes;
-            if end > map.len() {
-                return Err(EngineError::bad_file(
-                    path,
-                    format!("truncated GGUF file: tensor \"{name}\" needs bytes up to {end}, the file holds {}", map.len()),
-                ));
-            }
+            let end = data_start.checked_add(offset).and_then(|start| start.checked_add(bytes));
+            let (start, end) = match end {
+                Some(end) if end <= map.len() => (end - bytes, end),
+                _ => {
+                    let end = end.map_or("beyond 2^64".to_string(), |e| e.to_string());
+                    return Err(EngineError::bad_file(
+                        path,
+                        format!("truncated GGUF file: tensor \"{name}\" needs bytes up to {end}, the file holds {}", map.len()),
+                    ));
+                }
+            };
             tensors.insert(name, TensorInfo { dims, ggml_type, start, end });
         }
         Ok(Self { path: path.into(), metadata, tensors, map })
@@ -264,21 +292,22 @@ impl GgufFile {
 pub fn gguf_name(hf: &str) -> String {
     if let Some(rest) = hf.strip_prefix("model.layers.") {
         let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
-        let part = match rest {
-            "input_layernorm.weight" => "attn_norm",
-            "self_attn.q_proj.weight" => "attn_q",
-            "self_attn.k_proj.weight" => "attn_k",
-            "self_attn.v_proj.weight" => "attn_v",
-            "self_attn.o_proj.weight" => "attn_output",
-            "self_attn.q_norm.weight" => "attn_q_norm",
-            "self_attn.k_norm.weight" => "attn_k_norm",
-            "post_attention_layernorm.weight" => "ffn_norm",
-            "mlp.gate_proj.weight" => "ffn_gate",
-            "mlp.up_proj.weight" => "ffn_up",
-            "mlp.down_proj.weight" => "ffn_down",
-            other => return format!("blk.{layer}.{other}"),
+        let (module, kind) = rest.rsplit_once('.').unwrap_or((rest, ""));
+        let part = match module {
+            "input_layernorm" => "attn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "self_attn.q_norm" => "attn_q_norm",
+            "self_attn.k_norm" => "attn_k_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => return format!("blk.{layer}.{rest}"),
         };
-        return format!("blk.{layer}.{part}.weight");
+        return format!("blk.{layer}.{part}.{kind}");
     }
     match hf {
         "model.embed_tokens.weight" => "token_embd.weight".into(),
@@ -318,36 +347,27 @@ impl TensorSource for GgufFile {
         let numel: usize = shape.iter().product();
         let dense = |v: Vec<f32>| -> Result<StoredTensor> { Ok(StoredTensor::Dense(Tensor::from_vec(v, shape, dev)?)) };
         let (n, k) = (shape[0], numel / shape[0].max(1));
-        match t.ggml_type {
-            0 => Ok(StoredTensor::Dense(Tensor::from_raw_buffer(bytes, DType::F32, shape, dev)?)),
-            1 => Ok(StoredTensor::Dense(Tensor::from_raw_buffer(bytes, DType::F16, shape, dev)?)),
-            30 => Ok(StoredTensor::Dense(Tensor::from_raw_buffer(bytes, DType::BF16, shape, dev)?)),
-            8 if shape.len() == 2 => Ok(StoredTensor::Q8(Q8Matrix::from_blocks(n, k, blocks::<BlockQ8>(bytes)))),
-            2 if shape.len() == 2 => Ok(StoredTensor::Q4(Q4Matrix { n, k, blocks: blocks::<BlockQ4>(bytes) })),
-            8 | 2 => {
-                let v;
-                if t.ggml_type == 8 {
-                    v = Q8Matrix::from_blocks(1, numel, blocks::<BlockQ8>(bytes)).dequantize();
-                } else {
-                    v = Q4Matrix { n: 1, k: numel, blocks: blocks::<BlockQ4>(bytes) }.dequantize();
-                }
-                dense(v)
-            }
-            12..=14 => {
-                let mut v = vec![0f32; numel];
-                match t.ggml_type {
-                    12 => kquants::dequantize_q4_k(bytes, &mut v),
-                    13 => kquants::dequantize_q5_k(bytes, &mut v),
-                    _ => kquants::dequantize_q6_k(bytes, &mut v),
-                }
-                dense(v)
-            }
-            other => Err(EngineError::Unsupported(format!(
-                "{}: tensor \"{name}\" has type {}; supported: {SUPPORTED_TYPES}",
+        let unsupported = || {
+            EngineError::Unsupported(format!(
+                "{}: tensor \"{name}\" has type {}; supported: {}",
                 self.path.display(),
-                ggml_type_name(other)
-            ))),
-        }
+                ggml_type_name(t.ggml_type),
+                supported_types()
+            ))
+        };
+        let handling = type_info(t.ggml_type).ok_or_else(unsupported)?.4;
+        Ok(match handling {
+            Handling::Dense(dtype) => StoredTensor::Dense(Tensor::from_raw_buffer(bytes, dtype, shape, dev)?),
+            Handling::Q8_0 if shape.len() == 2 => StoredTensor::Q8(Q8Matrix::from_blocks(n, k, blocks::<BlockQ8>(bytes))),
+            Handling::Q4_0 if shape.len() == 2 => StoredTensor::Q4(Q4Matrix { n, k, blocks: blocks::<BlockQ4>(bytes) }),
+            Handling::Q8_0 => dense(Q8Matrix::from_blocks(1, numel, blocks::<BlockQ8>(bytes)).dequantize())?,
+            Handling::Q4_0 => dense(Q4Matrix { n: 1, k: numel, blocks: blocks::<BlockQ4>(bytes) }.dequantize())?,
+            Handling::Dequantize(f) => {
+                let mut v = vec![0f32; numel];
+                f(bytes, &mut v);
+                dense(v)?
+            }
+        })
     }
 
     fn stored_bytes(&self) -> usize {

@@ -1,4 +1,4 @@
-//! Writes the loaded (possibly quantized) model as GGUF v3 with llama.cpp's `qwen3` metadata,
+//! Writes the loaded (possibly quantized) model as GGUF v3 with llama.cpp's `qwen3` / `qwen2` metadata,
 //! tensor names and tokenizer, so llama.cpp-based tools can run the same weights.
 //! Q8 / Q4 weights are written as Q8_0 / Q4_0 unchanged: our block layouts are theirs, byte for byte.
 use crate::engine::Engine;
@@ -154,27 +154,28 @@ impl Engine {
 
         let mut kv = Enc::default();
         let mut n_kv = 0u64;
-        kv.kv_str("general.architecture", "qwen3");
+        let arch = cfg.architecture.name();
+        kv.kv_str("general.architecture", arch);
         n_kv += 1;
         kv.kv_str("general.name", &name);
         n_kv += 1;
         kv.kv_u32("general.alignment", ALIGNMENT as u32);
         n_kv += 1;
         for (k, v) in [
-            ("qwen3.context_length", cfg.max_position_embeddings),
-            ("qwen3.embedding_length", cfg.hidden_size),
-            ("qwen3.feed_forward_length", cfg.intermediate_size),
-            ("qwen3.block_count", cfg.num_hidden_layers),
-            ("qwen3.attention.head_count", cfg.num_attention_heads),
-            ("qwen3.attention.head_count_kv", cfg.num_key_value_heads),
-            ("qwen3.attention.key_length", cfg.head_dim),
-            ("qwen3.attention.value_length", cfg.head_dim),
+            ("context_length", cfg.max_position_embeddings),
+            ("embedding_length", cfg.hidden_size),
+            ("feed_forward_length", cfg.intermediate_size),
+            ("block_count", cfg.num_hidden_layers),
+            ("attention.head_count", cfg.num_attention_heads),
+            ("attention.head_count_kv", cfg.num_key_value_heads),
+            ("attention.key_length", cfg.head_dim),
+            ("attention.value_length", cfg.head_dim),
         ] {
-            kv.kv_u32(k, v as u32);
+            kv.kv_u32(&format!("{arch}.{k}"), v as u32);
             n_kv += 1;
         }
-        kv.kv_f32("qwen3.rope.freq_base", cfg.rope_theta as f32);
-        kv.kv_f32("qwen3.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps as f32);
+        kv.kv_f32(&format!("{arch}.rope.freq_base"), cfg.rope_theta as f32);
+        kv.kv_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32);
         kv.kv_str("tokenizer.ggml.model", "gpt2");
         kv.kv_str("tokenizer.ggml.pre", "qwen2");
         kv.kv_strs("tokenizer.ggml.tokens", &tokens);

@@ -1,7 +1,7 @@
-//! What a GGUF file's metadata says about the model: the Qwen3 config, the tokenizer (rebuilt as a
+//! What a GGUF file's metadata says about the model: the Qwen3 / Qwen2 config, the tokenizer (rebuilt as a
 //! Hugging Face tokenizer from llama.cpp's `gpt2` / `qwen2` token list and merges), the chat
 //! template and the special token ids.
-use crate::model::config::{GenerationDefaults, ModelConfig};
+use crate::model::config::{Architecture, GenerationDefaults, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::source::gguf::{GgufFile, Meta};
 use serde_json::{json, Map, Value};
@@ -37,20 +37,26 @@ impl GgufFile {
     }
 
     pub fn model_config(&self) -> Result<ModelConfig> {
-        let arch = self.architecture();
-        if arch != "qwen3" {
-            return Err(EngineError::Unsupported(format!(
-                "{}: GGUF architecture \"{arch}\" is not supported; supported: \"qwen3\"",
-                self.path.display()
-            )));
-        }
-        let hidden_size = self.req_usize("qwen3.embedding_length")?;
-        let num_attention_heads = self.req_usize("qwen3.attention.head_count")?;
-        let num_key_value_heads = self.u32_meta("qwen3.attention.head_count_kv").map(|x| x as usize).unwrap_or(num_attention_heads);
+        let arch_name = self.architecture();
+        let architecture = Architecture::from_name(arch_name).ok_or_else(|| {
+            EngineError::Unsupported(format!(
+                "{}: GGUF architecture \"{arch_name}\" is not supported; supported: {}",
+                self.path.display(),
+                Architecture::supported()
+            ))
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden_size = self.req_usize(&key("embedding_length"))?;
+        let num_attention_heads = self.req_usize(&key("attention.head_count"))?;
+        let num_key_value_heads = self.u32_meta(&key("attention.head_count_kv")).map(|x| x as usize).unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(self.bad(format!("head_count {num_attention_heads} is not a multiple of head_count_kv {num_key_value_heads}")));
         }
-        let head_dim = self.u32_meta("qwen3.attention.key_length").map(|x| x as usize).unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = self.u32_meta(&key("attention.key_length")).map(|x| x as usize).unwrap_or(hidden_size / num_attention_heads);
+        let rms_norm_eps = self.f32_meta(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
+        if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
+            return Err(self.bad(format!("GGUF metadata \"{}\" is {rms_norm_eps}; it must be a positive number", key("attention.layer_norm_rms_epsilon"))));
+        }
         let embd = self
             .tensors
             .get("token_embd.weight")
@@ -58,16 +64,19 @@ impl GgufFile {
         let vocab_size = embd.dims.get(1).copied().unwrap_or(0);
         let eos = self.u32_meta("tokenizer.ggml.eos_token_id");
         Ok(ModelConfig {
+            architecture,
+            // llama.cpp stores the q/k/v biases as tensors; their presence is the flag.
+            attention_bias: self.tensors.contains_key("blk.0.attn_q.bias"),
             vocab_size,
             hidden_size,
-            intermediate_size: self.req_usize("qwen3.feed_forward_length")?,
-            num_hidden_layers: self.req_usize("qwen3.block_count")?,
+            intermediate_size: self.req_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.req_usize(&key("block_count"))?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self.f32_meta("qwen3.attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            rope_theta: self.f32_meta("qwen3.rope.freq_base").unwrap_or(1_000_000.0),
-            max_position_embeddings: self.u32_meta("qwen3.context_length").map(|x| x as usize).unwrap_or(32768),
+            rms_norm_eps,
+            rope_theta: self.f32_meta(&key("rope.freq_base")).unwrap_or(1_000_000.0),
+            max_position_embeddings: self.u32_meta(&key("context_length")).map(|x| x as usize).unwrap_or(32768),
             // llama.cpp writes no output.weight when the embedding doubles as the lm_head.
             tie_word_embeddings: !self.tensors.contains_key("output.weight"),
             eos_token_ids: eos.into_iter().collect(),
