@@ -20,6 +20,14 @@ async function loadFails(t, modelName, code, pattern, extra = {}) {
   await stillWorks(t)
 }
 
+test('detokenize refuses what is not a list of token ids', async (t) => {
+  const runner = await good
+  for (const bad of [[1, undefined], [1.5], [-1], 'abc', [2 ** 32]]) {
+    t.throws(() => runner.detokenize(bad), { code: 'INVALID_ARGUMENT', message: /invalid ids = .*an array of token ids/ })
+  }
+  t.is(typeof runner.detokenize([1, 2]), 'string')
+})
+
 test('missing folder', (t) => loadFails(t, '/nonexistent/qwen3', 'MODEL_NOT_FOUND', /\/nonexistent\/qwen3 does not exist/))
 
 test('missing weights file and missing tokenizer', async (t) => {
@@ -37,7 +45,10 @@ test('config without a required field, and with an unknown model_type', async (t
   await loadFails(t, a, 'INVALID_CONFIG', /num_hidden_layers/)
   const b = fixtureCopy()
   editJson(join(b, 'config.json'), (c) => ({ ...c, model_type: 'llama' }))
-  await loadFails(t, b, 'INVALID_CONFIG', /model_type is "llama"; supported: "qwen3"/)
+  await loadFails(t, b, 'INVALID_CONFIG', /model_type is "llama"; supported: "qwen3", "qwen2"/)
+  const e = fixtureCopy()
+  editJson(join(e, 'config.json'), (cfg) => ({ ...cfg, rms_norm_eps: 0 }))
+  await loadFails(t, e, 'INVALID_CONFIG', /"rms_norm_eps" is 0; it must be a positive number/)
   const c = fixtureCopy()
   writeFileSync(join(c, 'config.json'), '{ not json')
   await loadFails(t, c, 'INVALID_CONFIG', /not valid JSON/)
@@ -103,6 +114,9 @@ test('invalid sampling params', async (t) => {
     [{ repetitionPenalty: 0 }, /repetitionPenalty = 0/],
     [{ stop: [''] }, /stop/],
     [{ temperature: 'hot' }, /params\.temperature = "hot"/],
+    [{ temperature: Infinity }, /params\.temperature = Infinity: a finite number/],
+    [{ seed: -Infinity }, /params\.seed = -Infinity: a finite number/],
+    [{ logitBias: { 5: Infinity } }, /params\.logitBias\.5 = Infinity: a finite number/],
     [{ maxTokenz: 5 }, /unknown option\(s\) "maxTokenz"/],
   ]
   for (const [params, pattern] of cases) {
@@ -117,7 +131,7 @@ test('invalid sampling params', async (t) => {
 test('unknown quantization, bad calibration input, unavailable device', async (t) => {
   t.throws(() => createAccelerationConfig({ quantization: 'int3' }), {
     instanceOf: NanoQwenError,
-    message: /quantization = "int3": allowed "none", "fp16", "bf16", "dynamic_int8", "static_int8", "int4"/,
+    message: /quantization = "int3": allowed "none", "fp32", "fp16", "bf16", "dynamic_int8", "static_int8", "int4"/,
   })
   t.throws(() => createAccelerationConfig({ useFlashAtention: true }), { message: /unknown option\(s\) "useFlashAtention"/ })
   t.throws(() => createAccelerationConfig({ compileMode: 'fast' }), { message: /compileMode = "fast"/ })
@@ -132,6 +146,26 @@ test('unknown quantization, bad calibration input, unavailable device', async (t
   t.regex(d.message, /device "cuda" is not available.*available devices: cpu/)
   const bad = await t.throwsAsync(ModelRunner.load({ modelName: fixtureDir, device: 'tpu' }))
   t.regex(bad.message, /options\.device = "tpu"/)
+  await stillWorks(t)
+})
+
+test('chat input: unknown roles, non-text content, tool calls and tools that are not objects', async (t) => {
+  const runner = await good
+  const user = { role: 'user', content: 'Hi' }
+  const cases = [
+    [[{ role: 'robot', content: 'Hi' }], {}, /chat\.messages\.0\.role = "robot": allowed "system", "user", "assistant", "tool"/],
+    [[user, { role: 'assistant', content: 42 }], {}, /chat\.messages\.1\.content = 42: Expected string, received number/],
+    [[{ role: 'user' }], {}, /chat\.messages\.0\.content = undefined: Required/],
+    [[], {}, /chat\.messages = \[\]: at least one message/],
+    [[user, { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: '{}' } }] }], {}, /tool_calls\.0\.function\.arguments = "\{\}": Expected object/],
+    [[user], { tools: ['search'] }, /chat\.tools\.0 = "search": Expected object, received string/],
+    [[user], { tools: [[1]] }, /chat\.tools\.0 = \[1\]: Expected object, received array/],
+  ]
+  for (const [messages, opts, pattern] of cases) {
+    t.throws(() => runner.applyChatTemplate(messages, opts), { code: 'INVALID_ARGUMENT', message: pattern }, JSON.stringify(messages))
+    await t.throwsAsync(runner.chat(messages, opts), { code: 'INVALID_ARGUMENT', message: pattern })
+  }
+  t.regex(runner.applyChatTemplate([user], { tools: [{ type: 'function', function: { name: 'f' } }] }), /"name": "f"/)
   await stillWorks(t)
 })
 

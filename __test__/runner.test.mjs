@@ -163,7 +163,11 @@ test('benchmarkPerformance measures prefill and decode separately', async (t) =>
   const runner = await shared
   const r = await runner.benchmarkPerformance({ sampleText: 'Hello, how are you?', numIterations: 3, decodeTokens: 8 })
   t.is(r.numIterations, 3)
+  t.is(r.iterations, 3)
   t.is(r.decodeTokens, 8)
+  // The seed guide's keys: each iteration's time, its extremes and their sum.
+  t.true(r.minInferenceTime > 0 && r.minInferenceTime <= r.avgInferenceTime && r.avgInferenceTime <= r.maxInferenceTime, JSON.stringify(r))
+  t.true(Math.abs(r.totalTime - 3 * r.avgInferenceTime) < 1e-9 * r.totalTime + 1e-12, `${r.totalTime} vs 3 x ${r.avgInferenceTime}`)
   t.is(r.promptTokens, runner.tokenize('Hello, how are you?').length)
   for (const s of [r.prefillTokensPerSecond, r.decodeTokensPerSecond, r.decodeTokenLatencyMs]) {
     t.true(s.min > 0 && s.min <= s.p50 && s.p50 <= s.p90 && s.p90 <= s.max, JSON.stringify(s))

@@ -5,6 +5,7 @@
 // llama.cpp on the BF16 export (the same weights unquantized). Metrics over every position of a few
 // prompts: relative L2 error of the (row-centred) logits, mean KL(reference || mode), top-1 agreement.
 //   QUALITY_MODELS=tiny,0.6b  QUALITY_PEER=0 (skip llama.cpp)  QUALITY_MODES=int4,int4-g128 (a subset of ours)
+// `npm run quality -- --real [--model 0.5b|1.5b]`: the same on a real model instead (bench/real-quality.mjs).
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -12,6 +13,11 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ModelRunner } from '../dist/index.mjs'
 import { makeSyntheticCheckpoint } from '../scripts/make-synthetic-checkpoint.mjs'
+
+if (process.argv.includes('--real')) {
+  await import('./real-quality.mjs')
+  process.exit(0)
+}
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..')

@@ -6,6 +6,7 @@
 // without chunked prefill (peak RSS). Draws bench/comparison.svg.
 //   BENCH_MODES=none,bf16,fp16,dynamic_int8,static_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2
 //   BENCH_PEER=0 (skip llama.cpp)  BENCH_ABLATION=0 (skip ablations)  BENCH_ABLATION_MODE=dynamic_int8
+// `npm run bench -- --real`: the real Qwen2.5-Coder 0.5B / 1.5B GGUF files instead (bench/real-bench.mjs).
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
@@ -14,6 +15,11 @@ import { fileURLToPath } from 'node:url'
 import { ModelRunner } from '../dist/index.mjs'
 import { makeSyntheticCheckpoint } from '../scripts/make-synthetic-checkpoint.mjs'
 import { comparisonSvg } from './chart.mjs'
+
+if (process.argv.includes('--real')) {
+  await import('./real-bench.mjs')
+  process.exit(0)
+}
 
 const here = dirname(fileURLToPath(import.meta.url))
 const model = process.env.BENCH_MODEL ?? makeSyntheticCheckpoint()

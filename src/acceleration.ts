@@ -6,6 +6,7 @@ import { parseOrThrow } from './validation.js'
 /** Quantization modes, with the Python project's names. */
 export const QuantizationType = {
   NONE: 'none',
+  FP32: 'fp32',
   FP16: 'fp16',
   BF16: 'bf16',
   DYNAMIC_INT8: 'dynamic_int8',

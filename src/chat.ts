@@ -1,12 +1,34 @@
 /** Splitting Qwen3 output into reasoning (<think>), content and tool calls, whole or streamed. */
+import { z } from 'zod'
+
+export const CHAT_ROLES = ['system', 'user', 'assistant', 'tool'] as const
 
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | 'tool' | (string & {})
+  role: (typeof CHAT_ROLES)[number]
   content: string
   reasoning_content?: string
   tool_calls?: ToolCall[]
   [key: string]: unknown
 }
+
+/** What the chat template is given: known roles, text content, tool calls and tools as objects. */
+export const chatInputSchema = z.object({
+  messages: z
+    .array(
+      z
+        .object({
+          role: z.enum(CHAT_ROLES),
+          content: z.string(),
+          reasoning_content: z.string().optional(),
+          tool_calls: z
+            .array(z.object({ function: z.object({ name: z.string(), arguments: z.record(z.unknown()) }).passthrough() }).passthrough())
+            .optional(),
+        })
+        .passthrough(),
+    )
+    .min(1, 'at least one message'),
+  tools: z.array(z.record(z.unknown())).optional(),
+})
 
 export interface ToolCall {
   type: 'function'

@@ -41,7 +41,7 @@ Serve options:
 Serving engine (serve, and any command):
   --max-seq-length <n>  --kv-cache-memory <bytes>  --max-batch-tokens <n>  --max-concurrent-sequences <n>
   --no-prefix-caching
-Quantize:       -o, --output <file.gguf>   (fp16 -> F16, dynamic_int8 / static_int8 -> Q8_0, int4 -> Q4_0, none -> as loaded)
+Quantize:       -o, --output <file.gguf>   (fp32 -> F32, fp16 -> F16, dynamic_int8 / static_int8 -> Q8_0, int4 -> Q4_0, none -> as loaded)
 `
 
 const options = {

@@ -10,7 +10,7 @@ import {
   type ExecutionPlan,
   type QuantizationType,
 } from './acceleration.js'
-import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCall } from './chat.js'
+import { ChatStreamSplitter, chatInputSchema, type ChatMessage, parseAssistantOutput, type ToolCall } from './chat.js'
 import { AbortError, fromNative, NanoQwenError, native } from './errors.js'
 import { resolveModel, type ResolveOptions } from './hub.js'
 import { loadNative, type NativeEngine } from './native.js'
@@ -213,11 +213,15 @@ export class ModelRunner {
   }
 
   detokenize(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    if (!Array.isArray(ids) || !ids.every((x) => Number.isInteger(x) && x >= 0 && x <= 0xffffffff)) {
+      throw new NanoQwenError('INVALID_ARGUMENT', `invalid ids = ${JSON.stringify(ids)?.slice(0, 80)}: an array of token ids (integers >= 0)`)
+    }
     return native(() => this.native.detokenize(ids, opts.skipSpecialTokens ?? false))
   }
 
   /** Renders tokenizer_config.json's chat template exactly as transformers' apply_chat_template. */
   applyChatTemplate(messages: ChatMessage[], opts: ApplyChatTemplateOptions = {}): string {
+    parseOrThrow(chatInputSchema, { messages, tools: opts.tools }, 'chat', 'INVALID_ARGUMENT')
     return native(() =>
       this.native.applyChatTemplate(messages, opts.addGenerationPrompt ?? false, opts.enableThinking, opts.tools),
     )

@@ -1,26 +1,27 @@
 import { z } from 'zod'
 import { parseOrThrow } from './validation.js'
 
-// Types and keys are checked here; ranges (topP <= 1, maxTokens >= 1, ...) in the engine, so Rust
-// users get the same errors.
+// Types, keys and finiteness are checked here; ranges (topP <= 1, maxTokens >= 1, ...) in the engine,
+// so Rust users get the same errors.
+const num = () => z.number().finite('a finite number')
 export const generationParamsSchema = z
   .object({
-    maxTokens: z.number().optional(),
-    temperature: z.number().optional(),
-    topP: z.number().optional(),
-    topK: z.number().optional(),
-    minP: z.number().optional(),
-    repetitionPenalty: z.number().optional(),
-    presencePenalty: z.number().optional(),
-    frequencyPenalty: z.number().optional(),
-    seed: z.number().optional(),
+    maxTokens: num().optional(),
+    temperature: num().optional(),
+    topP: num().optional(),
+    topK: num().optional(),
+    minP: num().optional(),
+    repetitionPenalty: num().optional(),
+    presencePenalty: num().optional(),
+    frequencyPenalty: num().optional(),
+    seed: num().optional(),
     stop: z.union([z.string(), z.array(z.string())]).optional(),
     stopTokenIds: z.array(z.number().int().nonnegative()).optional(),
     ignoreEos: z.boolean().optional(),
     /** Token id -> bias added to its logit (-100..100). */
-    logitBias: z.record(z.string().regex(/^\d+$/, 'a token id'), z.number()).optional(),
+    logitBias: z.record(z.string().regex(/^\d+$/, 'a token id'), num()).optional(),
     /** Report each token's logprob and this many alternatives (0..20). */
-    logprobs: z.number().optional(),
+    logprobs: num().optional(),
     /** Structured output: the text must match this grammar (enforced by token masks). */
     grammar: z
       .discriminatedUnion('type', [

@@ -1,6 +1,12 @@
 import type { z } from 'zod'
 import { NanoQwenError } from './errors.js'
 
+/** A value as the user wrote it: JSON, except numbers JSON cannot hold (Infinity, NaN) and undefined. */
+function show(value: unknown): string {
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value)
+  return JSON.stringify(value) ?? String(value)
+}
+
 /** Turn a zod failure into one readable message: where, the bad value, what is allowed. */
 export function formatIssues(what: string, error: z.ZodError, input: unknown): string {
   return error.issues
@@ -13,7 +19,7 @@ export function formatIssues(what: string, error: z.ZodError, input: unknown): s
         case 'unrecognized_keys':
           return `${what} has unknown option(s) ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`
         default:
-          return `${path} = ${JSON.stringify(value)}: ${issue.message}`
+          return `${path} = ${show(value)}: ${issue.message}`
       }
     })
     .join('; ')

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum Quantization {
     #[default]
     None,
+    Fp32,
     Fp16,
     Bf16,
     DynamicInt8,
@@ -22,9 +23,9 @@ pub enum Quantization {
 
 impl Quantization {
     /// Every mode, in the order the docs list them: the one list of their names.
-    pub const VARIANTS: [Quantization; 6] = [Self::None, Self::Fp16, Self::Bf16, Self::DynamicInt8, Self::StaticInt8, Self::Int4];
+    pub const VARIANTS: [Quantization; 7] = [Self::None, Self::Fp32, Self::Fp16, Self::Bf16, Self::DynamicInt8, Self::StaticInt8, Self::Int4];
 
-    /// "none, fp16, ...".
+    /// "none, fp32, ...".
     pub fn all() -> String {
         Self::VARIANTS.map(Self::name).join(", ")
     }
@@ -39,6 +40,7 @@ impl Quantization {
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
+            Self::Fp32 => "fp32",
             Self::Fp16 => "fp16",
             Self::Bf16 => "bf16",
             Self::DynamicInt8 => "dynamic_int8",
@@ -52,6 +54,7 @@ impl Quantization {
     fn weight_format(self, int4_group: usize) -> WeightFormat {
         match self {
             Self::None => WeightFormat::Checkpoint,
+            Self::Fp32 => WeightFormat::Dense(DType::F32),
             Self::Fp16 => WeightFormat::Dense(DType::F16),
             Self::Bf16 => WeightFormat::Dense(DType::BF16),
             Self::DynamicInt8 | Self::StaticInt8 => WeightFormat::Q8,
@@ -204,6 +207,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     let q = cfg.quantization.name();
     let mut items = vec![match cfg.quantization {
         Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
+        Quantization::Fp32 => item("quantization", q, true, "every matrix widened or dequantized to f32 at load, f32 activations and accumulation"),
         Quantization::DynamicInt8 => item(
             "quantization",
             q,

@@ -64,6 +64,7 @@ fn every_mode_and_option_keeps_the_plain_logits() {
         ("chunked prefill", AccelerationConfig { use_gradient_checkpointing: true, ..base.clone() }, 1e-5),
         ("kv f16", AccelerationConfig { kv_cache_dtype: KvDtype::F16, ..base.clone() }, 2e-3),
         ("fp16", q(Quantization::Fp16), 1e-5),
+        ("fp32", q(Quantization::Fp32), 1e-5),
         ("bf16", q(Quantization::Bf16), 2e-2),
         ("dynamic_int8", q(Quantization::DynamicInt8), 5e-2),
         ("dynamic_int8 repacked", AccelerationConfig { use_channels_last: true, ..q(Quantization::DynamicInt8) }, 5e-2),
@@ -88,6 +89,24 @@ fn every_mode_and_option_keeps_the_plain_logits() {
                 assert_eq!(greedy(&engine, p), want_tokens[i], "{name}, prompt {i}");
             }
         }
+    }
+}
+
+/// `fp32` dequantizes a GGUF's blocks, which `none` runs as stored (Q8_0: int8 activations too).
+#[test]
+fn fp32_dequantizes_the_blocks_that_none_keeps() {
+    let file = fixture().join("tiny-Q8_0.gguf");
+    let load = |quantization| {
+        let acceleration = AccelerationConfig { quantization, ..Default::default() };
+        Engine::load(&file, &LoadOptions { acceleration, threads: Some(2), ..Default::default() }).unwrap()
+    };
+    let (stored, wide) = (load(Quantization::None), load(Quantization::Fp32));
+    assert_eq!((stored.model.weight_format.as_str(), wide.model.weight_format.as_str()), ("q8_0", "f32"));
+    assert!(wide.model.tensor_classes().iter().all(|c| c.format == "f32"), "{:?}", wide.model.tensor_classes());
+    for p in PROMPTS {
+        let err = rel_l2(&stored.compute_logits(p, false).unwrap(), &wide.compute_logits(p, false).unwrap());
+        // Same weights; only the activations' rounding to int8 separates them.
+        assert!(err > 1e-6 && err < 5e-2, "relative L2 {err}");
     }
 }
 

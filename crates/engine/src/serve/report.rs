@@ -140,11 +140,17 @@ impl Stats {
 #[serde(rename_all = "camelCase")]
 pub struct BenchmarkReport {
     pub num_iterations: usize,
+    /// The same count under the seed guide's key.
+    pub iterations: usize,
     pub warmup_iterations: usize,
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     /// Seconds per iteration (one prefill plus `decode_tokens` decode steps).
     pub avg_inference_time: f64,
+    /// Fastest and slowest iteration, and all timed iterations together (seconds).
+    pub min_inference_time: f64,
+    pub max_inference_time: f64,
+    pub total_time: f64,
     /// Decode tokens per second (average), the figure users usually mean.
     pub tokens_per_second: f64,
     pub prefill_tokens_per_second: Stats,
@@ -268,12 +274,17 @@ impl Engine {
             }
         }
         let decode = Stats::of(&decode_tps);
+        let runs = Stats::of(&total_s);
         Ok(BenchmarkReport {
             num_iterations: iterations.max(1),
+            iterations: iterations.max(1),
             warmup_iterations: warmup,
             prompt_tokens: prompt.len(),
             decode_tokens: opts.max_tokens,
-            avg_inference_time: Stats::of(&total_s).avg,
+            avg_inference_time: runs.avg,
+            min_inference_time: runs.min,
+            max_inference_time: runs.max,
+            total_time: total_s.iter().sum(),
             tokens_per_second: decode.avg,
             prefill_tokens_per_second: Stats::of(&prefill_tps),
             decode_tokens_per_second: decode,
