@@ -2,6 +2,8 @@
 /* eslint-disable */
 export declare class NativeEngine {
   tokenize(text: string, addSpecialTokens: boolean): Array<number>
+  /** A prompt's ids: refused at once when the text cannot fit the context (see `Engine::encode_prompt`). */
+  encodePrompt(text: string): Array<number>
   detokenize(ids: Array<number>, skipSpecialTokens: boolean): string
   applyChatTemplate(messages: any, addGenerationPrompt: boolean, enableThinking?: boolean | undefined | null, tools?: any | undefined | null): string
   computeLogits(ids: Array<number>, allPositions: boolean): Promise<Float32Array>

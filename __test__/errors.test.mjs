@@ -94,6 +94,13 @@ test('a prompt longer than the context names both numbers', async (t) => {
   t.is(e.code, 'CONTEXT_OVERFLOW')
   t.regex(e.message, /prompt is 65 tokens but the context holds 64 tokens/)
   await t.throwsAsync(runner.computeLogits(long), { message: /65 tokens .* 64 tokens/ })
+  // Text: counted exactly when it might fit; refused before encoding when no tokenization can fit
+  // (10 MB against 64 tokens), so a huge prompt costs nothing.
+  await t.throwsAsync(runner.generate('hello '.repeat(70)), { code: 'CONTEXT_OVERFLOW', message: /prompt is 71 tokens but the context holds 64 tokens/ })
+  const huge = 'x'.repeat(10 * 2 ** 20)
+  for (const call of [() => runner.generate(huge), () => runner.computeLogits(huge), () => runner.chat([{ role: 'user', content: huge }])]) {
+    await t.throwsAsync(call(), { code: 'CONTEXT_OVERFLOW', message: /prompt is at least \d+ tokens \(1048\d{4} bytes\) but the context holds 64 tokens/ })
+  }
   // Up to the context the generation runs, then stops with 'length'.
   const out = await runner.generate(Array(60).fill(9707), { maxTokens: 100, temperature: 0, ignoreEos: true })
   t.is(out.usage.completionTokens, 4)

@@ -228,7 +228,7 @@ export class ModelRunner {
   }
 
   private toIds(input: string | number[]): number[] {
-    if (typeof input === 'string') return this.tokenize(input)
+    if (typeof input === 'string') return native(() => this.native.encodePrompt(input))
     if (Array.isArray(input) && input.every((x) => Number.isInteger(x) && x >= 0)) return input
     throw new NanoQwenError('INVALID_ARGUMENT', `invalid prompt = ${JSON.stringify(input)?.slice(0, 80)}: a string or an array of token ids`)
   }

@@ -265,6 +265,17 @@ impl Engine {
             .render(messages, opts)
     }
 
+    /// A text prompt's token ids; a text too long for the context fails before it is encoded.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let min_tokens = self.tokenizer.min_tokens(text);
+        if min_tokens > self.max_seq_length {
+            return Err(EngineError::ContextOverflowAtLeast { min_tokens, bytes: text.len(), context: self.max_seq_length });
+        }
+        let ids = self.tokenizer.encode(text, false)?;
+        self.check_prompt(&ids)?;
+        Ok(ids)
+    }
+
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {
         if ids.is_empty() {
             return Err(EngineError::invalid_arg("prompt", "[] (empty)", "at least one token"));

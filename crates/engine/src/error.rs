@@ -14,6 +14,9 @@ pub enum EngineError {
     InvalidArgument { name: String, value: String, allowed: String },
     #[error("prompt is {prompt_tokens} tokens but the context holds {context} tokens")]
     ContextOverflow { prompt_tokens: usize, context: usize },
+    /// Known before encoding: the text is too long for any tokenization to fit.
+    #[error("prompt is at least {min_tokens} tokens ({bytes} bytes) but the context holds {context} tokens")]
+    ContextOverflowAtLeast { min_tokens: usize, bytes: usize, context: usize },
     #[error("prompt is {prompt_tokens} tokens but the KV cache pool holds {pool_tokens} tokens (kvCacheMemory = {pool_bytes} bytes); raise kvCacheMemory")]
     KvPoolOverflow { prompt_tokens: usize, pool_tokens: usize, pool_bytes: usize },
     #[error("{0}")]
@@ -40,7 +43,7 @@ impl EngineError {
             Self::InvalidModelFile { .. } => "INVALID_MODEL_FILE",
             Self::InvalidConfig { .. } => "INVALID_CONFIG",
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Self::ContextOverflow { .. } | Self::KvPoolOverflow { .. } => "CONTEXT_OVERFLOW",
+            Self::ContextOverflow { .. } | Self::ContextOverflowAtLeast { .. } | Self::KvPoolOverflow { .. } => "CONTEXT_OVERFLOW",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Internal(_) => "INTERNAL",
             Self::Aborted => "ABORTED",

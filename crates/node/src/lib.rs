@@ -204,6 +204,12 @@ impl NativeEngine {
         self.get()?.tokenizer.encode(&text, add_special_tokens).map_err(to_napi)
     }
 
+    /// A prompt's ids: refused at once when the text cannot fit the context (see `Engine::encode_prompt`).
+    #[napi]
+    pub fn encode_prompt(&self, text: String) -> Result<Vec<u32>> {
+        self.get()?.encode_prompt(&text).map_err(to_napi)
+    }
+
     #[napi]
     pub fn detokenize(&self, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String> {
         self.get()?.tokenizer.decode(&ids, skip_special_tokens).map_err(to_napi)

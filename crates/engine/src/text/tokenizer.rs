@@ -60,6 +60,14 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The fewest tokens `text` can encode to, known without encoding it: no token stands for more
+    /// bytes than the longest one, and NFC normalisation (Qwen's) at most triples a text's UTF-8
+    /// bytes (Unicode's stated bound). A 10 MB prompt is known to overflow at once.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        let longest = self.token_bytes().bytes.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        text.len().div_ceil(3 * longest)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let vocab = self.vocab_size as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
