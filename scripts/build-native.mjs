@@ -4,7 +4,7 @@
 // prebuilt binary fits. cargo's incremental build makes a repeat run take seconds.
 // The `dev` profile is optimised (see Cargo.toml), so `cargo test` reuses the same artifacts.
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, existsSync } from 'node:fs'
+import { copyFileSync, existsSync, renameSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -31,4 +31,8 @@ if (!existsSync(built)) {
   process.exit(1)
 }
 // Named after the prebuilt target it stands in for (or the bare platform): how the loader finds it.
-copyFileSync(built, join(root, binaryName(localSuffix())))
+// Copied beside it and renamed over it: a process that has the old addon loaded keeps its (mapped)
+// file, where overwriting it in place would crash that process with SIGBUS.
+const dest = join(root, binaryName(localSuffix()))
+copyFileSync(built, `${dest}.partial`)
+renameSync(`${dest}.partial`, dest)

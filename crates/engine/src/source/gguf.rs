@@ -3,7 +3,7 @@
 //! (Q8_0 and Q4_0 are our block layouts); the other common types (Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K)
 //! are dequantized at load ([`TYPES`] is the list).
 use crate::error::{EngineError, Result};
-use crate::source::weights::{StoredTensor, TensorSource};
+use crate::source::weights::{release_pages, StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use nano_qwen3_kernels::{kquants, legacy_quants, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantMatrix};
@@ -356,7 +356,7 @@ impl TensorSource for GgufFile {
             ))
         };
         let handling = type_info(t.ggml_type).ok_or_else(unsupported)?.4;
-        Ok(match handling {
+        let stored = match handling {
             Handling::Dense(dtype) => StoredTensor::Dense(Tensor::from_raw_buffer(bytes, dtype, shape, dev)?),
             Handling::Q8_0 if shape.len() == 2 => StoredTensor::Q8(Q8Matrix::from_blocks(n, k, blocks::<BlockQ8>(bytes))),
             Handling::Q4_0 if shape.len() == 2 => StoredTensor::Q4(Q4Matrix { n, k, blocks: blocks::<BlockQ4>(bytes) }),
@@ -367,7 +367,11 @@ impl TensorSource for GgufFile {
                 f(bytes, &mut v);
                 dense(v)?
             }
-        })
+        };
+        // Copied out: its mapped pages would otherwise count as this process's memory until the
+        // whole file is unmapped (peak RSS = weights + file).
+        release_pages(&self.map, t.start, t.end - t.start);
+        Ok(stored)
     }
 
     fn stored_bytes(&self) -> usize {

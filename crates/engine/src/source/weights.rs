@@ -213,7 +213,7 @@ impl TensorSource for Checkpoint {
 
 /// Drop the mapped pages of a tensor that has been copied out: they are file-backed and would
 /// otherwise count towards this process's memory until the whole file is unmapped.
-fn release_pages(map: &Mmap, offset: usize, len: usize) {
+pub(crate) fn release_pages(map: &Mmap, offset: usize, len: usize) {
     #[cfg(unix)]
     // SAFETY: the pages belong to a read-only private file mapping; after DONTNEED a later read
     // would fault them in again from the file, so no data is lost.
