@@ -45,6 +45,8 @@ export interface NativeLoadOptions {
   maxBatchTokens?: number
   maxConcurrentSequences?: number
   enablePrefixCaching?: boolean
+  /** Reuse static_int8 / int4 weights prepared by an earlier load (default true). */
+  weightCache?: boolean
 }
 
 /** The allowed values of every enumerated acceleration option (the engine's lists). */

@@ -80,3 +80,19 @@ test('kvCacheDtype f16 halves the KV cache and keeps the logits close', async (t
   t.true(err < 2e-3 && err > 0, `relative L2 ${err}`)
   await Promise.all([f32.dispose(), f16.dispose()])
 })
+
+test('int4 weights prepared at load are cached on disk: the second load reads them, same logits', async (t) => {
+  const opts = { modelName: fixtureDir, accelerationConfig: { quantization: 'int4' }, onLoadProgress: false }
+  const first = await ModelRunner.load(opts)
+  const second = await ModelRunner.load(opts)
+  t.is(first.getModelInfo().weightCache.status, 'written')
+  t.like(second.getModelInfo().weightCache, { status: 'hit', path: first.getModelInfo().weightCache.path, error: null })
+  t.true(second.getModelInfo().weightCache.path.startsWith(process.env.NANO_QWEN3_WEIGHT_CACHE_DIR))
+  const ids = reference.prompts[0].input_ids
+  t.deepEqual(Array.from(await second.computeLogits(ids)), Array.from(await first.computeLogits(ids)))
+  const off = await ModelRunner.load({ ...opts, weightCache: false })
+  t.is(off.getModelInfo().weightCache.status, 'off')
+  const plain = await ModelRunner.load({ modelName: fixtureDir, onLoadProgress: false })
+  t.is(plain.getModelInfo().weightCache.status, 'not used')
+  await Promise.all([first.dispose(), second.dispose(), off.dispose(), plain.dispose()])
+})

@@ -25,6 +25,7 @@ export {
   ModelRunner,
   type ModelRunnerOptions,
   type QuantizationInfo,
+  type WeightCacheInfo,
   type ServingInfo,
   type TensorClass,
 } from './model-runner.js'

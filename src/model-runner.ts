@@ -29,6 +29,7 @@ const loadOptionsSchema = z
     maxBatchTokens: z.number().int().positive().max(2 ** 32 - 1).optional(),
     maxConcurrentSequences: z.number().int().positive().max(2 ** 32 - 1).optional(),
     enablePrefixCaching: z.boolean().optional(),
+    weightCache: z.boolean().optional(),
     revision: z.string().optional(),
     onDownloadProgress: z.union([z.function(), z.literal(false)]).optional(),
     onLoadProgress: z.union([z.function(), z.literal(false)]).optional(),
@@ -53,6 +54,11 @@ export interface ModelRunnerOptions {
   maxConcurrentSequences?: number
   /** Reuse the KV of prompt prefixes seen before (default true). */
   enablePrefixCaching?: boolean
+  /** static_int8 and int4 compute their weights at load (calibration, scale search): keep the result
+   * in a disk cache and reuse it on the next load of the same checkpoint and options (default true;
+   * `NANO_QWEN3_WEIGHT_CACHE=0` also turns it off, `NANO_QWEN3_WEIGHT_CACHE_DIR` moves it).
+   * `getModelInfo().weightCache` says what happened. */
+  weightCache?: boolean
   revision?: string
   onDownloadProgress?: ResolveOptions['onProgress']
   /** Quantization / calibration progress while loading. Default: a bar on stderr when it is a terminal; `false` silences it. */
@@ -102,6 +108,13 @@ export interface CalibrationReport {
   smoothedSites: string[]
   sites: { site: string; rangeRatio: number; isStatic: boolean }[]
   timeMs: number
+}
+
+/** What the prepared-weights disk cache did for this load (static_int8 and int4 compute at load). */
+export interface WeightCacheInfo {
+  status: 'hit' | 'written' | 'rebuilt' | 'off' | 'not used' | 'error'
+  path: string | null
+  error: string | null
 }
 
 export interface QuantizationInfo {
@@ -194,6 +207,7 @@ export class ModelRunner {
           maxBatchTokens: this.options.maxBatchTokens,
           maxConcurrentSequences: this.options.maxConcurrentSequences,
           enablePrefixCaching: this.options.enablePrefixCaching,
+          weightCache: this.options.weightCache,
         },
         report ? (json: string) => report(JSON.parse(json)) : undefined,
       )
@@ -360,7 +374,11 @@ export class ModelRunner {
   }
 
   getModelInfo() {
-    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & { quantization: QuantizationInfo; serving: ServingInfo }
+    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & {
+      quantization: QuantizationInfo
+      serving: ServingInfo
+      weightCache: WeightCacheInfo
+    }
     return {
       ...info,
       modelName: this.options.modelName,

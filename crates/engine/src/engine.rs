@@ -8,6 +8,7 @@ use crate::model::{ExecOptions, KvDtype, KvPool, LogitsFor, Qwen3Model, BLOCK_TO
 use crate::progress::ProgressFn;
 use crate::quantize::static_int8::{self, CalibrationReport};
 use crate::serve::grammar::GrammarCompiler;
+use crate::source::prepared_cache;
 use crate::serve::block_manager::BlockManager;
 use crate::serve::request::GenerateOptions;
 use crate::serve::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
@@ -68,11 +69,25 @@ pub struct LoadOptions {
     /// Called during long load-time work (quantization, calibration).
     pub progress: Option<ProgressFn>,
     pub serving: ServeOptions,
+    /// Keep the weights that static_int8 / int4 compute at load in a disk cache and reuse them
+    /// (default true; see [`crate::source::prepared_cache`]).
+    pub weight_cache: bool,
+    /// Where that cache lives; None: `NANO_QWEN3_WEIGHT_CACHE_DIR`, else the user cache directory.
+    pub weight_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: "auto".into(), acceleration: AccelerationConfig::default(), max_seq_length: None, threads: None, progress: None, serving: ServeOptions::default() }
+        Self {
+            device: "auto".into(),
+            acceleration: AccelerationConfig::default(),
+            max_seq_length: None,
+            threads: None,
+            progress: None,
+            serving: ServeOptions::default(),
+            weight_cache: true,
+            weight_cache_dir: None,
+        }
     }
 }
 
@@ -100,6 +115,8 @@ pub struct Engine {
     pub max_seq_length: usize,
     pub threads: usize,
     pub load_time_ms: f64,
+    /// Whether the prepared weights came from, or went to, the disk cache.
+    pub weight_cache: prepared_cache::WeightCacheInfo,
     /// static_int8: what calibration measured and decided.
     pub calibration: Option<CalibrationReport>,
     /// Which optimizations the forward pass uses.
@@ -171,15 +188,31 @@ impl Engine {
             .thread_name(|i| format!("nano-qwen3-load-{i}"))
             .build()
             .map_err(|e| cannot_start(&e))?;
-        let (model, calibration, tuned) = load_pool.install(|| pool.enter(|| -> Result<_> {
-            let (mut model, calibration) = if opts.acceleration.quantization == Quantization::StaticInt8 {
-                let (m, r) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
-                (m, Some(r))
+        // The prepared-weights cache: where, under which key, and whether an entry is there.
+        let cache_dir = (opts.weight_cache && prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())))
+            .then(|| opts.weight_cache_dir.clone().or_else(prepared_cache::dir_from_env))
+            .flatten();
+        let cache_key = cache_dir.as_ref().map(|_| prepared_cache::key(&opened.files, acc)).transpose()?;
+        let lookup = match (&cache_dir, &cache_key) {
+            (Some(dir), Some((key, ..))) => Some(prepared_cache::lookup(dir, key)),
+            _ => None,
+        };
+        let mut static_scales = Vec::new();
+        let (model, calibration, tuned, hit) = load_pool.install(|| pool.enter(|| -> Result<_> {
+            let (mut model, calibration, hit) = if let Some(prepared_cache::Lookup::Hit(entry)) = lookup.as_ref() {
+                let src = crate::source::gguf::GgufFile::open(&entry.gguf)?;
+                let mut m = Qwen3Model::load_with_progress(&config, &src, format, &Device::Cpu, progress)?;
+                static_int8::apply_static_scales(&mut m, &entry.sidecar.static_scales)?;
+                (m, entry.sidecar.calibration.clone(), true)
+            } else if opts.acceleration.quantization == Quantization::StaticInt8 {
+                let (m, r, scales) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
+                static_scales = scales;
+                (m, Some(r), false)
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
                 let importance = crate::quantize::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
-                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None)
+                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None, false)
             } else {
-                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None)
+                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None, false)
             };
             if acc.use_fused_kernels {
                 model.fuse_projections();
@@ -190,7 +223,7 @@ impl Engine {
             // Tiling is tuned last: it depends on the final formats and layouts.
             let tuned = (acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
                 .then(|| crate::model::autotune::autotune(&model, threads, progress));
-            Ok((model, calibration, tuned))
+            Ok((model, calibration, tuned, hit))
         }))?;
         let mut plan = plan;
         if let Some(t) = &tuned {
@@ -231,7 +264,8 @@ impl Engine {
         let runtime = Runtime { model: model.clone(), pool: pool.clone(), tokenizer: tokenizer.clone(), exec };
         let server = Server::start(runtime, kv, Scheduler::new(scheduler, BlockManager::new(kv_blocks, prefix_caching)))
             .map_err(|e| cannot_start(&e))?;
-        Ok(Self {
+        let mut engine = Self {
+            weight_cache: prepared_cache::WeightCacheInfo::status("not used"),
             exec,
             prefill_chunk,
             kv_dtype: acc.kv_cache_dtype,
@@ -255,7 +289,27 @@ impl Engine {
             autotune: tuned,
             grammar: Mutex::new(None),
             server,
-        })
+        };
+        engine.weight_cache = match (lookup, cache_dir, cache_key) {
+            (Some(prepared_cache::Lookup::Hit(entry)), ..) => {
+                debug_assert!(hit);
+                prepared_cache::WeightCacheInfo { status: "hit", path: Some(entry.gguf), error: None }
+            }
+            (Some(found), Some(dir), Some((key, source, options))) => {
+                let stored = prepared_cache::store(&dir, (&key, &source, &options), |p| engine.export_gguf(p), static_scales, engine.calibration.clone());
+                let status = if matches!(found, prepared_cache::Lookup::Damaged(_)) { "rebuilt" } else { "written" };
+                match stored {
+                    Ok(path) => prepared_cache::WeightCacheInfo { status, path: Some(path), error: None },
+                    Err(e) => prepared_cache::WeightCacheInfo { status: "error", path: Some(dir), error: Some(e.to_string()) },
+                }
+            }
+            _ if !opts.weight_cache || !prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())) => {
+                prepared_cache::WeightCacheInfo::status(if opts.weight_cache { "not used" } else { "off" })
+            }
+            _ => prepared_cache::WeightCacheInfo::status("off"), // NANO_QWEN3_WEIGHT_CACHE=0, or no cache directory
+        };
+        engine.load_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(engine)
     }
 
     pub fn apply_chat_template(&self, messages: &serde_json::Value, opts: &ChatTemplateOptions) -> Result<String> {

@@ -47,6 +47,8 @@ pub struct NativeLoadOptions {
     pub max_batch_tokens: Option<u32>,
     pub max_concurrent_sequences: Option<u32>,
     pub enable_prefix_caching: Option<bool>,
+    /// Reuse static_int8 / int4 weights prepared by an earlier load (default true).
+    pub weight_cache: Option<bool>,
 }
 
 /// A byte count from JS: a whole number that fits this machine's address space.
@@ -74,6 +76,8 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Res
             max_concurrent_sequences: o.max_concurrent_sequences.map(|n| n as usize),
             enable_prefix_caching: o.enable_prefix_caching,
         },
+        weight_cache: o.weight_cache.unwrap_or(true),
+        weight_cache_dir: None,
         progress: on_progress.map(|cb| -> ProgressFn {
             Arc::new(move |p| {
                 if let Ok(json) = serde_json::to_string(p) {

@@ -20,7 +20,7 @@ use crate::progress::ProgressFn;
 use crate::text::tokenizer::Tokenizer;
 use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ use std::time::Instant;
 /// dynamic int8's logit error on the synthetic 0.6B model in `npm run quality`.)
 pub const MAX_RANGE_RATIO: f64 = 2.0;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SiteDecision {
     /// "layers.3.down_proj input", "lm_head input".
@@ -39,7 +39,7 @@ pub struct SiteDecision {
     pub is_static: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CalibrationReport {
     pub texts: usize,
@@ -53,6 +53,26 @@ pub struct CalibrationReport {
     pub dynamic_sites: Vec<String>,
     pub sites: Vec<SiteDecision>,
     pub time_ms: f64,
+}
+
+/// The fixed activation scales of one site (None: the lm_head's input), as calibration set them:
+/// what a prepared-weights cache entry must restore besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StaticScales {
+    pub layer: Option<usize>,
+    pub site: String,
+    pub scales: Vec<f32>,
+}
+
+/// Put calibrated scales back on a model loaded from prepared (smoothed, quantized) weights.
+pub fn apply_static_scales(model: &mut Qwen3Model, all: &[StaticScales]) -> Result<()> {
+    for s in all {
+        let site = Site::ALL.into_iter().find(|x| x.name() == s.site).ok_or_else(|| {
+            crate::error::EngineError::Internal(format!("prepared weights name an unknown activation site \"{}\"", s.site))
+        })?;
+        model.set_static_scales(s.layer, site, &s.scales);
+    }
+    Ok(())
 }
 
 /// The base source with some tensors replaced (the smoothed ones, in f32).
@@ -254,7 +274,7 @@ pub fn load(
     calibration: &CalibrationConfig,
     dev: &Device,
     progress: Option<&ProgressFn>,
-) -> Result<(Qwen3Model, CalibrationReport)> {
+) -> Result<(Qwen3Model, CalibrationReport, Vec<StaticScales>)> {
     let started = Instant::now();
     let sequences = calibration.token_sequences(tokenizer)?;
     let alpha = calibration.smoothing()?;
@@ -271,11 +291,13 @@ pub fn load(
     let mut model = Qwen3Model::load_with_progress(cfg, &overlay, WeightFormat::Q8, dev, progress)?;
     let mut sites = Vec::new();
     let mut dynamic = Vec::new();
+    let mut applied = Vec::new();
     let mut apply = |model: &mut Qwen3Model, layer: Option<usize>, site: Site, name: String, st: &SiteStats| {
         let (d, scales) = decide(name, st);
         if d.is_static {
             // Layers whose shape kept them dense simply stay f32.
             model.set_static_scales(layer, site, &scales);
+            applied.push(StaticScales { layer, site: site.name().into(), scales });
         } else {
             dynamic.push(format!(
                 "{}: dynamic, a typical token spans 1/{:.1} of the calibrated range (over {MAX_RANGE_RATIO}x: more than 1 of 8 bits lost)",
@@ -301,7 +323,7 @@ pub fn load(
         sites,
         time_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
-    Ok((model, report))
+    Ok((model, report, applied))
 }
 
 #[cfg(test)]

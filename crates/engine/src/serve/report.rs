@@ -40,6 +40,8 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// What compile mode max-autotune measured or read from its cache (null otherwise).
     pub autotune: Option<crate::model::autotune::AutotuneReport>,
+    /// Whether static_int8 / int4 weights came from, or went to, the prepared-weights disk cache.
+    pub weight_cache: crate::source::prepared_cache::WeightCacheInfo,
     /// The serving loop: KV pool, batch limits, sequences, prefix cache, preemptions.
     pub serving: ServingInfo,
 }
@@ -196,6 +198,7 @@ impl Engine {
             load_time_ms: self.load_time_ms,
             has_chat_template: self.template.is_some(),
             autotune: self.autotune.clone(),
+            weight_cache: self.weight_cache.clone(),
             simd: nano_qwen3_kernels::active_isa().name(),
             serving: self.serving_info(),
         }

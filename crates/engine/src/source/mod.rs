@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 pub mod gguf;
 pub mod gguf_export;
 pub mod gguf_meta;
+pub mod prepared_cache;
 pub mod weights;
 
 pub enum ModelFiles {
