@@ -142,6 +142,12 @@ test('estimateMemoryUsage reports measured bytes of weights and KV cache', async
   // 2 layers x K,V x 2 KV heads x head_dim 32 x 4 bytes (f32 cache).
   t.is(m.kvCacheBytesPerToken, 2 * 2 * 2 * 32 * 4)
   t.is(m.kvCacheBytesAtMaxSeqLength, m.kvCacheBytesPerToken * 4096)
+  // The process's memory when the load ended: it holds at least the weights, and its peak is no lower.
+  if (process.platform === 'linux') {
+    t.true(m.rssAfterLoadBytes > m.weightBytes && m.peakRssAtLoadBytes >= m.rssAfterLoadBytes, JSON.stringify([m.rssAfterLoadBytes, m.peakRssAtLoadBytes]))
+  } else {
+    t.is(m.rssAfterLoadBytes, null)
+  }
   // KV cache bytes are counted while a request runs, and released after it.
   t.is(m.kvCacheBytes, 0)
   const controller = new AbortController()

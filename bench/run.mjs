@@ -6,10 +6,12 @@
 // without chunked prefill (peak RSS). Draws bench/comparison.svg.
 //   BENCH_MODES=none,bf16,fp16,dynamic_int8,static_int8,int4  BENCH_THREADS=2  BENCH_ITERATIONS=2
 //   BENCH_PEER=0 (skip llama.cpp)  BENCH_ABLATION=0 (skip ablations)  BENCH_ABLATION_MODE=dynamic_int8
+//   BENCH_FILES=0 (skip: our engine on llama.cpp's own GGUF files, peak RSS and load; the second
+//   load of int4 / static_int8 from the prepared-weights cache)
 // `npm run bench -- --real`: the real Qwen2.5-Coder 0.5B / 1.5B GGUF files instead (bench/real-bench.mjs).
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
-import { cpus } from 'node:os'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ModelRunner } from '../dist/index.mjs'
@@ -52,6 +54,9 @@ async function ensureGguf(mode) {
   return file
 }
 
+// A fresh prepared-weights cache: the table's int4 / static_int8 loads are first (cold) loads.
+process.env.NANO_QWEN3_WEIGHT_CACHE_DIR = mkdtempSync(join(tmpdir(), 'nano-qwen3-bench-cache-'))
+
 const rows = []
 for (const quantization of modes) {
   console.error(`measuring nano-qwen3-serving ${quantization} ...`)
@@ -83,6 +88,32 @@ for (const { ours: o, peer: p } of rows) {
       `${ratio(o.prefillTokensPerSecond, p?.prefillTokensPerSecond)} | ${ratio(o.decodeTokensPerSecond, p?.decodeTokensPerSecond)} |`,
   )
 }
+// The same GGUF files in both engines: peak RSS and load time (ours as stored: `none`), and the
+// second load of the modes that compute at load, read from the prepared-weights cache, against
+// llama.cpp loading a GGUF of the same size.
+const files = []
+if (withPeer && process.env.BENCH_FILES !== '0') {
+  for (const [type, peer] of Object.entries(peerCache)) {
+    const gguf = await ensureGguf({ F16: 'fp16', Q8_0: 'dynamic_int8', Q4_0: 'int4' }[type])
+    console.error(`our engine on ${gguf} ...`)
+    files.push({ label: `${type} file, ours as stored`, ours: measure('engine-bench.mjs', ['--model', gguf, '--quantization', 'none'], '1'), peer })
+  }
+  for (const [mode, type] of [['int4', 'Q4_0'], ['static_int8', 'Q8_0']]) {
+    if (!modes.includes(mode) || !peerCache[type]) continue
+    console.error(`second load of ${mode} (prepared-weights cache) ...`)
+    files.push({ label: `${mode}, second load (cached) vs ${type}`, ours: measure('engine-bench.mjs', ['--model', model, '--quantization', mode], '1'), peer: peerCache[type] })
+  }
+  console.log('\nSame GGUF files / cached preparation: peak RSS and load time against llama.cpp\n')
+  console.log('| ours | weights | peak RSS MB | load s | llama.cpp | peak RSS MB | load s | RSS ratio | load ratio |')
+  console.log('|---|---|---|---|---|---|---|---|---|')
+  for (const { label, ours: o, peer: p } of files) {
+    console.log(
+      `| ${label} | ${o.weightDtype} | ${f(o.peakRssMb, 0)} | ${f(o.loadMs / 1000, 2)} | ${p.type} | ${f(p.peakRssMb, 0)} | ${f(p.loadMs / 1000, 2)} | ` +
+        `${ratio(o.peakRssMb, p.peakRssMb)} | ${ratio(o.loadMs, p.loadMs)} |`,
+    )
+  }
+}
+
 // Ablations: one optimization changed at a time from the defaults (all on).
 const ablation = []
 if (process.env.BENCH_ABLATION !== '0') {
@@ -124,7 +155,7 @@ if (process.env.BENCH_ABLATION !== '0') {
 }
 
 mkdirSync(join(here, 'results'), { recursive: true })
-writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), cpu, threads, rows, ablation }, null, 2))
+writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), cpu, threads, rows, files, ablation }, null, 2))
 const chartRows = rows.map(({ ours: o, peer: p }) => ({
   label: `${o.quantization}`,
   ours: { prefill: o.prefillTokensPerSecond, decode: o.decodeTokensPerSecond },

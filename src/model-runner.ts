@@ -404,6 +404,10 @@ export class ModelRunner {
     kvCacheBytesAtMaxSeqLength: number
     /** Measured weight bytes per tensor class and storage format. */
     weightsByClass: TensorClass[]
+    /** This process's resident memory right after the load, and the highest it had reached by then
+     * (process-wide: a fresh process's load peak; Linux only, null elsewhere). */
+    rssAfterLoadBytes: number | null
+    peakRssAtLoadBytes: number | null
   } {
     return native(() => this.native.memoryUsage())
   }

@@ -117,6 +117,8 @@ pub struct Engine {
     pub load_time_ms: f64,
     /// Whether the prepared weights came from, or went to, the disk cache.
     pub weight_cache: prepared_cache::WeightCacheInfo,
+    /// (resident, peak resident) bytes of the process when the load finished (Linux).
+    pub rss_at_load: Option<(u64, u64)>,
     /// static_int8: what calibration measured and decided.
     pub calibration: Option<CalibrationReport>,
     /// Which optimizations the forward pass uses.
@@ -266,6 +268,7 @@ impl Engine {
             .map_err(|e| cannot_start(&e))?;
         let mut engine = Self {
             weight_cache: prepared_cache::WeightCacheInfo::status("not used"),
+            rss_at_load: None,
             exec,
             prefill_chunk,
             kv_dtype: acc.kv_cache_dtype,
@@ -309,6 +312,7 @@ impl Engine {
             _ => prepared_cache::WeightCacheInfo::status("off"), // NANO_QWEN3_WEIGHT_CACHE=0, or no cache directory
         };
         engine.load_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+        engine.rss_at_load = crate::serve::report::process_rss();
         Ok(engine)
     }
 

@@ -104,6 +104,20 @@ pub struct MemoryUsage {
     pub kv_cache_bytes_at_max_seq_length: usize,
     /// Weight bytes per tensor class and format.
     pub weights_by_class: Vec<TensorClass>,
+    /// This process's resident memory right after the load, and the highest it had reached by then
+    /// (process-wide, so a fresh process's load peak; Linux only, null elsewhere).
+    pub rss_after_load_bytes: Option<u64>,
+    pub peak_rss_at_load_bytes: Option<u64>,
+}
+
+/// (resident, peak resident) bytes of this process, from /proc/self/status.
+pub fn process_rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,6 +257,8 @@ impl Engine {
             kv_cache_bytes_per_token: per_token,
             kv_cache_bytes_at_max_seq_length: per_token * self.max_seq_length,
             weights_by_class: self.model.tensor_classes(),
+            rss_after_load_bytes: self.rss_at_load.map(|r| r.0),
+            peak_rss_at_load_bytes: self.rss_at_load.map(|r| r.1),
         }
     }
 
