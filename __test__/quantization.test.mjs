@@ -82,7 +82,9 @@ test('kvCacheDtype f16 halves the KV cache and keeps the logits close', async (t
 })
 
 test('int4 weights prepared at load are cached on disk: the second load reads them, same logits', async (t) => {
-  const opts = { modelName: fixtureDir, accelerationConfig: { quantization: 'int4' }, onLoadProgress: false }
+  // Calibration texts of its own: a key no other test in this file (and cache directory) loads.
+  const calibration = { texts: ['The weight cache test calibrates on this sentence, and on nothing else.'] }
+  const opts = { modelName: fixtureDir, accelerationConfig: { quantization: 'int4', calibration }, onLoadProgress: false }
   const first = await ModelRunner.load(opts)
   const second = await ModelRunner.load(opts)
   t.is(first.getModelInfo().weightCache.status, 'written')
