@@ -23,7 +23,8 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Bumped whenever what an entry holds, or how the engine prepares weights, changes.
+/// Bump whenever what an entry holds, or how the engine prepares weights (calibration, SmoothQuant,
+/// the quantizers), changes: released versions are also told apart by the package version.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// What the cache did for this load (`getModelInfo().weightCache`).
