@@ -2,13 +2,14 @@
 // held-out text in the model's domain (Python standard-library source, found on every machine with
 // Python) and mean KL divergence from our f32 path (`fp32`: every tensor of the GGUF dequantized to
 // f32), side by side with llama.cpp (node-llama-cpp) on GGUF files of the same weights exported by
-// this engine: F32, Q8_0 (our dynamic_int8 export is llama.cpp's Q8_0 rule), and Q4_0 with
-// llama.cpp's own scale rule (abs-max), plus the file as published.
+// this engine: Q8_0 (our dynamic_int8 export is llama.cpp's Q8_0 rule) and Q4_0 with llama.cpp's own
+// scale rule (abs-max), plus the file as published, each against llama.cpp's run of our F32 export.
 // The text is cut into windows of 512 tokens, each evaluated from an empty context. Our perplexity
 // counts every position; KL, and everything llama.cpp is measured on, counts every 16th position of
 // each window (node-llama-cpp hands out a whole-vocabulary Map per position: 0.14 s each), and
 // `ppl@kl` is the perplexity over those positions, for the side-by-side columns.
-//   node bench/real-quality.mjs [--model 0.5b|1.5b|FILE] [--tokens 20480] [--every 16] [--peer 0]
+//   node bench/real-quality.mjs [--model 0.5b|1.5b|FILE] [--tokens 20480] [--every 16] [--peer 0] [--ours 0]
+//   REAL_PUBLISHED=0 skips llama.cpp on the published file
 // Writes bench/results/real-quality-<model>.json.
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -27,6 +28,7 @@ const { values: o } = parseArgs({
     tokens: { type: 'string', default: '20480' },
     every: { type: 'string', default: '16' },
     peer: { type: 'string', default: '1' },
+    ours: { type: 'string', default: '1' },
   },
 })
 const file = REAL_MODELS[o.model] ? realModel(o.model) : o.model
@@ -107,7 +109,7 @@ console.error(`${ids.length} tokens of ${MODULES.length} stdlib modules, ${windo
 
 const rows = []
 let reference // per window: the KL positions' log-probability rows
-for (const [label, accelerationConfig] of MODES) {
+for (const [label, accelerationConfig] of o.ours === '0' ? [] : MODES) {
   const t0 = performance.now()
   const runner = await ModelRunner.load({ modelName: file, accelerationConfig, onLoadProgress: false })
   const info = runner.getModelInfo()
@@ -155,12 +157,15 @@ async function exportAs(quantization, suffix, env = {}) {
 
 if (o.peer !== '0') {
   const llama = await getLlama({ gpu: false, logLevel: 'error' })
+  // llama.cpp's rows are measured against its own F32 run (node-llama-cpp reports probabilities
+  // after its sampler chain, so its distributions are compared with each other, not with ours).
   const peers = [
-    ['F32 (our fp32 export)', await exportAs('fp32', 'F32')],
+    ['F32 (our fp32 export): its reference', await exportAs('fp32', 'F32')],
     ['Q8_0 (our dynamic_int8 export)', await exportAs('dynamic_int8', 'Q8_0')],
     ['Q4_0, llama.cpp\'s abs-max rule', await exportAs('int4', 'Q4_0-absmax', { NANO_QWEN3_Q4_SCALES: 'absmax' })],
-    ['Q4_K_M (the file as published)', file],
+    ...(process.env.REAL_PUBLISHED === '0' ? [] : [['Q4_K_M (the file as published)', file]]),
   ]
+  let llamaReference
   const next = { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } }
   for (const [label, gguf] of peers) {
     const t0 = performance.now()
@@ -169,17 +174,23 @@ if (o.peer !== '0') {
     const context = await model.createContext({ contextSize: WINDOW + 16, threads: 2, batchSize: WINDOW })
     const seq = context.getSequence()
     const tally = new Tally()
+    const refRows = []
     for (const [w, win] of windows.entries()) {
       await seq.clearHistory()
       const input = win.slice(0, -1)
       const res = await seq.controlledEvaluate(input.map((t, i) => (isKlPosition(i) ? [t, { generateNext: next }] : t)))
+      const keep = []
       for (let i = every - 1; i < input.length; i += every) {
         const probs = res[i].next.probabilities
         const logp = (j) => Math.log(probs.get(j) ?? 1e-30)
-        tally.add(i, win[i + 1], logp, reference[w][Math.floor(i / every)], vocab)
+        tally.add(i, win[i + 1], logp, llamaReference?.[w][Math.floor(i / every)], vocab)
+        if (!llamaReference) keep.push(Float32Array.from({ length: vocab }, (_, j) => logp(j)))
       }
+      if (!llamaReference) refRows.push(keep)
     }
     const r = { engine: 'llama.cpp', mode: label, weights: basename(gguf), weightBytes: undefined, loadS, ...tally.result(), perplexity: undefined }
+    if (!llamaReference) Object.assign(r, { meanKl: 0, top1: 1 })
+    llamaReference ??= refRows
     rows.push(r)
     console.error(`llama.cpp ${label}: ppl@kl ${r.perplexityAtKl.toFixed(4)}, mean KL ${r.meanKl.toExponential(2)} (${((performance.now() - t0) / 1000).toFixed(0)} s)`)
     await context.dispose()
@@ -189,7 +200,7 @@ if (o.peer !== '0') {
 
 const klPositions = windows.reduce((s, w) => s + Math.floor((w.length - 1) / every), 0)
 const mb = (b) => (b === undefined ? '-' : (b / 2 ** 20).toFixed(0))
-console.log(`\n${basename(file)}: ${ids.length} tokens of Python stdlib source (${MODULES.join(', ')}), windows of ${WINDOW}; KL from our fp32 path over ${klPositions} positions (every ${every}th)\n`)
+console.log(`\n${basename(file)}: ${ids.length} tokens of Python stdlib source (${MODULES.join(', ')}), windows of ${WINDOW}; KL over ${klPositions} positions (every ${every}th) from our fp32 path (ours) / llama.cpp's F32 run (llama.cpp)\n`)
 console.log('| engine | mode | weights | weight MB | perplexity | ppl@kl | mean KL | top-1 agreement |')
 console.log('|---|---|---|---|---|---|---|---|')
 for (const r of rows) {

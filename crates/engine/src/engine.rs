@@ -194,27 +194,32 @@ impl Engine {
         let cache_dir = (opts.weight_cache && prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())))
             .then(|| opts.weight_cache_dir.clone().or_else(prepared_cache::dir_from_env))
             .flatten();
-        let cache_key = cache_dir.as_ref().map(|_| prepared_cache::key(&opened.files, acc)).transpose()?;
+        // A checkpoint whose identity cannot be read (permissions, a vanished shard) loads uncached.
+        let (cache_key, key_error) = match cache_dir.as_ref().map(|_| prepared_cache::key(&opened.files, acc)) {
+            Some(Ok(k)) => (Some(k), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, None),
+        };
         let lookup = match (&cache_dir, &cache_key) {
             (Some(dir), Some((key, ..))) => Some(prepared_cache::lookup(dir, key)),
             _ => None,
         };
         let mut static_scales = Vec::new();
-        let (model, calibration, tuned, hit) = load_pool.install(|| pool.enter(|| -> Result<_> {
-            let (mut model, calibration, hit) = if let Some(prepared_cache::Lookup::Hit(entry)) = lookup.as_ref() {
+        let (model, calibration, tuned) = load_pool.install(|| pool.enter(|| -> Result<_> {
+            let (mut model, calibration) = if let Some(prepared_cache::Lookup::Hit(entry)) = lookup.as_ref() {
                 let src = crate::source::gguf::GgufFile::open(&entry.gguf)?;
                 let mut m = Qwen3Model::load_with_progress(&config, &src, format, &Device::Cpu, progress)?;
                 static_int8::apply_static_scales(&mut m, &entry.sidecar.static_scales)?;
-                (m, entry.sidecar.calibration.clone(), true)
+                (m, entry.sidecar.calibration.clone())
             } else if opts.acceleration.quantization == Quantization::StaticInt8 {
                 let (m, r, scales) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
                 static_scales = scales;
-                (m, Some(r), false)
+                (m, Some(r))
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
                 let importance = crate::quantize::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
-                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None, false)
+                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None)
             } else {
-                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None, false)
+                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None)
             };
             if acc.use_fused_kernels {
                 model.fuse_projections();
@@ -225,7 +230,7 @@ impl Engine {
             // Tiling is tuned last: it depends on the final formats and layouts.
             let tuned = (acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
                 .then(|| crate::model::autotune::autotune(&model, threads, progress));
-            Ok((model, calibration, tuned, hit))
+            Ok((model, calibration, tuned))
         }))?;
         let mut plan = plan;
         if let Some(t) = &tuned {
@@ -294,10 +299,7 @@ impl Engine {
             server,
         };
         engine.weight_cache = match (lookup, cache_dir, cache_key) {
-            (Some(prepared_cache::Lookup::Hit(entry)), ..) => {
-                debug_assert!(hit);
-                prepared_cache::WeightCacheInfo { status: "hit", path: Some(entry.gguf), error: None }
-            }
+            (Some(prepared_cache::Lookup::Hit(entry)), ..) => prepared_cache::WeightCacheInfo { status: "hit", path: Some(entry.gguf), error: None },
             (Some(found), Some(dir), Some((key, source, options))) => {
                 let stored = prepared_cache::store(&dir, (&key, &source, &options), |p| engine.export_gguf(p), static_scales, engine.calibration.clone());
                 let status = if matches!(found, prepared_cache::Lookup::Damaged(_)) { "rebuilt" } else { "written" };
@@ -306,6 +308,7 @@ impl Engine {
                     Err(e) => prepared_cache::WeightCacheInfo { status: "error", path: Some(dir), error: Some(e.to_string()) },
                 }
             }
+            (None, Some(dir), None) => prepared_cache::WeightCacheInfo { status: "error", path: Some(dir), error: key_error },
             _ if !opts.weight_cache || !prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())) => {
                 prepared_cache::WeightCacheInfo::status(if opts.weight_cache { "not used" } else { "off" })
             }
