@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { getLlama } from 'node-llama-cpp'
 import { ModelRunner, NanoQwenError } from '../dist/index.mjs'
-import { fixtureDir, reference } from './helpers.mjs'
+import { fixtureDir, logSoftmax, reference } from './helpers.mjs'
 
 const dir = mkdtempSync(join(tmpdir(), 'nq3-gguf-'))
 const llama = getLlama({ gpu: false, logLevel: 'error' })
@@ -57,15 +57,6 @@ async function llamaLogProbs(file, ids) {
   await context.dispose()
   await model.dispose()
   return out
-}
-
-function logSoftmax(row) {
-  let m = -Infinity
-  for (const v of row) m = Math.max(m, v)
-  let s = 0
-  for (const v of row) s += Math.exp(v - m)
-  const lse = m + Math.log(s)
-  return Array.from(row, (v) => v - lse)
 }
 
 test('Q8_0 export (dynamic_int8): llama.cpp and this engine run the same file to the same logits and greedy tokens', async (t) => {

@@ -74,3 +74,13 @@ export function editJson(path, edit) {
   const v = JSON.parse(readFileSync(path, 'utf8'))
   writeFileSync(path, JSON.stringify(edit(v) ?? v, null, 2))
 }
+
+/** Log-softmax of a row of logits (numbers), as a plain array. */
+export function logSoftmax(row) {
+  let m = -Infinity
+  for (const v of row) m = Math.max(m, v)
+  let s = 0
+  for (const v of row) s += Math.exp(v - m)
+  const lse = m + Math.log(s)
+  return Array.from(row, (v) => v - lse)
+}

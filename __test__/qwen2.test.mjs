@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { getLlama } from 'node-llama-cpp'
 import { ModelRunner } from '../dist/index.mjs'
-import { root } from './helpers.mjs'
+import { logSoftmax, root } from './helpers.mjs'
 
 const dir = join(root, 'fixtures', 'qwen2-tiny')
 const llama = getLlama({ gpu: false, logLevel: 'error' })
@@ -28,15 +28,6 @@ async function llamaLogProbs(file, ids) {
   await context.dispose()
   await model.dispose()
   return res.map((r) => r.next.probabilities)
-}
-
-function logSoftmax(row) {
-  let m = -Infinity
-  for (const v of row) m = Math.max(m, v)
-  let s = 0
-  for (const v of row) s += Math.exp(v - m)
-  const lse = m + Math.log(s)
-  return Array.from(row, (v) => v - lse)
 }
 
 /**

@@ -191,7 +191,8 @@ impl Engine {
             .build()
             .map_err(|e| cannot_start(&e))?;
         // The prepared-weights cache: where, under which key, and whether an entry is there.
-        let cache_dir = (opts.weight_cache && prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())))
+        let cacheable = prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref()));
+        let cache_dir = (opts.weight_cache && cacheable)
             .then(|| opts.weight_cache_dir.clone().or_else(prepared_cache::dir_from_env))
             .flatten();
         // A checkpoint whose identity cannot be read (permissions, a vanished shard) loads uncached.
@@ -309,7 +310,7 @@ impl Engine {
                 }
             }
             (None, Some(dir), None) => prepared_cache::WeightCacheInfo { status: "error", path: Some(dir), error: key_error },
-            _ if !opts.weight_cache || !prepared_cache::applies(acc, !needs_quantizing(tensors.as_ref())) => {
+            _ if !opts.weight_cache || !cacheable => {
                 prepared_cache::WeightCacheInfo::status(if opts.weight_cache { "not used" } else { "off" })
             }
             _ => prepared_cache::WeightCacheInfo::status("off"), // NANO_QWEN3_WEIGHT_CACHE=0, or no cache directory

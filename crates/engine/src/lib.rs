@@ -16,6 +16,7 @@
 //! `quantize/` calibrates (static int8, SmoothQuant, int4 importances); `serve/` schedules,
 //! samples, streams and reports; `engine.rs` ties them together at load.
 pub mod acceleration;
+pub mod cache_dir;
 pub mod engine;
 pub mod error;
 pub mod model;

@@ -37,11 +37,7 @@ pub fn cache_file() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NANO_QWEN3_AUTOTUNE_CACHE") {
         return Some(PathBuf::from(p));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("nano-qwen3-serving").join("autotune.json"))
+    Some(crate::cache_dir::user_cache_dir()?.join("autotune.json"))
 }
 
 /// The CPU's model name (part of every cache key: a winner on one CPU says nothing of another).

@@ -89,11 +89,7 @@ pub fn dir_from_env() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NANO_QWEN3_WEIGHT_CACHE_DIR") {
         return Some(PathBuf::from(p));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("nano-qwen3-serving").join("prepared"))
+    Some(crate::cache_dir::user_cache_dir()?.join("prepared"))
 }
 
 /// 128-bit non-cryptographic hash (two lanes of a multiply-xorshift over 8-byte words): detects
