@@ -50,7 +50,7 @@ export interface NativeLoadOptions {
 }
 
 /** The allowed values of every enumerated acceleration option (the engine's lists). */
-export declare function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] }
+export declare function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[]; int4LmHead: string[] }
 
 /** The execution plan for a config on a device, without loading a model. */
 export declare function planAcceleration(acceleration: any, device: string): any

@@ -57,12 +57,18 @@ test('a GGUF written by PyPI gguf loads through ModelRunner with the folder\'s l
 })
 
 test('memory report: bytes per tensor class add up to the weights, int8 and int4 within the size goals', async (t) => {
-  for (const [mode, maxFraction] of [['dynamic_int8', 0.28], ['int4', 0.16]]) {
-    const runner = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: mode } })
+  const cases = [
+    ['dynamic_int8', {}, 0.28, () => 'q8_0'],
+    // The smallest int4: every matrix in Q4_0.
+    ['int4', { int4LmHead: 'q4_0' }, 0.16, () => 'q4_0'],
+    // The default keeps the output projection (here the tied embedding, nearly all of this tiny model) in Q8_0.
+    ['int4', {}, 0.28, (c) => (c.includes('lm_head') ? 'q8_0' : 'q4_0')],
+  ]
+  for (const [mode, extra, maxFraction, format] of cases) {
+    const runner = await ModelRunner.load({ modelName: fixtureDir, accelerationConfig: { quantization: mode, ...extra } })
     const m = runner.estimateMemoryUsage()
     t.is(m.weightsByClass.reduce((s, c) => s + c.bytes, 0), m.weightBytes)
-    const block = mode === 'int4' ? 'q4_0' : 'q8_0'
-    for (const c of m.weightsByClass.filter((c) => c.class !== 'norms')) t.is(c.format, block, c.class)
+    for (const c of m.weightsByClass.filter((c) => c.class !== 'norms')) t.is(c.format, format(c.class), `${mode} ${JSON.stringify(extra)} ${c.class}`)
     // Against the same parameters in f32 (what `none` on an f32 checkpoint holds).
     t.true(m.weightBytes / (m.baseModelSizeMb * 2 ** 20) <= maxFraction, `${mode}: ${m.weightBytes} bytes`)
     await runner.dispose()

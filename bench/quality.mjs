@@ -103,12 +103,12 @@ async function ours(model, label, accelerationConfig, prompts) {
   return { row, logp: logSoftmaxRows(logits, vocab), vocab }
 }
 
-async function exportGguf(model, quantization, file, env = {}) {
+async function exportGguf(model, accelerationConfig, file, env = {}) {
   if (existsSync(file)) return file
   const saved = { ...process.env }
   Object.assign(process.env, env)
   try {
-    const runner = await ModelRunner.load({ modelName: model, accelerationConfig: { quantization }, onLoadProgress: false })
+    const runner = await ModelRunner.load({ modelName: model, accelerationConfig, onLoadProgress: false })
     await runner.export(file)
     await runner.dispose()
   } finally {
@@ -155,7 +155,7 @@ for (const name of which) {
     rows.push({ ...r.row, ...compare(ref.logp, r.logp, ref.vocab) })
   }
   if (withPeer) {
-    const bf16 = await exportGguf(model, 'none', join(ggufDir, `${stem}-BF16.gguf`))
+    const bf16 = await exportGguf(model, { quantization: 'none' }, join(ggufDir, `${stem}-BF16.gguf`))
     console.error(`[${name}] llama.cpp BF16 (its reference) ...`)
     const lref = llama(bf16, promptsFile, ref.vocab, tmp)
     rows.push({ engine: 'llama.cpp', mode: 'BF16 vs our none', weights: 'bf16', ...compare(ref.logp, lref.logp, ref.vocab), weightBytes: rows.find((r) => r.mode === 'bf16')?.weightBytes, loadS: lref.loadS })
@@ -163,9 +163,9 @@ for (const name of which) {
     const bytesOf = (mode) => rows.find((r) => r.mode === mode)?.weightBytes
     const peers = [
       // Q8_0: our dynamic_int8 export is llama.cpp's Q8_0 rule (abs-max / 127, round half away).
-      ['Q8_0', 'dynamic_int8', await exportGguf(model, 'dynamic_int8', join(ggufDir, `${stem}-Q8_0.gguf`))],
-      ['Q4_0 (llama.cpp rule)', 'int4', await exportGguf(model, 'int4', join(ggufDir, `${stem}-Q4_0-absmax.gguf`), { NANO_QWEN3_Q4_SCALES: 'absmax' })],
-      ['Q4_0 (our int4 scales)', 'int4', await exportGguf(model, 'int4', join(ggufDir, `${stem}-Q4_0.gguf`))],
+      ['Q8_0', 'dynamic_int8', await exportGguf(model, { quantization: 'dynamic_int8' }, join(ggufDir, `${stem}-Q8_0.gguf`))],
+      ['Q4_0 (llama.cpp rule)', 'int4', await exportGguf(model, { quantization: 'int4', calibration: { smoothing: 0 } }, join(ggufDir, `${stem}-Q4_0-llama-rule.gguf`), { NANO_QWEN3_Q4_SCALES: 'absmax' })],
+      ['Q4_0 (our int4 scales)', 'int4', await exportGguf(model, { quantization: 'int4' }, join(ggufDir, `${stem}-Q4_0.gguf`))],
     ]
     for (const [label, mode, file] of peers) {
       console.error(`[${name}] llama.cpp ${label} ...`)

@@ -9,6 +9,8 @@
 // each window (node-llama-cpp hands out a whole-vocabulary Map per position: 0.14 s each), and
 // `ppl@kl` is the perplexity over those positions, for the side-by-side columns.
 //   node bench/real-quality.mjs [--model 0.5b|1.5b|FILE] [--tokens 20480] [--every 16] [--peer 0] [--ours 0]
+//                               [--only TEXT[,TEXT...]]   (rows whose label contains one of the texts;
+//                                                          the f32 references always run)
 //   REAL_PUBLISHED=0 skips llama.cpp on the published file
 // Writes bench/results/real-quality-<model>.json.
 import { execFileSync } from 'node:child_process'
@@ -29,6 +31,7 @@ const { values: o } = parseArgs({
     every: { type: 'string', default: '16' },
     peer: { type: 'string', default: '1' },
     ours: { type: 'string', default: '1' },
+    only: { type: 'string' },
   },
 })
 const file = REAL_MODELS[o.model] ? realModel(o.model) : o.model
@@ -49,8 +52,11 @@ const MODES = [
   ['static_int8', { quantization: 'static_int8' }],
   ['static_int8, no SmoothQuant', { quantization: 'static_int8', calibration: { smoothing: 0 } }],
   ['int4 (groups of 32)', { quantization: 'int4' }],
+  ['int4, lm_head in Q4_0 too', { quantization: 'int4', int4LmHead: 'q4_0' }],
+  ['int4, no activation-aware scaling', { quantization: 'int4', calibration: { smoothing: 0 } }],
   ['int4 (groups of 128)', { quantization: 'int4', int4GroupSize: 128 }],
 ]
+const wanted = (label, isReference) => isReference || !o.only || o.only.split(',').some((t) => label.includes(t))
 
 /** log Σ exp(row). */
 function logSumExp(row) {
@@ -109,7 +115,7 @@ console.error(`${ids.length} tokens of ${MODULES.length} stdlib modules, ${windo
 
 const rows = []
 let reference // per window: the KL positions' log-probability rows
-for (const [label, accelerationConfig] of o.ours === '0' ? [] : MODES) {
+for (const [label, accelerationConfig] of o.ours === '0' ? [] : MODES.filter(([label], i) => wanted(label, i === 0))) {
   const t0 = performance.now()
   const runner = await ModelRunner.load({ modelName: file, accelerationConfig, onLoadProgress: false })
   const info = runner.getModelInfo()
@@ -140,13 +146,13 @@ for (const [label, accelerationConfig] of o.ours === '0' ? [] : MODES) {
   await runner.dispose()
 }
 
-async function exportAs(quantization, suffix, env = {}) {
+async function exportAs(accelerationConfig, suffix, env = {}) {
   const out = join(dirname(file), `${stem}-ours-${suffix}.gguf`)
   if (existsSync(out)) return out
   const saved = { ...process.env }
   Object.assign(process.env, env)
   try {
-    const runner = await ModelRunner.load({ modelName: file, accelerationConfig: { quantization }, onLoadProgress: false })
+    const runner = await ModelRunner.load({ modelName: file, accelerationConfig, onLoadProgress: false })
     await runner.export(out)
     await runner.dispose()
   } finally {
@@ -160,14 +166,20 @@ if (o.peer !== '0') {
   // llama.cpp's rows are measured against its own F32 run (node-llama-cpp reports probabilities
   // after its sampler chain, so its distributions are compared with each other, not with ours).
   const peers = [
-    ['F32 (our fp32 export): its reference', await exportAs('fp32', 'F32')],
-    ['Q8_0 (our dynamic_int8 export)', await exportAs('dynamic_int8', 'Q8_0')],
-    ['Q4_0, llama.cpp\'s abs-max rule', await exportAs('int4', 'Q4_0-absmax', { NANO_QWEN3_Q4_SCALES: 'absmax' })],
-    ...(process.env.REAL_PUBLISHED === '0' ? [] : [['Q4_K_M (the file as published)', file]]),
-  ]
+    ['F32 (our fp32 export): its reference', () => exportAs({ quantization: 'fp32' }, 'F32')],
+    ['Q8_0 (our dynamic_int8 export)', () => exportAs({ quantization: 'dynamic_int8' }, 'Q8_0')],
+    // llama-quantize's Q4_0: abs-max scales, no calibration, the output matrix at more bits
+    // (Q6_K, or Q8_0 where rows do not split into 256s: our Q8_0 lm_head).
+    [
+      'Q4_0, llama.cpp\'s rule (abs-max; output Q8_0)',
+      () => exportAs({ quantization: 'int4', calibration: { smoothing: 0 } }, 'Q4_0-llama-rule', { NANO_QWEN3_Q4_SCALES: 'absmax' }),
+    ],
+    ...(process.env.REAL_PUBLISHED === '0' ? [] : [['Q4_K_M (the file as published)', () => file]]),
+  ].filter(([label], i) => wanted(label, i === 0))
   let llamaReference
   const next = { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } }
-  for (const [label, gguf] of peers) {
+  for (const [label, path] of peers) {
+    const gguf = await path()
     const t0 = performance.now()
     const model = await llama.loadModel({ modelPath: gguf, gpuLayers: 0 })
     const loadS = (performance.now() - t0) / 1000

@@ -16,10 +16,17 @@ export const QuantizationType = {
 export type QuantizationType = (typeof QuantizationType)[keyof typeof QuantizationType]
 export type CompileMode = 'default' | 'reduce-overhead' | 'max-autotune'
 export type KvCacheDtype = 'f32' | 'f16' | 'bf16'
+export type Int4LmHead = 'q8_0' | 'q4_0'
 
 /** The engine's lists of allowed values (the one source of the names; a test keeps the types above in step). */
 let values: ReturnType<typeof loadNativeOptionValues> | undefined
-const loadNativeOptionValues = (): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] } =>
+const loadNativeOptionValues = (): {
+  quantization: string[]
+  compileMode: string[]
+  kvCacheDtype: string[]
+  int4GroupSize: number[]
+  int4LmHead: string[]
+} =>
   loadNative().optionValues()
 export function optionValues(): ReturnType<typeof loadNativeOptionValues> {
   values ??= loadNativeOptionValues()
@@ -46,12 +53,14 @@ export const accelerationConfigSchema = z
     kvCacheDtype: oneOf<KvCacheDtype>('kvCacheDtype').default('f32'),
     /** int4: weights sharing one scale: 32 (Q4_0), 64 or 128 (4.25 / 4.125 bits per weight instead of 4.5 when repacked, a little more error). */
     int4GroupSize: oneOf<32 | 64 | 128>('int4GroupSize').default(32),
+    /** int4: the lm_head's format (or the embedding's, when tied): 'q8_0' (default; llama.cpp's 4-bit files keep it at 6-8 bits too) or 'q4_0' (smallest). */
+    int4LmHead: oneOf<Int4LmHead>('int4LmHead').default('q8_0'),
     /** static_int8 and int4: texts to calibrate on (default: a small built-in mixed set) and tokens used per text (default 128). */
     calibration: z
       .object({
         texts: z.array(z.string().min(1, 'a non-empty text')).min(1, 'at least one text (or leave texts out for the built-in set)').optional(),
         maxTokens: z.number().int().positive().optional(),
-        /** static_int8: SmoothQuant migration strength in [0, 1] (0 turns smoothing off; default 0.5). */
+        /** In [0, 1], 0 turns it off: static_int8's SmoothQuant migration strength (default 0.5); int4's activation-aware scaling exponent (default 0.35). */
         smoothing: z.number().min(0).max(1).optional(),
       })
       .strict()
@@ -72,6 +81,7 @@ const snakeToCamel: Record<string, string> = {
   use_fused_kernels: 'useFusedKernels',
   kv_cache_dtype: 'kvCacheDtype',
   int4_group_size: 'int4GroupSize',
+  int4_lm_head: 'int4LmHead',
 }
 
 /** Validated, frozen acceleration config. Unknown keys or values throw; nothing falls back silently. */

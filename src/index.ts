@@ -3,6 +3,7 @@ export {
   type AccelerationConfigInput,
   accelerationConfigSchema,
   type CompileMode,
+  type Int4LmHead,
   type KvCacheDtype,
   optionValues,
   createAccelerationConfig,

@@ -51,16 +51,32 @@ impl Quantization {
 
     /// How weight matrices are stored (int4 with one scale per `int4_group` weights).
     /// Activations are f32 in every mode.
-    fn weight_format(self, int4_group: usize) -> WeightFormat {
+    fn weight_format(self, int4_group: usize, int4_lm_head: Int4LmHead) -> WeightFormat {
         match self {
             Self::None => WeightFormat::Checkpoint,
             Self::Fp32 => WeightFormat::Dense(DType::F32),
             Self::Fp16 => WeightFormat::Dense(DType::F16),
             Self::Bf16 => WeightFormat::Dense(DType::BF16),
             Self::DynamicInt8 | Self::StaticInt8 => WeightFormat::Q8,
-            Self::Int4 => WeightFormat::Q4 { group: int4_group },
+            Self::Int4 => WeightFormat::Q4 { group: int4_group, lm_head_q8: int4_lm_head == Int4LmHead::Q8_0 },
         }
     }
+}
+
+/// int4: the format of the output projection (lm_head, or the embedding it is tied to), the
+/// matrix whose rounding the logits feel most directly. llama.cpp's quantizer keeps it at more
+/// bits in its 4-bit files too (Q6_K, or Q8_0 where rows do not divide into 256s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Int4LmHead {
+    #[default]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl Int4LmHead {
+    pub const VARIANTS: [Int4LmHead; 2] = [Self::Q8_0, Self::Q4_0];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -88,6 +104,7 @@ pub fn option_values() -> serde_json::Value {
         "compileMode": names(&CompileMode::VARIANTS),
         "kvCacheDtype": names(&KvDtype::VARIANTS),
         "int4GroupSize": nano_qwen3_kernels::q4::GROUP_SIZES,
+        "int4LmHead": names(&Int4LmHead::VARIANTS),
     })
 }
 
@@ -107,6 +124,8 @@ pub struct AccelerationConfig {
     pub kv_cache_dtype: KvDtype,
     /// int4: weights sharing one scale, 32 (Q4_0), 64 or 128 (fewer bytes, a little more error).
     pub int4_group_size: usize,
+    /// int4: the lm_head's (or tied embedding's) format, Q8_0 (default) or Q4_0 (smallest).
+    pub int4_lm_head: Int4LmHead,
 }
 
 impl AccelerationConfig {
@@ -117,7 +136,7 @@ impl AccelerationConfig {
             let allowed = GROUP_SIZES.map(|g| g.to_string()).join(", ");
             return Err(EngineError::invalid_arg("int4GroupSize", self.int4_group_size, &format!("one of {allowed}")));
         }
-        Ok(self.quantization.weight_format(self.int4_group_size))
+        Ok(self.quantization.weight_format(self.int4_group_size, self.int4_lm_head))
     }
 }
 
@@ -134,6 +153,7 @@ impl Default for AccelerationConfig {
             calibration: None,
             kv_cache_dtype: KvDtype::F32,
             int4_group_size: 32,
+            int4_lm_head: Int4LmHead::Q8_0,
         }
     }
 }
@@ -225,8 +245,13 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             format!("{q} (groups of {})", cfg.int4_group_size),
             true,
             &format!(
-                "4-bit weights in Q4_0 blocks of 32, one f16 scale per {} weights chosen to minimise the group's squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); int8 activations at run time, int8 dot products",
-                cfg.int4_group_size
+                "4-bit weights in Q4_0 blocks of 32 after activation-aware scaling (calibration.smoothing, default {}: weight columns that meet large activations scaled up, the inverse folded into the RMSNorm / v_proj / up_proj weights), one f16 scale per {} weights chosen to minimise the group's activation-weighted squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); lm_head {}; int8 activations at run time, int8 dot products",
+                crate::quantize::int4::DEFAULT_ALPHA,
+                cfg.int4_group_size,
+                match cfg.int4_lm_head {
+                    Int4LmHead::Q8_0 => "(or the embedding it is tied to) in Q8_0",
+                    Int4LmHead::Q4_0 => "in Q4_0 too",
+                }
             ),
         ),
         Quantization::StaticInt8 => item(

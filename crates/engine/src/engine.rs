@@ -17,7 +17,6 @@ use crate::serve::server::{Runtime, Server};
 use crate::source::ModelFiles;
 use crate::text::chat_template::{ChatTemplate, ChatTemplateOptions};
 use crate::text::tokenizer::Tokenizer;
-use candle_core::Device;
 use nano_qwen3_kernels::pool::ThreadPool;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,18 +208,17 @@ impl Engine {
         let (model, calibration, tuned) = load_pool.install(|| pool.enter(|| -> Result<_> {
             let (mut model, calibration) = if let Some(prepared_cache::Lookup::Hit(entry)) = lookup.as_ref() {
                 let src = crate::source::gguf::GgufFile::open(&entry.gguf)?;
-                let mut m = Qwen3Model::load_with_progress(&config, &src, format, &Device::Cpu, progress)?;
+                let mut m = Qwen3Model::load_with_progress(&config, &src, format, progress)?;
                 static_int8::apply_static_scales(&mut m, &entry.sidecar.static_scales)?;
                 (m, entry.sidecar.calibration.clone())
             } else if opts.acceleration.quantization == Quantization::StaticInt8 {
-                let (m, r, scales) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, &Device::Cpu, progress)?;
+                let (m, r, scales) = static_int8::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
                 static_scales = scales;
                 (m, Some(r))
             } else if opts.acceleration.quantization == Quantization::Int4 && needs_quantizing(tensors.as_ref()) {
-                let importance = crate::quantize::calibration::importance(&config, tensors.as_ref(), &opened.tokenizer, &calib, progress)?;
-                (Qwen3Model::load_full(&config, tensors.as_ref(), format, &Device::Cpu, progress, Some(&importance))?, None)
+                (crate::quantize::int4::load(&config, tensors.as_ref(), &opened.tokenizer, &calib, format, progress)?, None)
             } else {
-                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, &Device::Cpu, progress)?, None)
+                (Qwen3Model::load_with_progress(&config, tensors.as_ref(), format, progress)?, None)
             };
             if acc.use_fused_kernels {
                 model.fuse_projections();

@@ -1,7 +1,7 @@
 //! The engine against HF transformers reference outputs for the tiny Qwen3 fixture.
 use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Workspace};
 use nano_qwen3_engine::text::chat_template::ChatTemplateOptions;
-use nano_qwen3_engine::{AccelerationConfig, Engine, GenerateRequest, LoadOptions, Quantization};
+use nano_qwen3_engine::{AccelerationConfig, CalibrationConfig, Engine, GenerateRequest, LoadOptions, Quantization};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -322,7 +322,10 @@ fn sampling_never_picks_the_lm_head_padding() {
 #[test]
 fn int4_groups_of_128_share_scales_and_export_as_q4_0() {
     let per_block = load(Quantization::Int4);
-    let acceleration = AccelerationConfig { quantization: Quantization::Int4, int4_group_size: 128, ..Default::default() };
+    // The bound is the weighted scale search's: activation-aware scaling (tested on its own in
+    // quantize::smoothing) finds no trained structure in this random model and flips a near-tie.
+    let calibration = Some(CalibrationConfig { smoothing: Some(0.0), ..Default::default() });
+    let acceleration = AccelerationConfig { quantization: Quantization::Int4, int4_group_size: 128, calibration, ..Default::default() };
     let grouped = Engine::load(&fixture(), &LoadOptions { acceleration: acceleration.clone(), threads: Some(2), ..Default::default() }).unwrap();
     let classes = grouped.model.tensor_classes();
     assert!(classes.iter().any(|c| c.format == "q4_0 (one scale per 128 weights)"), "{classes:?}");

@@ -29,8 +29,8 @@ fn prompts() -> Vec<Vec<u32>> {
 fn every_block_format_dequantizes_like_gguf_py() {
     let g = GgufFile::open(&fixtures().join("gguf/kquants.gguf")).unwrap();
     for name in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"] {
-        let got = g.load_stored(name, &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
-        let want = g.load_stored(&format!("{name}.ref"), &[3, 512], &candle_core::Device::Cpu).unwrap().into_f32_vec().unwrap();
+        let got = g.load_stored(name, &[3, 512]).unwrap().into_f32_vec().unwrap();
+        let want = g.load_stored(&format!("{name}.ref"), &[3, 512]).unwrap().into_f32_vec().unwrap();
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(scale > 0.0, "{name}: empty reference");
         // gguf-py computes in f32 too, in a different order: allow rounding, nothing more.

@@ -89,7 +89,7 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Res
 }
 
 /// The allowed values of every enumerated acceleration option (the engine's lists).
-#[napi(ts_return_type = "{ quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[] }")]
+#[napi(ts_return_type = "{ quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[]; int4LmHead: string[] }")]
 pub fn option_values() -> Value {
     nano_qwen3_engine::acceleration::option_values()
 }

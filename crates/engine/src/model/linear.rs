@@ -1,7 +1,7 @@
 //! Weight matrices as the model holds them: one format per matrix ([`Linear`]), and groups of
 //! projections that read the same input ([`Proj`]: q/k/v, gate/up), stacked into one matrix when
 //! fused kernels are on so one matmul (and one activation quantization) serves all of them.
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 use nano_qwen3_kernels::repack::{Q4x8Matrix, Q8x8Matrix};
 use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
 use std::borrow::Cow;
@@ -143,19 +143,6 @@ impl Linear {
             Linear::Q8(_) | Linear::Q8x8(_) => "q8_0".into(),
             Linear::Q4x8(q) if q.group_blocks > 1 => format!("q4_0 (one scale per {} weights)", q.group_blocks * 32),
             Linear::Q4(_) | Linear::Q4x8(_) => "q4_0".into(),
-        }
-    }
-
-    /// Rows `ids` as f32 [ids.len(), in]: the embedding lookup (dequantizes only those rows).
-    pub fn rows(&self, ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
-        match (self, self.quant()) {
-            (Linear::Dense(w), _) => w.index_select(&Tensor::new(ids, dev)?, 0)?.to_dtype(DType::F32),
-            (_, q) => {
-                let q = q.expect("a block format");
-                let mut out = vec![0f32; ids.len() * q.k()];
-                self.rows_into(ids, &mut out)?;
-                Tensor::from_vec(out, (ids.len(), q.k()), dev)
-            }
         }
     }
 

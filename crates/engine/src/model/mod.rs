@@ -40,8 +40,9 @@ pub enum WeightFormat {
     /// Q8_0 blocks; a matrix whose row length is not a multiple of 32 stays in the checkpoint dtype.
     Q8,
     /// Q4_0 blocks with one scale per `group` weights (32, 64 or 128; a matrix whose row length
-    /// the group does not divide takes the largest size that does), same rule for shapes.
-    Q4 { group: usize },
+    /// the group does not divide takes the largest size that does), same rule for shapes; the
+    /// output projection (lm_head, or the embedding it is tied to) in Q8_0 when `lm_head_q8`.
+    Q4 { group: usize, lm_head_q8: bool },
 }
 
 pub(crate) struct RmsNorm {
@@ -78,7 +79,6 @@ pub struct Qwen3Model {
     pub weight_format: String,
     /// Matrices kept in the checkpoint dtype because their shape does not fit the format, and why.
     pub unquantized: Vec<String>,
-    device: Device,
     pub(crate) embed_tokens: Linear, // [vocab, hidden]; also the lm_head when tied
     pub(crate) lm_head: Option<Linear>, // None when tied to the embedding
     pub(crate) layers: Vec<Layer>,
@@ -95,8 +95,8 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 impl Qwen3Model {
     /// Norm weights (tiny) are always f32; matrices follow `format`. Tensors already stored in the
     /// requested block format (Q8_0 / Q4_0 from a GGUF file) are used as they are.
-    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource, format: WeightFormat, dev: &Device) -> Result<Self> {
-        Self::load_with_progress(cfg, src, format, dev, None)
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource, format: WeightFormat) -> Result<Self> {
+        Self::load_with_progress(cfg, src, format, None)
     }
 
     /// [`Self::load`], reporting each matrix converted ("quantize" stage) when the format converts.
@@ -104,10 +104,9 @@ impl Qwen3Model {
         cfg: &ModelConfig,
         src: &dyn TensorSource,
         format: WeightFormat,
-        dev: &Device,
         progress: Option<&ProgressFn>,
     ) -> Result<Self> {
-        Self::load_full(cfg, src, format, dev, progress, None)
+        Self::load_full(cfg, src, format, progress, None)
     }
 
     /// [`Self::load_with_progress`]; `importance` (weight name -> mean square of each input
@@ -116,7 +115,6 @@ impl Qwen3Model {
         cfg: &ModelConfig,
         src: &dyn TensorSource,
         format: WeightFormat,
-        dev: &Device,
         progress: Option<&ProgressFn>,
         importance: Option<&HashMap<String, Vec<f32>>>,
     ) -> Result<Self> {
@@ -127,7 +125,12 @@ impl Qwen3Model {
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut unquantized = Vec::new();
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
-            let stored = src.load_stored(name, &shape, dev)?;
+            let stored = src.load_stored(name, &shape)?;
+            let is_output = name == "lm_head.weight" || (cfg.tie_word_embeddings && name == "model.embed_tokens.weight");
+            let format = match format {
+                WeightFormat::Q4 { lm_head_q8: true, .. } if is_output => WeightFormat::Q8,
+                f => f,
+            };
             let fits = shape[1] % nano_qwen3_kernels::q8::QK8 == 0;
             let l = match (format, stored) {
                 (WeightFormat::Checkpoint, StoredTensor::Q8(q)) | (WeightFormat::Q8, StoredTensor::Q8(q)) => Linear::Q8(Arc::new(q)),
@@ -135,7 +138,7 @@ impl Qwen3Model {
                 (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
                 (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
-                (WeightFormat::Q4 { group }, s) if fits => {
+                (WeightFormat::Q4 { group, .. }, s) if fits => {
                     let w = s.into_f32_vec()?;
                     let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
                     let group = GROUP_SIZES.into_iter().rev().find(|&g| g <= group && shape[1] % g == 0).unwrap_or(QK4);
@@ -169,7 +172,7 @@ impl Qwen3Model {
         // Some checkpoints say tied but still ship lm_head.weight; the flag decides, as in transformers.
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin("lm_head.weight", [cfg.vocab_size, h])?) };
         let norm = |name: String, size: usize| -> Result<RmsNorm> {
-            let weight = src.load_stored(&name, &[size], dev)?.into_dense(Some(DType::F32))?;
+            let weight = src.load_stored(&name, &[size])?.into_dense(Some(DType::F32))?;
             let values = weight.to_vec1::<f32>()?;
             Ok(RmsNorm { weight, values })
         };
@@ -184,7 +187,7 @@ impl Qwen3Model {
                     .attention_bias
                     .then(|| -> Result<QkvBias> {
                         let part = |n: &str, size: usize| {
-                            src.load_stored(&format!("{p}.self_attn.{n}.bias"), &[size], dev)?.into_dense(Some(DType::F32))
+                            src.load_stored(&format!("{p}.self_attn.{n}.bias"), &[size])?.into_dense(Some(DType::F32))
                         };
                         let parts = [part("q_proj", nq)?, part("k_proj", nkv)?, part("v_proj", nkv)?];
                         let values = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
@@ -209,7 +212,6 @@ impl Qwen3Model {
             config: cfg.clone(),
             weight_format: embed_tokens.format(),
             unquantized,
-            device: dev.clone(),
             embed_tokens,
             lm_head,
             layers,
@@ -260,10 +262,6 @@ impl Qwen3Model {
                 }
             }
         }
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Every tensor under llama.cpp's `qwen3` / `qwen2` names, in a stable order (fused projections split).

@@ -1,7 +1,7 @@
-//! Calibration for static int8: run sample texts through the model and record, at the input of
-//! every linear layer, each channel's largest |activation| and how large each block of 32 channels
-//! typically is per token. SmoothQuant (see `smoothquant.rs`) and the static activation scales
-//! are computed from these statistics.
+//! Calibration for static int8 and int4: run sample texts through the model and record, at the
+//! input of every linear layer, each channel's largest |activation| and mean square and how large
+//! each block of 32 channels typically is per token. Smoothing (`smoothing.rs`), the static
+//! activation scales and int4's importances are computed from these statistics.
 use crate::error::{EngineError, Result};
 use crate::model::{ExecOptions, LogitsFor, Observer, Qwen3Model};
 use crate::progress::{Progress, ProgressFn};
@@ -27,7 +27,9 @@ pub struct CalibrationConfig {
     pub texts: Option<Vec<String>>,
     /// Tokens used from each text (longer texts are cut); default 128.
     pub max_tokens: Option<usize>,
-    /// static_int8: SmoothQuant migration strength α in [0, 1] (0: no smoothing); default 0.5.
+    /// α in [0, 1] of the per-channel smoothing (0: none): SmoothQuant's migration strength for
+    /// static_int8 (default 0.5), the activation-aware scaling exponent for int4 (default
+    /// [`crate::quantize::int4::DEFAULT_ALPHA`]).
     pub smoothing: Option<f32>,
 }
 
@@ -35,10 +37,15 @@ impl CalibrationConfig {
     pub const DEFAULT_MAX_TOKENS: usize = 128;
     pub const DEFAULT_SMOOTHING: f32 = 0.5;
 
-    /// α, checked.
+    /// α, checked (static_int8's default when not given).
     pub fn smoothing(&self) -> Result<f32> {
+        self.smoothing_or(Self::DEFAULT_SMOOTHING)
+    }
+
+    /// α, checked, or the mode's `default` when not given.
+    pub fn smoothing_or(&self, default: f32) -> Result<f32> {
         match self.smoothing {
-            None => Ok(Self::DEFAULT_SMOOTHING),
+            None => Ok(default),
             Some(a) if (0.0..=1.0).contains(&a) => Ok(a),
             Some(a) => Err(EngineError::invalid_arg("calibration.smoothing", a, "a number in [0, 1]")),
         }
@@ -227,18 +234,4 @@ pub fn collect(
         }
     }
     Ok(stats)
-}
-
-/// Activation-aware int4: one calibration pass over the model as stored, then the per-feature
-/// importances of every matrix ([`ActivationStats::importance_by_weight`]).
-pub fn importance(
-    cfg: &crate::model::config::ModelConfig,
-    src: &dyn crate::source::weights::TensorSource,
-    tokenizer: &Tokenizer,
-    calibration: &CalibrationConfig,
-    progress: Option<&ProgressFn>,
-) -> Result<std::collections::HashMap<String, Vec<f32>>> {
-    let sequences = calibration.token_sequences(tokenizer)?;
-    let model = Qwen3Model::load(cfg, src, crate::model::WeightFormat::Checkpoint, &candle_core::Device::Cpu)?;
-    Ok(collect(&model, &sequences, progress, "calibrate")?.importance_by_weight(cfg.tie_word_embeddings))
 }

@@ -331,7 +331,7 @@ fn blocks<T: Copy>(bytes: &[u8]) -> Vec<T> {
 }
 
 impl TensorSource for GgufFile {
-    fn load_stored(&self, hf_name: &str, shape: &[usize], dev: &Device) -> Result<StoredTensor> {
+    fn load_stored(&self, hf_name: &str, shape: &[usize]) -> Result<StoredTensor> {
         let name = gguf_name(hf_name);
         let t = self.tensors.get(&name).ok_or_else(|| {
             EngineError::bad_file(&self.path, format!("required tensor \"{name}\" is missing from the GGUF file"))
@@ -345,7 +345,7 @@ impl TensorSource for GgufFile {
         }
         let bytes = self.data(t);
         let numel: usize = shape.iter().product();
-        let dense = |v: Vec<f32>| -> Result<StoredTensor> { Ok(StoredTensor::Dense(Tensor::from_vec(v, shape, dev)?)) };
+        let dense = |v: Vec<f32>| -> Result<StoredTensor> { Ok(StoredTensor::Dense(Tensor::from_vec(v, shape, &Device::Cpu)?)) };
         let (n, k) = (shape[0], numel / shape[0].max(1));
         let unsupported = || {
             EngineError::Unsupported(format!(
@@ -357,7 +357,7 @@ impl TensorSource for GgufFile {
         };
         let handling = type_info(t.ggml_type).ok_or_else(unsupported)?.4;
         let stored = match handling {
-            Handling::Dense(dtype) => StoredTensor::Dense(Tensor::from_raw_buffer(bytes, dtype, shape, dev)?),
+            Handling::Dense(dtype) => StoredTensor::Dense(Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?),
             Handling::Q8_0 if shape.len() == 2 => StoredTensor::Q8(Q8Matrix::from_blocks(n, k, blocks::<BlockQ8>(bytes))),
             Handling::Q4_0 if shape.len() == 2 => StoredTensor::Q4(Q4Matrix { n, k, blocks: blocks::<BlockQ4>(bytes) }),
             Handling::Q8_0 => dense(Q8Matrix::from_blocks(1, numel, blocks::<BlockQ8>(bytes)).dequantize())?,

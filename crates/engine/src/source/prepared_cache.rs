@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 /// Bump whenever what an entry holds, or how the engine prepares weights (calibration, SmoothQuant,
 /// the quantizers), changes: released versions are also told apart by the package version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2; // 2: int4 gained activation-aware scaling and the Q8_0 lm_head
 
 /// What the cache did for this load (`getModelInfo().weightCache`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -149,9 +149,10 @@ pub fn key(files: &ModelFiles, acc: &AccelerationConfig) -> Result<(String, Stri
     let calibration = serde_json::to_string(&acc.calibration.clone().unwrap_or_default()).unwrap_or_default();
     let q4_scales = std::env::var("NANO_QWEN3_Q4_SCALES").unwrap_or_default();
     let options = format!(
-        "{} group {} calibration {calibration} q4 scales {q4_scales:?} format {FORMAT_VERSION} engine {}",
+        "{} group {} lm_head {:?} calibration {calibration} q4 scales {q4_scales:?} format {FORMAT_VERSION} engine {}",
         acc.quantization.name(),
         acc.int4_group_size,
+        acc.int4_lm_head,
         env!("CARGO_PKG_VERSION")
     );
     Ok((checksum(format!("{source}\n{options}").as_bytes()), source, options))

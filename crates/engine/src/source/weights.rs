@@ -45,8 +45,9 @@ impl StoredTensor {
 
 /// Where model weights come from: a safetensors checkpoint, a GGUF file, or a transformed set.
 /// Names and shapes are Hugging Face's (`model.layers.0.mlp.up_proj.weight`, `[out, in]`).
+/// Tensors come back in host memory: the forward pass runs on the CPU.
 pub trait TensorSource: Sync {
-    fn load_stored(&self, name: &str, shape: &[usize], dev: &Device) -> Result<StoredTensor>;
+    fn load_stored(&self, name: &str, shape: &[usize]) -> Result<StoredTensor>;
     fn stored_bytes(&self) -> usize;
     fn has(&self, name: &str) -> bool;
     /// The stored format's name ("bf16", "q8_0", "q4_k", ...), for reports.
@@ -170,7 +171,7 @@ impl Checkpoint {
     }
 
     /// Load one tensor, checking its shape and dtype, converted to `dtype` (None: as stored).
-    pub fn load(&self, name: &str, shape: &[usize], dtype: Option<DType>, dev: &Device) -> Result<Tensor> {
+    pub fn load(&self, name: &str, shape: &[usize], dtype: Option<DType>) -> Result<Tensor> {
         let e = self.tensors.get(name).ok_or_else(|| {
             EngineError::bad_file(
                 self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
@@ -187,7 +188,7 @@ impl Checkpoint {
         let stored = dtype_of(&e.dtype).ok_or_else(|| {
             EngineError::bad_file(path, format!("tensor \"{name}\" has dtype {}; supported: BF16, F16, F32", e.dtype))
         })?;
-        let t = Tensor::from_raw_buffer(&map[e.start..e.end], stored, shape, dev)?;
+        let t = Tensor::from_raw_buffer(&map[e.start..e.end], stored, shape, &Device::Cpu)?;
         release_pages(map, e.start, e.end - e.start);
         Ok(match dtype {
             Some(d) if d != stored => t.to_dtype(d)?,
@@ -197,8 +198,8 @@ impl Checkpoint {
 }
 
 impl TensorSource for Checkpoint {
-    fn load_stored(&self, name: &str, shape: &[usize], dev: &Device) -> Result<StoredTensor> {
-        Ok(StoredTensor::Dense(self.load(name, shape, None, dev)?))
+    fn load_stored(&self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        Ok(StoredTensor::Dense(self.load(name, shape, None)?))
     }
     fn stored_bytes(&self) -> usize {
         Checkpoint::stored_bytes(self)
