@@ -26,7 +26,7 @@ pub mod serve;
 pub mod source;
 pub mod text;
 
-pub use acceleration::{plan, AccelerationConfig, ExecutionPlan, Quantization};
+pub use acceleration::{plan, AccelerationConfig, ExecutionPlan, Int4LmHead, Quantization};
 pub use engine::{Engine, LoadOptions, ServeOptions};
 pub use error::{EngineError, Result};
 pub use progress::{Progress, ProgressFn};

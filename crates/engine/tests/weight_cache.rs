@@ -1,7 +1,7 @@
 //! The prepared-weights disk cache: used on the second load with bit-identical logits, rebuilt when
 //! damaged or when the checkpoint changes, never used by the modes that compute nothing at load.
 use nano_qwen3_engine::source::prepared_cache::WeightCacheInfo;
-use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
+use nano_qwen3_engine::{AccelerationConfig, CalibrationConfig, Engine, Int4LmHead, LoadOptions, Quantization};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
@@ -82,7 +82,15 @@ fn a_changed_checkpoint_or_option_is_a_new_entry() {
     let acceleration = AccelerationConfig { quantization: Quantization::Int4, int4_group_size: 128, ..Default::default() };
     let g128 = Engine::load(&model, &LoadOptions { acceleration, threads: Some(2), weight_cache_dir: Some(dir.clone()), ..Default::default() }).unwrap();
     assert_eq!(status(&g128), "written");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "gguf").count(), 3);
+    // So are another lm_head format and another smoothing strength.
+    for acceleration in [
+        AccelerationConfig { quantization: Quantization::Int4, int4_lm_head: Int4LmHead::Q4_0, ..Default::default() },
+        AccelerationConfig { quantization: Quantization::Int4, calibration: Some(CalibrationConfig { smoothing: Some(0.0), ..Default::default() }), ..Default::default() },
+    ] {
+        let e = Engine::load(&model, &LoadOptions { acceleration, threads: Some(2), weight_cache_dir: Some(dir.clone()), ..Default::default() }).unwrap();
+        assert_eq!(status(&e), "written");
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "gguf").count(), 5);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&model).ok();
 }
