@@ -75,7 +75,7 @@ pub(crate) struct Layer {
 
 pub struct Qwen3Model {
     pub config: ModelConfig,
-    /// Storage format of the embedding matrix ("bf16", "q8_0", ...); activations are always f32.
+    /// Storage format of the layers' matrices as loaded ("bf16", "q8_0", ...); activations are always f32.
     pub weight_format: String,
     /// Matrices kept in the checkpoint dtype because their shape does not fit the format, and why.
     pub unquantized: Vec<String>,
@@ -176,6 +176,8 @@ impl Qwen3Model {
             let values = weight.to_vec1::<f32>()?;
             Ok(RmsNorm { weight, values })
         };
+        // The layers' matrices say what the mode stored (int4 may keep the output projection in Q8_0).
+        let weight_format = layers.first().map_or_else(|| embed_tokens.format(), |l| l.6.format());
         let layers = layers
             .into_iter()
             .enumerate()
@@ -210,7 +212,7 @@ impl Qwen3Model {
         let norm = norm("model.norm.weight".into(), h)?;
         Ok(Self {
             config: cfg.clone(),
-            weight_format: embed_tokens.format(),
+            weight_format,
             unquantized,
             embed_tokens,
             lm_head,
