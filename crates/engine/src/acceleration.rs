@@ -234,19 +234,13 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             true,
             "int8 weights in blocks of 32 with f16 scales (Q8_0 layout); activations quantized per token and block at run time; exact int8 dot products, f32 scale application",
         ),
-        Quantization::Int4 if cfg.int4_group_size == 32 => item(
-            "quantization",
-            q,
-            true,
-            "4-bit weights in blocks of 32 with f16 scales (Q4_0 layout), scales chosen to minimise each block's squared error; int8 activations at run time, int8 dot products",
-        ),
         Quantization::Int4 => item(
             "quantization",
-            format!("{q} (groups of {})", cfg.int4_group_size),
+            if cfg.int4_group_size == 32 { q.to_string() } else { format!("{q} (groups of {})", cfg.int4_group_size) },
             true,
             &format!(
-                "4-bit weights in Q4_0 blocks of 32 after activation-aware scaling (calibration.smoothing, default {}: weight columns that meet large activations scaled up, the inverse folded into the RMSNorm / v_proj / up_proj weights), one f16 scale per {} weights chosen to minimise the group's activation-weighted squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); lm_head {}; int8 activations at run time, int8 dot products",
-                crate::quantize::int4::DEFAULT_ALPHA,
+                "4-bit weights in Q4_0 blocks of 32 after activation-aware scaling with alpha {} (calibration.smoothing; 0: none; weight columns that meet large activations scaled up, the inverse folded into the RMSNorm / v_proj / up_proj weights), one f16 scale per {} weights chosen to minimise the group's activation-weighted squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); lm_head {}; int8 activations at run time, int8 dot products",
+                cfg.calibration.as_ref().and_then(|c| c.smoothing).unwrap_or(crate::quantize::int4::DEFAULT_ALPHA),
                 cfg.int4_group_size,
                 match cfg.int4_lm_head {
                     Int4LmHead::Q8_0 => "(or the embedding it is tied to) in Q8_0",
