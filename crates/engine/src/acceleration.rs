@@ -225,6 +225,7 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
     let _dev = DeviceKind::parse(device)?;
     let format = cfg.weight_format()?;
     let q = cfg.quantization.name();
+    let calibration = cfg.calibration.clone().unwrap_or_default();
     let mut items = vec![match cfg.quantization {
         Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
         Quantization::Fp32 => item("quantization", q, true, "every matrix widened or dequantized to f32 at load, f32 activations and accumulation"),
@@ -239,8 +240,8 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             if cfg.int4_group_size == 32 { q.to_string() } else { format!("{q} (groups of {})", cfg.int4_group_size) },
             true,
             &format!(
-                "4-bit weights in Q4_0 blocks of 32 after activation-aware scaling with alpha {} (calibration.smoothing; 0: none; weight columns that meet large activations scaled up, the inverse folded into the RMSNorm / v_proj / up_proj weights), one f16 scale per {} weights chosen to minimise the group's activation-weighted squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); lm_head {}; int8 activations at run time, int8 dot products",
-                cfg.calibration.as_ref().and_then(|c| c.smoothing).unwrap_or(crate::quantize::int4::DEFAULT_ALPHA),
+                "4-bit weights in Q4_0 blocks of 32; when quantized at load, after activation-aware scaling with alpha {} (calibration.smoothing; 0: none; weight columns that meet large activations scaled up, the inverse folded into the RMSNorm / v_proj / up_proj weights), one f16 scale per {} weights chosen to minimise the group's activation-weighted squared error (stored once per group when repacked; exported as Q4_0 with the scale repeated); lm_head {}; int8 activations at run time, int8 dot products",
+                calibration.smoothing_or(crate::quantize::int4::DEFAULT_ALPHA)?,
                 cfg.int4_group_size,
                 match cfg.int4_lm_head {
                     Int4LmHead::Q8_0 => "(or the embedding it is tied to) in Q8_0",
@@ -252,7 +253,10 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
             "quantization",
             q,
             true,
-            "int8 weights in blocks of 32 (Q8_0 layout) after SmoothQuant (alpha 0.5, folded into the RMSNorm / v_proj / up_proj weights); activation scales fixed by calibration per block of 32 channels; sites whose calibrated range is too wide keep per-token scales (see getModelInfo().calibration)",
+            &format!(
+                "int8 weights in blocks of 32 (Q8_0 layout) after SmoothQuant (alpha {}, folded into the RMSNorm / v_proj / up_proj weights); activation scales fixed by calibration per block of 32 channels; sites whose calibrated range is too wide keep per-token scales (see getModelInfo().calibration)",
+                calibration.smoothing()?
+            ),
         ),
         _ => item("quantization", q, true, &format!("{q} weights converted to f32 in registers, f32 activations and accumulation")),
     }];
