@@ -1,7 +1,8 @@
 //! What limits batched decode: the time of one serving step (B sequences, one token each, `context`
 //! tokens already cached) against B, with flash attention and with attention's share estimated by a
 //! second run at a 16x longer context. `cargo run --example batch_profile -p nano-qwen3-engine -- DIR`
-//! Env: QUANTIZATION (default dynamic_int8), BATCHES (default 1,4,8,16,32), CONTEXT (default 64).
+//! Env: QUANTIZATION (default dynamic_int8), BATCHES (default 1,4,8,16,32), CONTEXT (default 64),
+//! REPEAT (timed steps per figure, default 5; more for a profiler), SHORT_ONLY=1 (skip the long run).
 use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Stepper, BLOCK_TOKENS};
 use nano_qwen3_engine::{Engine, LoadOptions, Quantization};
 use nano_qwen3_kernels::pool::ThreadPool;
@@ -22,7 +23,8 @@ fn step_ms(engine: &Engine, pool: &ThreadPool, batch: usize, context: usize) -> 
         pool.install(|| stepper.step(&engine.model, &mut kv, &[chunk], &engine.exec, &mut logits)).unwrap();
     }
     let step: Vec<SeqChunk> = (0..batch).map(|s| SeqChunk { tokens: &tokens[s][context..], start: context, table: &tables[s], logits: LogitsFor::LastToken }).collect();
-    (0..6)
+    let repeat: usize = std::env::var("REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    (0..=repeat)
         .map(|_| {
             logits.clear();
             let t = Instant::now();
@@ -47,6 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("batch  step ms  tok/s   step ms at {}x context  attention share at {context}", 16);
     for b in batches {
         let short = step_ms(&engine, &pool, b, context);
+        if std::env::var("SHORT_ONLY").is_ok_and(|v| v == "1") {
+            println!("{b:5}  {short:7.2}  {:6.1}", b as f64 * 1000.0 / short);
+            continue;
+        }
         let long = step_ms(&engine, &pool, b, 16 * context);
         // Attention grows with the context, the rest does not: extrapolate its share.
         let attention = ((long - short) / 15.0).max(0.0);

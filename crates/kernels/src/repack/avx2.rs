@@ -10,6 +10,20 @@ pub(super) unsafe fn bcast4<T>(p: *const T) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
+/// Prefetch `*p` (this block of the next 8-row group) when the tile has several rows. A batch of
+/// rows computes longer on each group, so its weights arrive in bursts that the hardware
+/// prefetcher alone leaves the next group's first tile waiting for (16 decode rows: a step ~20%
+/// faster, `batch_profile`); one row streams steadily and needs no help.
+#[inline(always)]
+pub(super) unsafe fn prefetch_next_group<const MR: usize, T>(p: *const T, bytes: usize) {
+    if MR >= 2 {
+        for line in 0..bytes.div_ceil(64) {
+            // A hint: past the matrix's end (the last group) it loads nothing and cannot fault.
+            _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(64 * line));
+        }
+    }
+}
+
 /// Store the accumulators of `MR` rows, only the first `cols` columns (padded rows are
 /// never written).
 #[inline(always)]
@@ -46,6 +60,7 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
         let wb = &*w.add(b);
+        prefetch_next_group::<MR, _>(w.wrapping_add(blocks + b), std::mem::size_of::<BlockQ8x8>());
         let mut isum = [_mm256_setzero_si256(); MR];
         for s in 0..QK8 / 4 {
             let wv = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * s) as *const __m256i);
@@ -108,6 +123,7 @@ pub(super) unsafe fn q4_tile_with<D: NibbleDot, const MR: usize, const GB: usize
     for sg in 0..blocks / GB {
         // The scale group's 8 scales sit before its GB blocks of nibbles.
         let group = w.p.add(sg * q4_unit(GB));
+        prefetch_next_group::<MR, _>(group.wrapping_add(blocks / GB * q4_unit(GB)), 2 * q4_unit(GB));
         let dw = scales(group);
         for b in sg * GB..(sg + 1) * GB {
             let qs = group.add(ROWS + 64 * (b - sg * GB)) as *const u8;

@@ -12,7 +12,7 @@
 //!   `w + 128` as u8 (one xor per weight vector, shared by the MR activation rows), and
 //!   `Σ (w + 128)·x - 128 Σ x = Σ w·x`, with `128 Σ x` prepared once per activation block.
 //! - Q4: nibbles are already unsigned: `Σ q·x - 8 Σ x` as in AVX2.
-use super::avx2::{bcast4, q4_tile_with, scale_block, scales, store, NibbleDot};
+use super::avx2::{bcast4, prefetch_next_group, q4_tile_with, scale_block, scales, store, NibbleDot};
 use super::{BlockQ8x8, Q4Rows, QK8, XQ4, XQ8};
 use std::arch::x86_64::*;
 
@@ -23,6 +23,7 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
         let wb = &*w.add(b);
+        prefetch_next_group::<MR, _>(w.wrapping_add(blocks + b), std::mem::size_of::<BlockQ8x8>());
         let mut isum = [_mm256_setzero_si256(); MR];
         for s in 0..QK8 / 4 {
             let wu = _mm256_xor_si256(_mm256_loadu_si256(wb.qs.as_ptr().add(32 * s) as *const __m256i), flip);

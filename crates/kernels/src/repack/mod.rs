@@ -57,7 +57,20 @@ mod neon;
 
 /// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows; with `[GB]`,
 /// `$tile::<MR, GB>` (int4: blocks per shared scale, a constant so the tile's loops are static).
+/// `wide` instead allows up to [`MR_WIDE`] rows (the AVX-512 tiles, which have 32 registers).
 macro_rules! by_rows {
+    (wide $($tile:ident)::+ $([$gb:expr])?, $mr:expr, $($arg:expr),*) => {
+        match $mr {
+            1 => $($tile)::+::<1 $(, $gb)?>($($arg),*),
+            2 => $($tile)::+::<2 $(, $gb)?>($($arg),*),
+            3 => $($tile)::+::<3 $(, $gb)?>($($arg),*),
+            4 => $($tile)::+::<4 $(, $gb)?>($($arg),*),
+            5 => $($tile)::+::<5 $(, $gb)?>($($arg),*),
+            6 => $($tile)::+::<6 $(, $gb)?>($($arg),*),
+            7 => $($tile)::+::<7 $(, $gb)?>($($arg),*),
+            _ => $($tile)::+::<8 $(, $gb)?>($($arg),*),
+        }
+    };
     ($($tile:ident)::+ $([$gb:expr])?, $mr:expr, $($arg:expr),*) => {
         match $mr {
             1 => $($tile)::+::<1 $(, $gb)?>($($arg),*),
@@ -70,6 +83,13 @@ macro_rules! by_rows {
 
 /// [`by_rows!`] for the int4 tiles, also dispatching the matrix's blocks per scale (1, 2 or 4).
 macro_rules! by_rows_and_groups {
+    (wide $($tile:ident)::+, $mr:expr, $gb:expr, $($arg:expr),*) => {
+        match $gb {
+            1 => by_rows!(wide $($tile)::+ [1], $mr, $($arg),*),
+            2 => by_rows!(wide $($tile)::+ [2], $mr, $($arg),*),
+            _ => by_rows!(wide $($tile)::+ [4], $mr, $($arg),*),
+        }
+    };
     ($($tile:ident)::+, $mr:expr, $gb:expr, $($arg:expr),*) => {
         match $gb {
             1 => by_rows!($($tile)::+ [1], $mr, $($arg),*),
@@ -328,12 +348,12 @@ impl Q8x8Matrix {
         let (n, k, bpr) = (self.n, self.k, self.k / QK8);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
         with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
-            drive(self.name(), m, n, k, y, act, |t| unsafe {
+            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), |t| unsafe {
                 let (x, w, mr, out) = (xq.as_ptr().add(t.i * bpr), self.blocks.as_ptr().add(t.j * bpr), t.mr, t.y);
                 let cols = (n - t.j * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_vnni() {
-                    return by_rows!(avx512::q8_tile, mr, x, w, bpr, out, n, cols);
+                    return by_rows!(wide avx512::q8_tile, mr, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_avx2() {
@@ -402,12 +422,12 @@ impl Q4x8Matrix {
         let (n, k, bpr) = (self.n, self.k, self.k / QK4);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
         with_prepared_q4(&x[..m * k], k, |xq| {
-            drive(self.name(), m, n, k, y, act, |t| unsafe {
+            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), |t| unsafe {
                 let (x, w, mr, out) = (xq.as_ptr().add(t.i * bpr), self.rows(t.j), t.mr, t.y);
                 let cols = (n - t.j * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_vnni() {
-                    return by_rows_and_groups!(avx512::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
+                    return by_rows_and_groups!(wide avx512::q4_tile, mr, w.group_blocks, x, w, bpr, out, n, cols);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if isa.uses_avx2() {
@@ -464,9 +484,12 @@ unsafe fn portable_q4(x: *const XQ4, w: Q4Rows, blocks: usize) -> [f32; ROWS] {
     acc
 }
 
-/// Activation rows per register tile (prefill): 4 i32 sums, 4 f32 accumulators, the weight vector,
-/// constants and temporaries fill the 16 ymm registers.
+/// Activation rows per register tile (prefill and batched decode): 4 i32 sums, 4 f32 accumulators,
+/// the weight vector, constants and temporaries fill the 16 ymm registers.
 const MR: usize = 4;
+/// The AVX-512 tiles' rows (32 registers): 8 independent `vpdpbusd` chains hide its latency,
+/// where 4 chains leave the unit idle half the time, and each weight vector feeds 8 rows.
+const MR_WIDE: usize = 8;
 /// 8 tasks per thread; activation rows kept hot in L2 while a task sweeps its weight groups
 /// (multiple of MR): 32 rows of k = 3072 are 200 KB of prepared Q8 activations.
 pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
@@ -478,7 +501,9 @@ pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
 /// With `act` (SwiGLU epilogue; rows stacked `[gate; up]`, `n = 2 inter`, `inter % 8 == 0`), a
 /// task takes gate group `g` together with up group `g + inter / 8`, and after each row block
 /// writes `act[i, j] = silu(y[i, j]) * y[i, inter + j]` for its columns, while they are in cache.
-fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act: Option<&mut [f32]>, tile: impl Fn(Tile) + Sync) {
+/// `wide`: tiles of up to [`MR_WIDE`] rows instead of [`MR`].
+#[allow(clippy::too_many_arguments)]
+fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act: Option<&mut [f32]>, wide: bool, tile: impl Fn(Tile) + Sync) {
     let groups = n.div_ceil(ROWS);
     let inter = n / 2;
     assert!(act.as_ref().is_none_or(|a| n % (2 * ROWS) == 0 && a.len() >= m * inter), "swiglu epilogue: n = {n}");
@@ -498,7 +523,11 @@ fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act:
         }
     };
     let epilogue = act.is_some().then_some(Epilogue { pair: groups / 2, f: &swiglu });
-    crate::tiling::drive::<MR, 1, ROWS>(&split, y, epilogue, tile)
+    if wide {
+        crate::tiling::drive::<MR_WIDE, 1, ROWS>(&split, y, epilogue, tile)
+    } else {
+        crate::tiling::drive::<MR, 1, ROWS>(&split, y, epilogue, tile)
+    }
 }
 
 #[cfg(test)]
