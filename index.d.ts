@@ -9,22 +9,125 @@ export declare class NativeEngine {
   computeLogits(ids: Array<number>, allPositions: boolean): Promise<Float32Array>
   /**
    * Queue a generation on the engine loop (no libuv thread waits for it: any number run at
-   * once, in one batch). `onEvent` receives, in order, `{"type":"chunk","chunk":{..}}` for each
-   * streamed piece, then `{"type":"done","result":{..,"chunkCount":n}}` or
-   * `{"type":"error","error":"[CODE] message"}`. Bad input throws here, before anything runs.
+   * once, in one batch). `onEvent` receives, in order, a `chunk` event for each streamed piece,
+   * then one `done` (the result, with the number of chunks before it) or `error`
+   * ("[CODE] message"). Bad input throws here, before anything runs.
    */
-  generate(prompt: Array<number>, request: any, requestId: number, onEvent: (eventJson: string) => void): void
+  generate(prompt: Array<number>, request: any, requestId: number, onEvent: (event: GenerateEvent) => void): void
   /** Ask a running generation to stop before its next token. */
   cancel(requestId: number): void
-  benchmark(sampleText: string, iterations: number, decodeTokens: number): Promise<string>
+  benchmark(sampleText: string, iterations: number, decodeTokens: number): Promise<BenchmarkReport>
   /** Write the loaded model as GGUF; resolves to the bytes written. */
   exportGguf(path: string): Promise<number>
-  modelInfo(): any
-  accelerationInfo(): any
-  memoryUsage(): any
-  generationDefaults(): any
+  modelInfo(): ModelInfo
+  accelerationInfo(): ExecutionPlan
+  memoryUsage(): MemoryUsage
+  generationDefaults(): GenerationDefaults
   /** Drop the model; running requests keep their own reference and finish first. */
   dispose(): void
+}
+
+/** What compile mode max-autotune measured or read from its cache. */
+export interface AutotuneReport {
+  /** Shapes tuned (decode and prefill count separately). */
+  shapes: number
+  measured: number
+  fromCache: number
+  ms: number
+  cacheFile: string | null
+  /** Why the cache could not be read or written (tuning still applies to this process). */
+  cacheError: string | null
+  /** Chosen tilings: "kernel nxk decode|prefill" -> "tasks/thread x row block". */
+  chosen: Record<string, string>
+}
+
+/** `benchmarkPerformance`: warm-up, then iterations of one prefill and N decode steps. */
+export interface BenchmarkReport {
+  numIterations: number
+  /** The same count under the seed guide's key. */
+  iterations: number
+  warmupIterations: number
+  promptTokens: number
+  decodeTokens: number
+  /** Seconds per iteration (one prefill plus `decodeTokens` decode steps). */
+  avgInferenceTime: number
+  /** Fastest and slowest iteration, and all timed iterations together (seconds). */
+  minInferenceTime: number
+  maxInferenceTime: number
+  totalTime: number
+  /** Decode tokens per second (average). */
+  tokensPerSecond: number
+  prefillTokensPerSecond: Stats
+  decodeTokensPerSecond: Stats
+  prefillLatencyMs: Stats
+  decodeTokenLatencyMs: Stats
+  appliedOptimizations: Array<string>
+  skippedOptimizations: Array<string>
+  threads: number
+}
+
+/** static_int8 calibration: what was measured and which activation sites kept dynamic scales. */
+export interface CalibrationReport {
+  texts: number
+  tokens: number
+  alpha: number
+  /** Sites whose outlier channels SmoothQuant migrated into the weights. */
+  smoothedSites: Array<string>
+  maxRangeRatio: number
+  staticSites: number
+  /** Sites left with dynamic (per-token) activation scales, each with the reason. */
+  dynamicSites: Array<string>
+  sites: Array<SiteDecision>
+  timeMs: number
+}
+
+/** What a config does on a device: each option applied or skipped (with the reason). */
+export interface ExecutionPlan {
+  device: string
+  /** One of `optionValues().quantization`. */
+  quantization: string
+  computeDtype: string
+  /** Storage of the weight matrices the mode asks for ("checkpoint", "f16", "bf16", "q8_0", "q4_0", ...). */
+  weightDtype: string
+  items: Array<PlanItem>
+  appliedOptimizations: Array<string>
+  skippedOptimizations: Array<string>
+}
+
+/**
+ * What `generate`'s callback receives, in order: a `chunk` event per streamed piece, then one
+ * `done` (with the result) or `error` ("[CODE] message").
+ */
+export interface GenerateEvent {
+  /** "chunk", "done" or "error". */
+  kind: 'chunk' | 'done' | 'error'
+  chunk?: StreamChunk
+  result?: GenerateResult
+  error?: string
+}
+
+/** A finished generation, with the number of chunks streamed before it. */
+export interface GenerateResult {
+  text: string
+  tokenIds: Array<number>
+  /** "stop" (EOS, a stop token id or a stop string) or "length" (maxTokens or the context length). */
+  finishReason: string
+  /** One per generated token, when `logprobs` was set. */
+  logprobs?: Array<TokenLogprob>
+  usage: Usage
+  timings: Timings
+  chunkCount: number
+}
+
+/** Sampling defaults the checkpoint ships in `generation_config.json`. */
+export interface GenerationDefaults {
+  doSample: boolean
+  temperature: number | null
+  topP: number | null
+  topK: number | null
+  minP: number | null
+  repetitionPenalty: number | null
+  eosTokenIds: Array<number>
 }
 
 /**
@@ -32,6 +135,67 @@ export declare class NativeEngine {
  * (quantization, calibration) as JSON text.
  */
 export declare function loadEngine(dir: string, options: NativeLoadOptions, onProgress?: ((progressJson: string) => void) | undefined | null): Promise<NativeEngine>
+
+/** Measured bytes: weights as loaded, the KV pool and what running requests hold of it. */
+export interface MemoryUsage {
+  /** The same parameters held in f32: what `none` costs. */
+  baseModelSizeMb: number
+  /** Bytes of the weights as loaded now, summed over the tensors. */
+  acceleratedModelSizeMb: number
+  memorySavedMb: number
+  memoryReductionPercent: number
+  weightBytes: number
+  checkpointBytes: number
+  /** KV cache held by running requests (their blocks). */
+  kvCacheBytes: number
+  /** The whole KV pool (kvCacheMemory rounded down to whole blocks). */
+  kvCachePoolBytes: number
+  kvCacheBytesPerToken: number
+  /** KV cache a single sequence of maxSeqLength tokens would need. */
+  kvCacheBytesAtMaxSeqLength: number
+  /** Measured weight bytes per tensor class and storage format. */
+  weightsByClass: Array<TensorClass>
+  /**
+   * This process's resident memory right after the load, and the highest it had reached by
+   * then (process-wide: a fresh process's load peak; Linux only, null elsewhere).
+   */
+  rssAfterLoadBytes: number | null
+  peakRssAtLoadBytes: number | null
+}
+
+/** The loaded model: shapes, formats, threads, load time, caches and the serving loop. */
+export interface ModelInfo {
+  modelPath: string
+  architecture: string
+  numParameters: number
+  vocabSize: number
+  hiddenSize: number
+  intermediateSize: number
+  numLayers: number
+  numAttentionHeads: number
+  numKeyValueHeads: number
+  headDim: number
+  maxSeqLength: number
+  tieWordEmbeddings: boolean
+  eosTokenIds: Array<number>
+  quantization: QuantizationInfo
+  /** Storage format of the weight matrices as loaded ("bf16", "q8_0", ...). */
+  dtype: string
+  /** Matrices left in the checkpoint dtype by the quantization mode, with the reason. */
+  unquantizedTensors: Array<string>
+  computeDtype: string
+  device: string
+  threads: number
+  /** The kernels' instruction set, chosen at run time ("avx2+fma+f16c", "neon+dotprod", "portable"). */
+  simd: string
+  loadTimeMs: number
+  hasChatTemplate: boolean
+  /** What compile mode max-autotune measured or read from its cache (null otherwise). */
+  autotune: AutotuneReport | null
+  /** Whether static_int8 / int4 weights came from, or went to, the prepared-weights disk cache. */
+  weightCache: WeightCacheInfo
+  serving: ServingInfo
+}
 
 export interface NativeLoadOptions {
   device?: string
@@ -50,7 +214,139 @@ export interface NativeLoadOptions {
 }
 
 /** The allowed values of every enumerated acceleration option (the engine's lists). */
-export declare function optionValues(): { quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[]; int4LmHead: string[] }
+export declare function optionValues(): OptionValues
+
+/** The allowed values of every enumerated acceleration option. */
+export interface OptionValues {
+  quantization: Array<string>
+  compileMode: Array<string>
+  kvCacheDtype: Array<string>
+  int4GroupSize: Array<number>
+  int4LmHead: Array<string>
+}
 
 /** The execution plan for a config on a device, without loading a model. */
-export declare function planAcceleration(acceleration: any, device: string): any
+export declare function planAcceleration(acceleration: any, device: string): ExecutionPlan
+
+/** One option of the execution plan: what was asked, whether it applies, and why. */
+export interface PlanItem {
+  option: string
+  requested: string
+  applied: boolean
+  detail: string
+}
+
+/** The quantization mode as loaded: which tensors are in which format. */
+export interface QuantizationInfo {
+  /** One of `optionValues().quantization`. */
+  mode: string
+  tensors: Array<TensorClass>
+  /** static_int8: the calibration's measurements and decisions. */
+  calibration: CalibrationReport | null
+}
+
+/** The serving loop as of its last step: KV pool, batch limits, sequences, prefix cache. */
+export interface ServingInfo {
+  blockTokens: number
+  blocksTotal: number
+  /** Blocks referenced by running requests. */
+  blocksUsed: number
+  /** Free blocks still holding a cached prefix (evicted oldest first when needed). */
+  blocksCached: number
+  kvCacheBytes: number
+  /** One of `optionValues().kvCacheDtype`. */
+  kvCacheDtype: string
+  maxBatchTokens: number
+  maxConcurrentSequences: number
+  /** Longest prefill chunk of one request per step (chunked prefill); null when unbounded. */
+  maxPrefillChunk: number | null
+  prefixCaching: boolean
+  prefixCacheQueriedTokens: number
+  prefixCacheHitTokens: number
+  prefixCacheHitRate: number
+  runningSequences: number
+  waitingSequences: number
+  /** Requests preempted (blocks freed, recomputed later) because the pool ran out. */
+  preemptions: number
+  steps: number
+}
+
+/** One calibrated activation site and whether it kept a static scale. */
+export interface SiteDecision {
+  /** "layers.3.down_proj input", "lm_head input". */
+  site: string
+  /** Static range / typical token's range (geometric mean over blocks of 32 channels). */
+  rangeRatio: number
+  isStatic: boolean
+}
+
+/** avg / min / max / p50 / p90 of a series. */
+export interface Stats {
+  avg: number
+  min: number
+  max: number
+  p50: number
+  p90: number
+}
+
+/** One piece of streamed output: text never splits a UTF-8 character. */
+export interface StreamChunk {
+  text: string
+  tokenIds: Array<number>
+  /** One per token id, when the request asked for logprobs. */
+  logprobs?: Array<TokenLogprob>
+}
+
+/** One class of tensors as loaded, e.g. all `q_proj` matrices in q8_0, with measured bytes. */
+export interface TensorClass {
+  class: string
+  format: string
+  count: number
+  bytes: number
+}
+
+export interface Timings {
+  /** Submission to the first engine step that ran this request (waiting for a place in the batch). */
+  queuedMs: number
+  /** First step to the first token (the prompt's prefill, sharing steps with other requests). */
+  prefillMs: number
+  /** First token to the last. */
+  decodeMs: number
+  prefillTokensPerSecond: number
+  decodeTokensPerSecond: number
+}
+
+/** A token and its log-probability under the model (before penalties, bias, grammar and temperature). */
+export interface TokenAlternative {
+  tokenId: number
+  token: string
+  /** The token's bytes (a token may end inside a UTF-8 character). */
+  bytes: Array<number>
+  logprob: number
+}
+
+/** The chosen token with the most likely alternatives at its step. */
+export interface TokenLogprob {
+  tokenId: number
+  token: string
+  bytes: Array<number>
+  logprob: number
+  /** The most likely tokens at this step, most likely first. */
+  top: Array<TokenAlternative>
+}
+
+export interface Usage {
+  promptTokens: number
+  completionTokens: number
+  totalTokens: number
+  /** Prompt tokens whose KV came from the prefix cache (not computed for this request). */
+  cachedTokens: number
+}
+
+/** What the prepared-weights disk cache did for this load (static_int8 and int4 compute at load). */
+export interface WeightCacheInfo {
+  /** "hit", "written", "rebuilt", "off", "not used" or "error". */
+  status: string
+  path: string | null
+  error: string | null
+}

@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import { native } from './errors.js'
-import { loadNative } from './native.js'
+import { loadNative, type NativeExecutionPlan, type OptionValues, type PlanItem } from './native.js'
 import { parseOrThrow } from './validation.js'
 
 /** Quantization modes, with the Python project's names. */
@@ -19,17 +19,9 @@ export type KvCacheDtype = 'f32' | 'f16' | 'bf16'
 export type Int4LmHead = 'q8_0' | 'q4_0'
 
 /** The engine's lists of allowed values (the one source of the names; a test keeps the types above in step). */
-let values: ReturnType<typeof loadNativeOptionValues> | undefined
-const loadNativeOptionValues = (): {
-  quantization: string[]
-  compileMode: string[]
-  kvCacheDtype: string[]
-  int4GroupSize: number[]
-  int4LmHead: string[]
-} =>
-  loadNative().optionValues()
-export function optionValues(): ReturnType<typeof loadNativeOptionValues> {
-  values ??= loadNativeOptionValues()
+let values: OptionValues | undefined
+export function optionValues(): OptionValues {
+  values ??= loadNative().optionValues()
   return values
 }
 
@@ -93,23 +85,10 @@ export function createAccelerationConfig(opts: AccelerationConfigInput = {}): Ac
 
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}` | 'metal'
 
-export interface PlanItem {
-  option: string
-  requested: string
-  applied: boolean
-  detail: string
-}
+export type { PlanItem }
 
-export interface ExecutionPlan {
-  device: string
-  quantization: QuantizationType
-  /** Storage of the weight matrices the mode asks for ("checkpoint", "f16", "bf16", "q8_0", "q4_0", ...). */
-  weightDtype: string
-  computeDtype: string
-  items: PlanItem[]
-  appliedOptimizations: string[]
-  skippedOptimizations: string[]
-}
+/** What a config does on a device (fields from the binding's type, the mode narrowed to its names). */
+export type ExecutionPlan = Omit<NativeExecutionPlan, 'quantization'> & { quantization: QuantizationType }
 
 /** Config + device -> the plan of what is applied and what is skipped (with the reason). */
 export class ModelAccelerator {
@@ -123,7 +102,7 @@ export class ModelAccelerator {
 
   /** Throws when the config cannot run on the device at all (e.g. a mode this build lacks). */
   plan(): ExecutionPlan {
-    return native(() => loadNative().planAcceleration(this.config, this.device))
+    return native(() => loadNative().planAcceleration(this.config, this.device)) as ExecutionPlan
   }
 
   getAppliedOptimizations(): string[] {

@@ -24,6 +24,7 @@ export {
   type ChatStreamChunk,
   defaultModelDir,
   ModelRunner,
+  type ModelInfo,
   type ModelRunnerOptions,
   type QuantizationInfo,
   type WeightCacheInfo,
@@ -31,6 +32,7 @@ export {
   type TensorClass,
 } from './model-runner.js'
 export { type LoadProgress, loadProgressBar } from './progress.js'
+export type { AutotuneReport, BenchmarkReport, GenerationDefaults, MemoryUsage, SiteDecision, Stats } from './native.js'
 export { generationParamsSchema } from './params.js'
 export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, TokenAlternative, TokenLogprob, Usage } from './params.js'
 export { createServer, type NanoQwenServer, type ServerOptions } from './server/index.js'

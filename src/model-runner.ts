@@ -8,12 +8,24 @@ import {
   createAccelerationConfig,
   type Device,
   type ExecutionPlan,
+  type KvCacheDtype,
   type QuantizationType,
 } from './acceleration.js'
 import { ChatStreamSplitter, chatInputSchema, type ChatMessage, parseAssistantOutput, type ToolCall } from './chat.js'
 import { AbortError, fromNative, NanoQwenError, native } from './errors.js'
 import { resolveModel, type ResolveOptions } from './hub.js'
-import { loadNative, type NativeEngine } from './native.js'
+import {
+  type BenchmarkReport,
+  type CalibrationReport,
+  loadNative,
+  type MemoryUsage,
+  type NativeEngine,
+  type NativeModelInfo,
+  type NativeQuantizationInfo,
+  type NativeServingInfo,
+  type NativeWeightCacheInfo,
+  type TensorClass,
+} from './native.js'
 import { type GenerateResult, type GenerationParams, type StreamChunk, toEngineRequest } from './params.js'
 import { type LoadProgress, loadProgressBar } from './progress.js'
 import { parseOrThrow } from './validation.js'
@@ -88,64 +100,28 @@ export interface ApplyChatTemplateOptions {
   tools?: unknown[]
 }
 
-/** One class of tensors as loaded, e.g. all `q_proj` matrices in q8_0. */
-export interface TensorClass {
-  class: string
-  format: string
-  count: number
-  bytes: number
-}
-
-/** static_int8 calibration: what was measured and which activation sites kept dynamic scales. */
-export interface CalibrationReport {
-  texts: number
-  tokens: number
-  alpha: number
-  maxRangeRatio: number
-  staticSites: number
-  dynamicSites: string[]
-  /** Sites whose outlier channels SmoothQuant migrated into the weights. */
-  smoothedSites: string[]
-  sites: { site: string; rangeRatio: number; isStatic: boolean }[]
-  timeMs: number
-}
+export type { CalibrationReport, TensorClass }
 
 /** What the prepared-weights disk cache did for this load (static_int8 and int4 compute at load). */
-export interface WeightCacheInfo {
+export type WeightCacheInfo = Omit<NativeWeightCacheInfo, 'status'> & {
   status: 'hit' | 'written' | 'rebuilt' | 'off' | 'not used' | 'error'
-  path: string | null
-  error: string | null
 }
 
-export interface QuantizationInfo {
-  mode: QuantizationType
-  tensors: TensorClass[]
-  calibration: CalibrationReport | null
-}
+/** The quantization mode as loaded: which tensors are in which format. */
+export type QuantizationInfo = Omit<NativeQuantizationInfo, 'mode'> & { mode: QuantizationType }
 
 /** The serving loop as of its last step: KV pool, batch limits, sequences, prefix cache. */
-export interface ServingInfo {
-  blockTokens: number
-  blocksTotal: number
-  /** Blocks referenced by running requests. */
-  blocksUsed: number
-  /** Free blocks still holding a cached prefix (evicted oldest first when needed). */
-  blocksCached: number
-  kvCacheBytes: number
-  kvCacheDtype: 'f32' | 'f16' | 'bf16'
-  maxBatchTokens: number
-  maxConcurrentSequences: number
-  /** Longest prefill chunk of one request per step (chunked prefill); null when unbounded. */
-  maxPrefillChunk: number | null
-  prefixCaching: boolean
-  prefixCacheQueriedTokens: number
-  prefixCacheHitTokens: number
-  prefixCacheHitRate: number
-  runningSequences: number
-  waitingSequences: number
-  /** Requests preempted (blocks freed, recomputed later) because the pool ran out. */
-  preemptions: number
-  steps: number
+export type ServingInfo = Omit<NativeServingInfo, 'kvCacheDtype'> & { kvCacheDtype: KvCacheDtype }
+
+/** The loaded model (the binding's fields with enumerated names narrowed), plus what this runner was given. */
+export type ModelInfo = Omit<NativeModelInfo, 'quantization' | 'weightCache' | 'serving'> & {
+  quantization: QuantizationInfo
+  weightCache: WeightCacheInfo
+  serving: ServingInfo
+  modelName: string
+  accelerationConfig: AccelerationConfig
+  acceleration: ExecutionPlan
+  memoryUsage: MemoryUsage
 }
 
 /** The package's embedded model: a tiny Qwen3 with random weights and the real tokenizer. */
@@ -273,10 +249,9 @@ export class ModelRunner {
     try {
       // Events arrive in order on one callback: every chunk, then the end.
       return await new Promise((resolve, reject) => {
-        engine.generate(ids, request, id, (json: string) => {
-          const e = JSON.parse(json)
-          if (e.type === 'chunk') onChunk?.(e.chunk)
-          else if (e.type === 'done') resolve(e.result)
+        engine.generate(ids, request, id, (e) => {
+          if (e.kind === 'chunk') onChunk?.(e.chunk!)
+          else if (e.kind === 'done') resolve(e.result as GenerateResult & { chunkCount: number })
           else reject(new Error(e.error))
         })
       })
@@ -370,15 +345,11 @@ export class ModelRunner {
   }
 
   getAccelerationInfo(): ExecutionPlan {
-    return native(() => this.native.accelerationInfo())
+    return native(() => this.native.accelerationInfo()) as ExecutionPlan
   }
 
-  getModelInfo() {
-    const info = native(() => this.native.modelInfo()) as Record<string, unknown> & {
-      quantization: QuantizationInfo
-      serving: ServingInfo
-      weightCache: WeightCacheInfo
-    }
+  getModelInfo(): ModelInfo {
+    const info = native(() => this.native.modelInfo()) as Omit<ModelInfo, 'modelName' | 'accelerationConfig' | 'acceleration' | 'memoryUsage'>
     return {
       ...info,
       modelName: this.options.modelName,
@@ -389,38 +360,19 @@ export class ModelRunner {
   }
 
   /** Measured bytes: weights as loaded, KV cache allocated now, and KV cost per token. */
-  estimateMemoryUsage(): {
-    baseModelSizeMb: number
-    acceleratedModelSizeMb: number
-    memorySavedMb: number
-    memoryReductionPercent: number
-    weightBytes: number
-    checkpointBytes: number
-    /** KV cache held by running requests (their blocks). */
-    kvCacheBytes: number
-    /** The whole KV pool (kvCacheMemory rounded down to whole blocks). */
-    kvCachePoolBytes: number
-    kvCacheBytesPerToken: number
-    kvCacheBytesAtMaxSeqLength: number
-    /** Measured weight bytes per tensor class and storage format. */
-    weightsByClass: TensorClass[]
-    /** This process's resident memory right after the load, and the highest it had reached by then
-     * (process-wide: a fresh process's load peak; Linux only, null elsewhere). */
-    rssAfterLoadBytes: number | null
-    peakRssAtLoadBytes: number | null
-  } {
+  estimateMemoryUsage(): MemoryUsage {
     return native(() => this.native.memoryUsage())
   }
 
   /** Warm-up, then `numIterations` x (prefill sampleText + decode `decodeTokens` tokens), timed separately. */
-  async benchmarkPerformance(opts: { sampleText?: string; numIterations?: number; decodeTokens?: number } = {}) {
+  async benchmarkPerformance(opts: { sampleText?: string; numIterations?: number; decodeTokens?: number } = {}): Promise<BenchmarkReport> {
     const numIterations = opts.numIterations ?? 10
     const decodeTokens = opts.decodeTokens ?? 32
     for (const [name, v] of [['numIterations', numIterations], ['decodeTokens', decodeTokens]] as const) {
       if (!Number.isInteger(v) || v < 1) throw new NanoQwenError('INVALID_ARGUMENT', `invalid ${name} = ${v}: an integer >= 1`)
     }
     try {
-      return JSON.parse(await this.native.benchmark(opts.sampleText ?? 'Hello, how are you?', numIterations, decodeTokens))
+      return await this.native.benchmark(opts.sampleText ?? 'Hello, how are you?', numIterations, decodeTokens)
     } catch (e) {
       throw fromNative(e)
     }

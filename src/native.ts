@@ -3,6 +3,31 @@ import type * as Binding from '../index.js'
 
 export type NativeBinding = typeof Binding
 export type NativeEngine = Binding.NativeEngine
+// The result types, generated from the binding's Rust structs (index.d.ts): the one source of their fields.
+export type {
+  AutotuneReport,
+  BenchmarkReport,
+  CalibrationReport,
+  ExecutionPlan as NativeExecutionPlan,
+  GenerateEvent,
+  GenerateResult as NativeGenerateResult,
+  GenerationDefaults,
+  MemoryUsage,
+  ModelInfo as NativeModelInfo,
+  OptionValues,
+  PlanItem,
+  QuantizationInfo as NativeQuantizationInfo,
+  ServingInfo as NativeServingInfo,
+  SiteDecision,
+  Stats,
+  StreamChunk,
+  TensorClass,
+  Timings,
+  TokenAlternative,
+  TokenLogprob,
+  Usage,
+  WeightCacheInfo as NativeWeightCacheInfo,
+} from '../index.js'
 
 let binding: NativeBinding | undefined
 

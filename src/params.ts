@@ -1,4 +1,5 @@
 import { z } from 'zod'
+import type { NativeGenerateResult } from './native.js'
 import { parseOrThrow } from './validation.js'
 
 // Types, keys and finiteness are checked here; ranges (topP <= 1, maxTokens >= 1, ...) in the engine,
@@ -50,50 +51,8 @@ export function toEngineRequest(params: GenerationParams | undefined): {
 
 export type FinishReason = 'stop' | 'length'
 
-export interface Usage {
-  promptTokens: number
-  completionTokens: number
-  totalTokens: number
-  /** Prompt tokens whose KV came from the prefix cache (not computed for this request). */
-  cachedTokens: number
-}
+// The result types come from the binding's Rust structs (index.d.ts): the one source of their fields.
+export type { StreamChunk, Timings, TokenAlternative, TokenLogprob, Usage } from './native.js'
 
-export interface Timings {
-  /** Submission to the first engine step that ran this request (waiting for a place in the batch). */
-  queuedMs: number
-  /** First step to the first token (the prompt's prefill, sharing steps with other requests). */
-  prefillMs: number
-  decodeMs: number
-  prefillTokensPerSecond: number
-  decodeTokensPerSecond: number
-}
-
-export interface GenerateResult {
-  text: string
-  tokenIds: number[]
-  finishReason: FinishReason
-  /** One per generated token, when `logprobs` was set. */
-  logprobs?: TokenLogprob[]
-  usage: Usage
-  timings: Timings
-}
-
-/** A token and its log-probability under the model (before penalties, bias, grammar and temperature). */
-export interface TokenAlternative {
-  tokenId: number
-  token: string
-  bytes: number[]
-  logprob: number
-}
-
-export interface TokenLogprob extends TokenAlternative {
-  /** The most likely tokens at this step, most likely first. */
-  top: TokenAlternative[]
-}
-
-export interface StreamChunk {
-  text: string
-  tokenIds: number[]
-  /** One per token id, when `logprobs` was set. */
-  logprobs?: TokenLogprob[]
-}
+/** A finished generation (the binding's result, its finish reason narrowed, without the stream's chunk count). */
+export type GenerateResult = Omit<NativeGenerateResult, 'finishReason' | 'chunkCount'> & { finishReason: FinishReason }

@@ -92,20 +92,35 @@ impl CompileMode {
     pub const VARIANTS: [CompileMode; 3] = [Self::Default, Self::ReduceOverhead, Self::MaxAutotune];
 }
 
-/// The allowed values of every enumerated option, by its camelCase name: the TypeScript facade
-/// validates against this list (one source of the names).
-pub fn option_values() -> serde_json::Value {
+/// The allowed values of every enumerated option: the TypeScript facade validates against these
+/// lists (one source of the names).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OptionValues {
+    pub quantization: Vec<String>,
+    pub compile_mode: Vec<String>,
+    pub kv_cache_dtype: Vec<String>,
+    pub int4_group_size: Vec<usize>,
+    pub int4_lm_head: Vec<String>,
+}
+
+pub fn option_values() -> OptionValues {
     // The names of serde-named variants, as they are written in JSON.
-    fn names<T: Serialize>(v: &[T]) -> Vec<serde_json::Value> {
-        v.iter().map(|x| serde_json::to_value(x).expect("a unit variant serialises")).collect()
+    fn names<T: Serialize>(v: &[T]) -> Vec<String> {
+        v.iter()
+            .map(|x| match serde_json::to_value(x) {
+                Ok(serde_json::Value::String(s)) => s,
+                other => unreachable!("a unit variant serialises to a string, not {other:?}"),
+            })
+            .collect()
     }
-    serde_json::json!({
-        "quantization": Quantization::VARIANTS.map(Quantization::name),
-        "compileMode": names(&CompileMode::VARIANTS),
-        "kvCacheDtype": names(&KvDtype::VARIANTS),
-        "int4GroupSize": nano_qwen3_kernels::q4::GROUP_SIZES,
-        "int4LmHead": names(&Int4LmHead::VARIANTS),
-    })
+    OptionValues {
+        quantization: Quantization::VARIANTS.map(|q| q.name().to_string()).to_vec(),
+        compile_mode: names(&CompileMode::VARIANTS),
+        kv_cache_dtype: names(&KvDtype::VARIANTS),
+        int4_group_size: nano_qwen3_kernels::q4::GROUP_SIZES.to_vec(),
+        int4_lm_head: names(&Int4LmHead::VARIANTS),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,9 @@
 //! napi-rs binding: argument conversion, work on libuv worker threads, streaming, errors.
-//! Structured values cross as JSON (`serde_json::Value`); the engine does all validation.
+//! Results are typed objects ([`types`]: real interfaces in `index.d.ts`); inputs the engine
+//! validates (configs, requests) and streamed events cross as JSON.
 #![deny(clippy::all)]
+mod types;
+
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -30,10 +33,6 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::from_reason(e.to_string()))
-}
-
 #[napi(object)]
 pub struct NativeLoadOptions {
     pub device: Option<String>,
@@ -60,7 +59,7 @@ fn bytes(name: &str, v: f64) -> Result<usize> {
     }
 }
 
-fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Result<LoadOptions> {
+fn load_options(o: NativeLoadOptions, on_progress: Option<ProgressCallback>) -> Result<LoadOptions> {
     let acceleration: AccelerationConfig = match o.acceleration {
         Some(v) => serde_json::from_value(v).map_err(|e| bad_json("accelerationConfig", e))?,
         None => AccelerationConfig::default(),
@@ -89,16 +88,16 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ChunkCallback>) -> Res
 }
 
 /// The allowed values of every enumerated acceleration option (the engine's lists).
-#[napi(ts_return_type = "{ quantization: string[]; compileMode: string[]; kvCacheDtype: string[]; int4GroupSize: number[]; int4LmHead: string[] }")]
-pub fn option_values() -> Value {
-    nano_qwen3_engine::acceleration::option_values()
+#[napi]
+pub fn option_values() -> types::OptionValues {
+    nano_qwen3_engine::acceleration::option_values().into()
 }
 
 /// The execution plan for a config on a device, without loading a model.
 #[napi]
-pub fn plan_acceleration(acceleration: Value, device: String) -> Result<Value> {
+pub fn plan_acceleration(acceleration: Value, device: String) -> Result<types::ExecutionPlan> {
     let cfg: AccelerationConfig = serde_json::from_value(acceleration).map_err(|e| bad_json("accelerationConfig", e))?;
-    to_value(&nano_qwen3_engine::plan(&cfg, &device).map_err(to_napi)?)
+    Ok(nano_qwen3_engine::plan(&cfg, &device).map_err(to_napi)?.into())
 }
 
 pub struct LoadTask {
@@ -123,7 +122,7 @@ impl Task for LoadTask {
 pub fn load_engine(
     dir: String,
     options: NativeLoadOptions,
-    #[napi(ts_arg_type = "((progressJson: string) => void) | undefined | null")] on_progress: Option<ChunkCallback>,
+    #[napi(ts_arg_type = "((progressJson: string) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
 ) -> Result<AsyncTask<LoadTask>> {
     Ok(AsyncTask::new(LoadTask { dir, options: load_options(options, on_progress)? }))
 }
@@ -134,7 +133,8 @@ pub struct NativeEngine {
     cancels: Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>,
 }
 
-type ChunkCallback = ThreadsafeFunction<String, (), String, Status, false>;
+type ProgressCallback = ThreadsafeFunction<String, (), String, Status, false>;
+type EventCallback = ThreadsafeFunction<types::GenerateEvent, (), types::GenerateEvent, Status, false>;
 
 pub struct LogitsTask {
     engine: Arc<Engine>,
@@ -177,18 +177,15 @@ pub struct BenchTask {
 }
 
 impl Task for BenchTask {
-    type Output = String;
-    type JsValue = String;
-    fn compute(&mut self) -> Result<String> {
+    type Output = types::BenchmarkReport;
+    type JsValue = types::BenchmarkReport;
+    fn compute(&mut self) -> Result<types::BenchmarkReport> {
         guarded(|| {
-            let r = self
-                .engine
-                .benchmark(&self.text, self.iterations as usize, self.decode_tokens as usize)
-                .map_err(to_napi)?;
-            Ok(to_value(&r)?.to_string())
+            let r = self.engine.benchmark(&self.text, self.iterations as usize, self.decode_tokens as usize);
+            Ok(r.map_err(to_napi)?.into())
         })
     }
-    fn resolve(&mut self, _: Env, v: String) -> Result<String> {
+    fn resolve(&mut self, _: Env, v: types::BenchmarkReport) -> Result<types::BenchmarkReport> {
         Ok(v)
     }
 }
@@ -237,39 +234,36 @@ impl NativeEngine {
     }
 
     /// Queue a generation on the engine loop (no libuv thread waits for it: any number run at
-    /// once, in one batch). `onEvent` receives, in order, `{"type":"chunk","chunk":{..}}` for each
-    /// streamed piece, then `{"type":"done","result":{..,"chunkCount":n}}` or
-    /// `{"type":"error","error":"[CODE] message"}`. Bad input throws here, before anything runs.
+    /// once, in one batch). `onEvent` receives, in order, a `chunk` event for each streamed piece,
+    /// then one `done` (the result, with the number of chunks before it) or `error`
+    /// ("[CODE] message"). Bad input throws here, before anything runs.
     #[napi]
     pub fn generate(
         &self,
         prompt: Vec<u32>,
         request: Value,
         request_id: u32,
-        #[napi(ts_arg_type = "(eventJson: string) => void")] on_event: ChunkCallback,
+        #[napi(ts_arg_type = "(event: GenerateEvent) => void")] on_event: EventCallback,
     ) -> Result<()> {
         let request: GenerateRequest = serde_json::from_value(request).map_err(|e| bad_json("generation params", e))?;
         let engine = self.get()?;
         let opts = request.resolve(&engine.generation_defaults).map_err(to_napi)?;
         let cancels = self.cancels.clone();
         let mut chunks = 0u32;
-        let send = move |v: Value| {
-            on_event.call(v.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+        let send = move |kind: &str, chunk, result, error| {
+            let event = types::GenerateEvent { kind: kind.into(), chunk, result, error };
+            on_event.call(event, ThreadsafeFunctionCallMode::NonBlocking);
         };
         let sink = Box::new(move |e: Event| match e {
             Event::Chunk(c) => {
                 chunks += 1;
-                send(serde_json::json!({ "type": "chunk", "chunk": c }));
+                send("chunk", Some(c.into()), None, None);
             }
             Event::Done(out) => {
                 cancels.lock().unwrap().remove(&request_id);
-                match out.map(|o| serde_json::to_value(&o)) {
-                    Ok(Ok(mut v)) => {
-                        v["chunkCount"] = chunks.into();
-                        send(serde_json::json!({ "type": "done", "result": v }));
-                    }
-                    Ok(Err(e)) => send(serde_json::json!({ "type": "error", "error": format!("[INTERNAL] {e}") })),
-                    Err(e) => send(serde_json::json!({ "type": "error", "error": format!("[{}] {}", e.code(), e) })),
+                match out {
+                    Ok(o) => send("done", None, Some(types::GenerateResult::new(o, chunks)), None),
+                    Err(e) => send("error", None, None, Some(format!("[{}] {}", e.code(), e))),
                 }
             }
         });
@@ -288,7 +282,7 @@ impl NativeEngine {
         }
     }
 
-    #[napi(ts_return_type = "Promise<string>")]
+    #[napi(ts_return_type = "Promise<BenchmarkReport>")]
     pub fn benchmark(&self, sample_text: String, iterations: u32, decode_tokens: u32) -> Result<AsyncTask<BenchTask>> {
         Ok(AsyncTask::new(BenchTask { engine: self.get()?, text: sample_text, iterations, decode_tokens }))
     }
@@ -300,27 +294,23 @@ impl NativeEngine {
     }
 
     #[napi]
-    pub fn model_info(&self) -> Result<Value> {
-        to_value(&self.get()?.model_info())
+    pub fn model_info(&self) -> Result<types::ModelInfo> {
+        Ok(self.get()?.model_info().into())
     }
 
     #[napi]
-    pub fn acceleration_info(&self) -> Result<Value> {
-        to_value(&self.get()?.plan)
+    pub fn acceleration_info(&self) -> Result<types::ExecutionPlan> {
+        Ok(self.get()?.plan.clone().into())
     }
 
     #[napi]
-    pub fn memory_usage(&self) -> Result<Value> {
-        to_value(&self.get()?.memory_usage())
+    pub fn memory_usage(&self) -> Result<types::MemoryUsage> {
+        Ok(self.get()?.memory_usage().into())
     }
 
     #[napi]
-    pub fn generation_defaults(&self) -> Result<Value> {
-        let d = &self.get()?.generation_defaults;
-        Ok(serde_json::json!({
-            "doSample": d.do_sample, "temperature": d.temperature, "topP": d.top_p, "topK": d.top_k,
-            "minP": d.min_p, "repetitionPenalty": d.repetition_penalty, "eosTokenIds": d.eos_token_ids,
-        }))
+    pub fn generation_defaults(&self) -> Result<types::GenerationDefaults> {
+        Ok(self.get()?.generation_defaults.clone().into())
     }
 
     /// Drop the model; running requests keep their own reference and finish first.
