@@ -132,9 +132,19 @@ export interface GenerationDefaults {
 
 /**
  * Load a model folder or .gguf file on a worker thread. `onProgress` receives load-time progress
- * (quantization, calibration) as JSON text.
+ * (quantization, calibration).
  */
-export declare function loadEngine(dir: string, options: NativeLoadOptions, onProgress?: ((progressJson: string) => void) | undefined | null): Promise<NativeEngine>
+export declare function loadEngine(dir: string, options: NativeLoadOptions, onProgress?: ((progress: LoadProgress) => void) | undefined | null): Promise<NativeEngine>
+
+/** Progress of long load-time work (weight quantization, calibration passes). */
+export interface LoadProgress {
+  /** "quantize", "calibrate", "calibrate (smoothed)". */
+  stage: string
+  done: number
+  total: number
+  /** What `done` and `total` count: "tensors" or "tokens". */
+  unit: string
+}
 
 /** Measured bytes: weights as loaded, the KV pool and what running requests hold of it. */
 export interface MemoryUsage {

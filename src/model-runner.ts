@@ -185,7 +185,7 @@ export class ModelRunner {
           enablePrefixCaching: this.options.enablePrefixCaching,
           weightCache: this.options.weightCache,
         },
-        report ? (json: string) => report(JSON.parse(json)) : undefined,
+        report,
       )
     } catch (e) {
       throw fromNative(e)

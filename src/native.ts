@@ -12,6 +12,7 @@ export type {
   GenerateEvent,
   GenerateResult as NativeGenerateResult,
   GenerationDefaults,
+  LoadProgress,
   MemoryUsage,
   ModelInfo as NativeModelInfo,
   OptionValues,

@@ -1,12 +1,6 @@
 /** Load-time progress reported by the engine (weight quantization, calibration passes). */
-export interface LoadProgress {
-  /** 'quantize' | 'calibrate' | 'calibrate (smoothed)' */
-  stage: string
-  done: number
-  total: number
-  /** What done/total count: 'tensors' or 'tokens'. */
-  unit: string
-}
+export type { LoadProgress } from './native.js'
+import type { LoadProgress } from './native.js'
 
 /**
  * A one-line progress bar, redrawn at most every 200 ms. On a terminal it redraws in place; elsewhere

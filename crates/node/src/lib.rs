@@ -1,6 +1,6 @@
 //! napi-rs binding: argument conversion, work on libuv worker threads, streaming, errors.
 //! Results are typed objects ([`types`]: real interfaces in `index.d.ts`); inputs the engine
-//! validates (configs, requests) and streamed events cross as JSON.
+//! validates (configs, requests) cross as JSON.
 #![deny(clippy::all)]
 mod types;
 
@@ -79,9 +79,7 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ProgressCallback>) -> 
         weight_cache_dir: None,
         progress: on_progress.map(|cb| -> ProgressFn {
             Arc::new(move |p| {
-                if let Ok(json) = serde_json::to_string(p) {
-                    cb.call(json, ThreadsafeFunctionCallMode::NonBlocking);
-                }
+                cb.call(p.into(), ThreadsafeFunctionCallMode::NonBlocking);
             })
         }),
     })
@@ -117,12 +115,12 @@ impl Task for LoadTask {
 }
 
 /// Load a model folder or .gguf file on a worker thread. `onProgress` receives load-time progress
-/// (quantization, calibration) as JSON text.
+/// (quantization, calibration).
 #[napi(ts_return_type = "Promise<NativeEngine>")]
 pub fn load_engine(
     dir: String,
     options: NativeLoadOptions,
-    #[napi(ts_arg_type = "((progressJson: string) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    #[napi(ts_arg_type = "((progress: LoadProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
 ) -> Result<AsyncTask<LoadTask>> {
     Ok(AsyncTask::new(LoadTask { dir, options: load_options(options, on_progress)? }))
 }
@@ -133,7 +131,7 @@ pub struct NativeEngine {
     cancels: Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>,
 }
 
-type ProgressCallback = ThreadsafeFunction<String, (), String, Status, false>;
+type ProgressCallback = ThreadsafeFunction<types::LoadProgress, (), types::LoadProgress, Status, false>;
 type EventCallback = ThreadsafeFunction<types::GenerateEvent, (), types::GenerateEvent, Status, false>;
 
 pub struct LogitsTask {

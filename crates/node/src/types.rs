@@ -672,3 +672,21 @@ pub struct GenerateEvent {
     pub result: Option<GenerateResult>,
     pub error: Option<String>,
 }
+
+/// Progress of long load-time work (weight quantization, calibration passes).
+#[napi(object)]
+pub struct LoadProgress {
+    /// "quantize", "calibrate", "calibrate (smoothed)".
+    pub stage: String,
+    pub done: f64,
+    pub total: f64,
+    /// What `done` and `total` count: "tensors" or "tokens".
+    pub unit: String,
+}
+
+impl From<&engine::Progress> for LoadProgress {
+    fn from(p: &engine::Progress) -> Self {
+        let engine::Progress { stage, done, total, unit } = p;
+        Self { stage: stage.to_string(), done: num(*done), total: num(*total), unit: unit.to_string() }
+    }
+}
