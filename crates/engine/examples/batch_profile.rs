@@ -1,7 +1,7 @@
 //! What limits batched decode: the time of one serving step (B sequences, one token each, `context`
 //! tokens already cached) against B, with flash attention and with attention's share estimated by a
 //! second run at a 16x longer context. `cargo run --example batch_profile -p nano-qwen3-engine -- DIR`
-//! Env: QUANTIZATION (default dynamic_int8), BATCHES (default 1,4,8,16,32), CONTEXT (default 64),
+//! Env: QUANTIZATION (default dynamic_int8), KV_CACHE_DTYPE (f32, f16, bf16; default f32), BATCHES (default 1,4,8,16,32), CONTEXT (default 64),
 //! REPEAT (timed steps per figure, default 5; more for a profiler), SHORT_ONLY=1 (skip the long run).
 use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Stepper, BLOCK_TOKENS};
 use nano_qwen3_engine::{Engine, LoadOptions, Quantization};
@@ -39,6 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: batch_profile DIR")?;
     let mut load = LoadOptions { threads: Some(2), ..Default::default() };
     load.acceleration.quantization = Quantization::parse(&std::env::var("QUANTIZATION").unwrap_or("dynamic_int8".into()))?;
+    if let Ok(kv) = std::env::var("KV_CACHE_DTYPE") {
+        load.acceleration.kv_cache_dtype = serde_json::from_value(serde_json::Value::String(kv))?;
+    }
     load.acceleration.use_torch_compile = true;
     load.acceleration.compile_mode = nano_qwen3_engine::acceleration::CompileMode::ReduceOverhead;
     load.serving.kv_cache_memory = Some(1 << 24); // the serving pool is not used here

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 fn main() {
     println!("isa {}, {} threads", active_isa().name(), nano_qwen3_kernels::pool::current_threads());
-    for (q_len, start) in [(1, 511), (1, 4095), (512, 0)] {
+    for (q_len, start) in [(1, 99), (1, 511), (1, 4095), (512, 0)] {
         let kind = if q_len == 1 { "decode " } else { "prefill" };
         let f32_us = time::<f32>(q_len, start);
         let f16_us = time::<f16>(q_len, start);
