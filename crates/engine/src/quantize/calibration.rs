@@ -189,7 +189,10 @@ impl Observer for ActivationStats {
 impl ActivationStats {
     /// For each weight matrix (HF name), the mean square of each input feature it multiplies:
     /// the importances of activation-aware int4.
-    pub fn importance_by_weight(&self, tied: bool) -> std::collections::HashMap<String, Vec<f32>> {
+    /// `divided_by`: per layer and site, the factors each channel's activation has been divided by
+    /// since these statistics were taken ([`crate::quantize::smoothing::Smoothed::factors`]): the
+    /// mean squares are then those of the smoothed model, mean square / s².
+    pub fn importance_by_weight(&self, tied: bool, divided_by: Option<&[[Vec<f32>; 4]]>) -> std::collections::HashMap<String, Vec<f32>> {
         let mut out = std::collections::HashMap::new();
         for (i, st) in self.layers.iter().enumerate() {
             for (site, names) in [
@@ -198,7 +201,10 @@ impl ActivationStats {
                 (Site::MlpIn, &["mlp.gate_proj", "mlp.up_proj"][..]),
                 (Site::DownIn, &["mlp.down_proj"][..]),
             ] {
-                let ms = st[site as usize].mean_square();
+                let mut ms = st[site as usize].mean_square();
+                if let Some(f) = divided_by {
+                    ms.iter_mut().zip(&f[i][site as usize]).for_each(|(m, s)| *m /= s * s);
+                }
                 for n in names {
                     out.insert(format!("model.layers.{i}.{n}.weight"), ms.clone());
                 }

@@ -155,14 +155,26 @@ fn smoothing_factors(act_max: &[f32], weight_max: &[f32], alpha: f32) -> Vec<f32
         .collect()
 }
 
-/// Smoothed copies of every layer's norms and matrices under `rule`, to be read through an
-/// [`Overlay`] of `src`. Returns the smoothed tensors and the names of the sites that were smoothed.
-pub fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats, rule: Rule) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+/// What [`smooth`] made.
+pub struct Smoothed {
+    /// Smoothed copies of every layer's norms and matrices, to be read through an [`Overlay`].
+    pub tensors: HashMap<String, Tensor>,
+    /// The sites that were smoothed ("layers.3.o_proj input").
+    pub sites: Vec<String>,
+    /// Per layer and [`Site`], the factor each input channel's activation is now divided by (1
+    /// where a site was left alone): the smoothed model's activation statistics follow from the
+    /// original ones without running it (`x / s`: mean square / s²).
+    pub factors: Vec<[Vec<f32>; 4]>,
+}
+
+/// Smoothed copies of every layer's norms and matrices under `rule` (see [`Smoothed`]).
+pub fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats, rule: Rule) -> Result<Smoothed> {
     let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let group = nh / nkv;
     let mut out = HashMap::new();
     let mut smoothed = Vec::new();
+    let mut factors = Vec::with_capacity(stats.layers.len());
     for (i, st) in stats.layers.iter().enumerate() {
         // α per site: SmoothQuant only where outlier channels exist, activation-aware everywhere.
         let mut alpha_for = |site: Site| {
@@ -192,9 +204,9 @@ pub fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats
         let (mut in_norm, mut post_norm) = (norm("input_layernorm")?, norm("post_attention_layernorm")?);
 
         // q/k/v input: fold into the input RMSNorm weight.
-        let s = rule.factors(&act(Site::AttnIn), &max_of(&[q.col_max(), k.col_max(), v.col_max()]), alpha_for(Site::AttnIn));
-        in_norm.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
-        [&mut q, &mut k, &mut v].into_iter().for_each(|m| m.scale_cols(&s));
+        let s_attn = rule.factors(&act(Site::AttnIn), &max_of(&[q.col_max(), k.col_max(), v.col_max()]), alpha_for(Site::AttnIn));
+        in_norm.iter_mut().zip(&s_attn).for_each(|(w, s)| *w /= s);
+        [&mut q, &mut k, &mut v].into_iter().for_each(|m| m.scale_cols(&s_attn));
 
         // o_proj input (head h, dim d) is attention-weighted v of KV head h / group, dim d: fold
         // into v_proj's rows, with one factor per KV channel shared by its query heads.
@@ -221,15 +233,16 @@ pub fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats
         o.scale_cols(&s_o);
 
         // gate/up input: fold into the post-attention RMSNorm weight.
-        let s = rule.factors(&act(Site::MlpIn), &max_of(&[gate.col_max(), up.col_max()]), alpha_for(Site::MlpIn));
-        post_norm.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
-        gate.scale_cols(&s);
-        up.scale_cols(&s);
+        let s_mlp = rule.factors(&act(Site::MlpIn), &max_of(&[gate.col_max(), up.col_max()]), alpha_for(Site::MlpIn));
+        post_norm.iter_mut().zip(&s_mlp).for_each(|(w, s)| *w /= s);
+        gate.scale_cols(&s_mlp);
+        up.scale_cols(&s_mlp);
 
         // down_proj input is silu(gate) * up: fold into up_proj's rows.
-        let s = rule.factors(&act(Site::DownIn), &down.col_max(), alpha_for(Site::DownIn));
-        up.divide_rows(&s);
-        down.scale_cols(&s);
+        let s_down = rule.factors(&act(Site::DownIn), &down.col_max(), alpha_for(Site::DownIn));
+        up.divide_rows(&s_down);
+        down.scale_cols(&s_down);
+        factors.push([s_attn, s_o, s_mlp, s_down]);
 
         out.insert(name("input_layernorm"), Tensor::from_vec(in_norm, h, &Device::Cpu)?);
         out.insert(name("post_attention_layernorm"), Tensor::from_vec(post_norm, h, &Device::Cpu)?);
@@ -245,7 +258,7 @@ pub fn smooth(cfg: &ModelConfig, src: &dyn TensorSource, stats: &ActivationStats
             out.insert(name(n), m.tensor()?);
         }
     }
-    Ok((out, smoothed))
+    Ok(Smoothed { tensors: out, sites: smoothed, factors })
 }
 
 #[cfg(test)]
@@ -276,7 +289,7 @@ mod tests {
         let seqs = CalibrationConfig::default().token_sequences(&tok).unwrap();
         let plain = Qwen3Model::load(&cfg, &src, WeightFormat::Dense(DType::F32)).unwrap();
         let stats = calibration::collect(&plain, &seqs, None, "calibrate").unwrap();
-        let (replaced, smoothed_sites) = smooth(&cfg, &src, &stats, Rule::SmoothQuant { alpha: 0.5 }).unwrap();
+        let Smoothed { tensors: replaced, sites: smoothed_sites, .. } = smooth(&cfg, &src, &stats, Rule::SmoothQuant { alpha: 0.5 }).unwrap();
         for site in expect_smoothed {
             assert!(smoothed_sites.contains(&site.to_string()), "{site} not in {smoothed_sites:?}");
         }
@@ -339,7 +352,7 @@ mod tests {
         let seqs = CalibrationConfig::default().token_sequences(&tok).unwrap();
         let plain = Qwen3Model::load(&cfg, &ckpt, WeightFormat::Dense(DType::F32)).unwrap();
         let stats = calibration::collect(&plain, &seqs, None, "calibrate").unwrap();
-        let (replaced, sites) = smooth(&cfg, &ckpt, &stats, Rule::ActivationAware { alpha: 0.5 }).unwrap();
+        let Smoothed { tensors: replaced, sites, .. } = smooth(&cfg, &ckpt, &stats, Rule::ActivationAware { alpha: 0.5 }).unwrap();
         assert_eq!(sites.len(), 4 * cfg.num_hidden_layers, "every site is scaled: {sites:?}");
         let scaled = Qwen3Model::load(&cfg, &Overlay { base: &ckpt, replaced: replaced.clone() }, WeightFormat::Dense(DType::F32)).unwrap();
         for s in &seqs {

@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::model::{Qwen3Model, WeightFormat};
 use crate::progress::ProgressFn;
 use crate::text::tokenizer::Tokenizer;
-use crate::quantize::smoothing::{smooth, Overlay, Rule};
+use crate::quantize::smoothing::{smooth, Overlay, Rule, Smoothed};
 use crate::source::weights::TensorSource;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,9 @@ pub fn load(
         let model = Qwen3Model::load(cfg, src, WeightFormat::Checkpoint)?;
         calibration::collect(&model, &sequences, progress, "calibrate")?
     };
-    let (replaced, smoothed_sites) = smooth(cfg, src, &raw_stats, Rule::SmoothQuant { alpha })?;
+    // The static ranges need the smoothed model's per-token block maxima, which do not follow from
+    // the raw ones: calibrate again.
+    let Smoothed { tensors: replaced, sites: smoothed_sites, .. } = smooth(cfg, src, &raw_stats, Rule::SmoothQuant { alpha })?;
     let overlay = Overlay { base: src, replaced };
     let stats = {
         let model = Qwen3Model::load(cfg, &overlay, WeightFormat::Dense(DType::F32))?;

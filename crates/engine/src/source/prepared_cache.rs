@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 /// Bump whenever what an entry holds, or how the engine prepares weights (calibration, SmoothQuant,
 /// the quantizers), changes: released versions are also told apart by the package version.
-pub const FORMAT_VERSION: u32 = 2; // 2: int4 gained activation-aware scaling and the Q8_0 lm_head
+pub const FORMAT_VERSION: u32 = 3; // 2: int4 activation-aware scaling, Q8_0 lm_head; 3: int4 importances derived, not recalibrated
 
 /// What the cache did for this load (`getModelInfo().weightCache`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
