@@ -1,7 +1,7 @@
 // Every generation parameter, alone, reaches the engine and does what it says: a table with one row
 // per key of the schema, so a new key without a path to the engine (or without a test) fails here.
 import test from 'ava'
-import { generationParamsSchema, ModelRunner } from '../dist/index.mjs'
+import { createAccelerationConfig, generationParamsSchema, ModelAccelerator, ModelRunner, NanoQwenError } from '../dist/index.mjs'
 import { fixtureDir } from './helpers.mjs'
 
 let runner
@@ -75,3 +75,82 @@ test('the greedy baseline repeats tokens (so the penalties have something to cha
 for (const [key, check] of Object.entries(checks)) {
   test(`${key} alone reaches the engine`, async (t) => check(t, await gen(greedy)))
 }
+
+test('every grammar type reaches the engine and constrains the text', async (t) => {
+  const cases = [
+    [{ type: 'json_schema', schema: { type: 'integer' } }, /^-?[0-9]+$/],
+    [{ type: 'json_object' }, /^\{/],
+    [{ type: 'lark', grammar: 'start: "yes" | "no"' }, /^(yes|no)$/],
+    [{ type: 'regex', pattern: 'ab+' }, /^ab+$/],
+  ]
+  for (const [grammar, pattern] of cases) t.regex((await gen({ maxTokens: 8, grammar })).text, pattern, grammar.type)
+  await t.throwsAsync(gen({ grammar: { type: 'ebnf', grammar: 'x' } }), { code: 'INVALID_ARGUMENT', message: /params\.grammar\.type/ })
+})
+
+test('logitBias keys are whole token ids', async (t) => {
+  for (const key of ['12a', 'a12', '-1', '1.5']) {
+    await t.throwsAsync(gen({ logitBias: { [key]: 1 } }), { code: 'INVALID_ARGUMENT', message: /a token id/ }, key)
+  }
+})
+
+test('several problems are reported together, each named', async (t) => {
+  const e = await t.throwsAsync(gen({ temperature: 'hot', topP: 'high', maxTokenz: 1, minQ: 2 }), { code: 'INVALID_ARGUMENT' })
+  t.regex(e.message, /unknown option\(s\) "maxTokenz", "minQ"/)
+  t.regex(e.message, /params\.temperature = "hot": [^;]+; params\.topP = "high"/)
+})
+
+// The acceleration config: each default pinned, each snake_case name mapped, the calibration
+// strength's bounds, and the accelerator's plan.
+test('createAccelerationConfig fills in every default', (t) => {
+  t.deepEqual(
+    { ...createAccelerationConfig() },
+    {
+      quantization: 'none',
+      useFlashAttention: true,
+      useTorchCompile: false,
+      compileMode: 'default',
+      useChannelsLast: true,
+      useGradientCheckpointing: false,
+      useFusedKernels: true,
+      kvCacheDtype: 'f32',
+      int4GroupSize: 32,
+      int4LmHead: 'q8_0',
+    },
+  )
+  t.true(Object.isFrozen(createAccelerationConfig()))
+  t.throws(() => createAccelerationConfig({ quantization: 'int3' }), { instanceOf: NanoQwenError, code: 'INVALID_CONFIG', message: /^invalid accelerationConfig\.quantization = "int3"/ })
+})
+
+test('the Python API\'s snake_case names set their camelCase options', (t) => {
+  const cases = {
+    use_flash_attention: ['useFlashAttention', false],
+    use_torch_compile: ['useTorchCompile', true],
+    compile_mode: ['compileMode', 'max-autotune'],
+    use_channels_last: ['useChannelsLast', false],
+    use_gradient_checkpointing: ['useGradientCheckpointing', true],
+    use_fused_kernels: ['useFusedKernels', false],
+    kv_cache_dtype: ['kvCacheDtype', 'bf16'],
+    int4_group_size: ['int4GroupSize', 128],
+    int4_lm_head: ['int4LmHead', 'q4_0'],
+  }
+  for (const [snake, [camel, value]] of Object.entries(cases)) t.is(createAccelerationConfig({ [snake]: value })[camel], value, snake)
+})
+
+test('calibration.smoothing accepts [0, 1] only', (t) => {
+  for (const smoothing of [0, 0.35, 1]) t.is(createAccelerationConfig({ calibration: { smoothing } }).calibration.smoothing, smoothing)
+  for (const smoothing of [-0.01, 1.01]) t.throws(() => createAccelerationConfig({ calibration: { smoothing } }), { message: /calibration\.smoothing/ })
+})
+
+test('ModelAccelerator keeps its config and device and plans without a model', (t) => {
+  const acc = new ModelAccelerator({ quantization: 'bf16', use_fused_kernels: false }, 'cpu')
+  t.is(acc.config.quantization, 'bf16')
+  t.false(acc.config.useFusedKernels)
+  t.is(acc.device, 'cpu')
+  t.is(new ModelAccelerator().device, 'auto')
+  const plan = acc.plan()
+  t.is(plan.weightDtype, 'bf16')
+  t.is(plan.device, 'cpu')
+  t.deepEqual(acc.getAppliedOptimizations(), plan.appliedOptimizations)
+  t.deepEqual(plan.appliedOptimizations, ['quantization=bf16', 'useFlashAttention=true', 'useChannelsLast=true'])
+  t.true(new ModelAccelerator({ quantization: 'bf16' }, 'cpu').getAppliedOptimizations().includes('useFusedKernels=true'))
+})
