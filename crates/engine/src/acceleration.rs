@@ -104,15 +104,17 @@ pub struct OptionValues {
     pub int4_lm_head: Vec<String>,
 }
 
+/// A serde-named unit variant's name, as it is written in JSON (the one spelling of each name).
+pub fn serde_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => unreachable!("a unit variant serialises to a string, not {other:?}"),
+    }
+}
+
 pub fn option_values() -> OptionValues {
-    // The names of serde-named variants, as they are written in JSON.
     fn names<T: Serialize>(v: &[T]) -> Vec<String> {
-        v.iter()
-            .map(|x| match serde_json::to_value(x) {
-                Ok(serde_json::Value::String(s)) => s,
-                other => unreachable!("a unit variant serialises to a string, not {other:?}"),
-            })
-            .collect()
+        v.iter().map(serde_name).collect()
     }
     OptionValues {
         quantization: Quantization::VARIANTS.map(|q| q.name().to_string()).to_vec(),

@@ -7,21 +7,13 @@
 //! not compile here until it is carried across.
 use napi_derive::napi;
 use nano_qwen3_engine as engine;
-use serde::Serialize;
+use nano_qwen3_engine::acceleration::serde_name as name;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A count or byte size as a JS number.
 fn num(n: impl TryInto<u64>) -> f64 {
     n.try_into().map_or(f64::NAN, |n: u64| n as f64)
-}
-
-/// An enum's name as its serde form writes it (the engine's one spelling of each name).
-fn name<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        other => unreachable!("a unit variant serialises to a string, not {other:?}"),
-    }
 }
 
 fn path(p: Option<PathBuf>) -> Option<String> {

@@ -47,7 +47,6 @@ pub fn load(
     Qwen3Model::load_full(cfg, &scaled, format, progress, Some(&importance))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +71,7 @@ mod tests {
             let scaled = Qwen3Model::load(&cfg, &Overlay { base: &ckpt, replaced: smoothed.tensors }, WeightFormat::Dense(DType::F32)).unwrap();
             let measured = calibration::collect(&scaled, &seqs, None, "calibrate").unwrap().importance_by_weight(false, None);
             assert_eq!(derived.len(), measured.len());
+            let unscaled = raw.importance_by_weight(false, None);
             let mut moved = 0;
             for (name, want) in &measured {
                 let got = &derived[name];
@@ -79,8 +79,7 @@ mod tests {
                 for (j, (g, w)) in got.iter().zip(want).enumerate() {
                     assert!((g - w).abs() <= 1e-4 * top, "{fixture} {name}[{j}]: derived {g}, measured {w}");
                 }
-                let unscaled = &raw.importance_by_weight(false, None)[name];
-                moved += usize::from(unscaled.iter().zip(want).any(|(u, w)| (u - w).abs() > 1e-2 * top));
+                moved += usize::from(unscaled[name].iter().zip(want).any(|(u, w)| (u - w).abs() > 1e-2 * top));
             }
             // The factors changed the importances (so the comparison above is not trivially true).
             assert!(moved > measured.len() / 2, "{fixture}: only {moved} of {} matrices changed", measured.len());
