@@ -33,8 +33,8 @@ const SCOPES = {
   stop: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/request.rs'], tests: ['--lib'] },
   kv: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/kv_pool.rs'], tests: ['--lib'] },
   quantizers: { pkg: 'nano-qwen3-kernels', files: ['crates/kernels/src/q8/mod.rs', 'crates/kernels/src/q4/mod.rs'], tests: ['--lib'] },
-  gguf: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/source/gguf_meta.rs', 'crates/engine/src/source/gguf_export.rs'], tests: ['--test', 'gguf_import'] },
-  config: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/config.rs'], tests: ['--lib', '--test', 'fixture'] },
+  gguf: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/source/gguf_meta.rs', 'crates/engine/src/source/gguf_export.rs'], tests: ['--test=gguf_import'] },
+  config: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/config.rs'], tests: ['--lib', '--test=fixture'] },
 }
 
 const wanted = process.argv.slice(2)
@@ -120,7 +120,9 @@ for (const name of scopes) {
   if (process.env.MUTANTS_IN_PLACE === '1') args.push('--in-place')
   else args.push('--jobs', process.env.MUTANTS_JOBS ?? '1')
   for (const f of files) args.push('--file', f)
-  args.push('--', ...tests)
+  // The test targets go to the build as well as the test run (`--cargo-arg`): otherwise each
+  // mutant relinks every test binary and example of the package, minutes per mutant for the engine.
+  for (const t of tests) args.push(`--cargo-arg=${t}`)
   console.error(`\n== ${name}: cargo ${args.join(' ')}`)
   // cargo-mutants exits non-zero when mutants are missed: that is a result, not a failure.
   spawnSync('cargo', args, { cwd: root, stdio: 'inherit' })

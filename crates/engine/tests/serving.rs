@@ -179,13 +179,14 @@ fn sixty_four_requests_share_a_pool_that_holds_eight() {
 
 #[test]
 fn aborts_free_their_blocks_and_a_prompt_over_the_pool_is_refused() {
-    // One token a step: a 300-token prompt takes 300 steps to prefill, far longer than the abort needs.
-    let serving = ServeOptions { max_batch_tokens: Some(1), kv_cache_memory: Some(20 * KvPool::block_bytes(2, 2, 32, Default::default())), ..Default::default() };
-    let engine = load(Quantization::None, serving);
+    // One token a step: a 3,000-token prompt takes 3,000 steps to prefill, far longer than the
+    // abort needs even when this thread waits for a core (300 steps were not, on a loaded machine).
+    let pool = |blocks| ServeOptions { max_batch_tokens: Some(1), kv_cache_memory: Some(blocks * KvPool::block_bytes(2, 2, 32, Default::default())), ..Default::default() };
+    let engine = load(Quantization::None, pool(260));
     let opts = greedy(&engine, 200);
     for during in ["prefill", "decode"] {
         let (tx, rx) = mpsc::channel();
-        let long = prompt(3, if during == "prefill" { 300 } else { 10 });
+        let long = prompt(3, if during == "prefill" { 3000 } else { 10 });
         let cancel = engine.submit(long, &opts, Box::new(move |e| drop(tx.send(e)))).unwrap();
         // Wait until it holds blocks (prefill) or has streamed a token (decode).
         let until = Instant::now() + Duration::from_secs(10);
@@ -207,6 +208,7 @@ fn aborts_free_their_blocks_and_a_prompt_over_the_pool_is_refused() {
         assert_eq!(idle(&engine).blocks_used, 0, "{during}: blocks not freed");
     }
     // 400 tokens against a pool of 320: refused up front, naming both; others keep being served.
+    let engine = load(Quantization::None, pool(20));
     let e = engine.submit(prompt(4, 400), &opts, Box::new(|_| {})).err().unwrap();
     assert_eq!(e.code(), "CONTEXT_OVERFLOW");
     assert!(e.to_string().contains("400 tokens") && e.to_string().contains("320 tokens"), "{e}");

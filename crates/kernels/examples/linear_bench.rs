@@ -59,6 +59,16 @@ pub fn decode_step_upper_bound() {
     }
     let s = t.elapsed().as_secs_f64() / steps as f64;
     println!("decode step, f32 weights: {:.1} ms = {:.1} tok/s, {:.1} GB/s", s * 1e3, 1.0 / s, 2.0 * bytes as f64 / s / 1e9);
+    drop(wf);
+    let wh: Vec<Vec<half::f16>> = shapes.iter().map(|&(n, k)| vec![half::f16::from_f32(0.01); n * k]).collect();
+    let t = Instant::now();
+    for _ in 0..steps {
+        for (w, &(n, k)) in wh.iter().zip(&shapes) {
+            linear(&x[..k], Weights::F16(w), 1, k, n, &mut y[..n], isa);
+        }
+    }
+    let s = t.elapsed().as_secs_f64() / steps as f64;
+    println!("decode step, f16 weights: {:.1} ms = {:.1} tok/s, {:.1} GB/s", s * 1e3, 1.0 / s, bytes as f64 / s / 1e9);
 }
 
 /// Q8 (dynamic_int8) throughput on decode and prefill shapes.

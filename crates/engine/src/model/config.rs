@@ -276,4 +276,130 @@ mod tests {
         let e = ModelConfig::from_json(&v, p).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
     }
+
+    /// Elements stored in a safetensors file (its header's shapes), an independent count.
+    fn stored_parameters(file: &Path) -> usize {
+        let bytes = std::fs::read(file).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let tensors = header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__");
+        tensors.map(|(_, t)| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product::<usize>()).sum()
+    }
+
+    #[test]
+    fn parameter_count_matches_the_checkpoints() {
+        // Qwen3 tied (no lm_head tensor, q/k norms) and Qwen2 untied (biases): every term counts.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        for name in ["qwen3-tiny", "qwen2-tiny"] {
+            let c = ModelConfig::from_file(&root.join(name).join("config.json")).unwrap();
+            assert_eq!(c.num_parameters(), stored_parameters(&root.join(name).join("model.safetensors")), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_field_is_read_and_defaults_are_exact() {
+        let p = Path::new("config.json");
+        let mut v = base();
+        let o = v.as_object_mut().unwrap();
+        o.insert("max_position_embeddings".into(), json!(777));
+        o.insert("tie_word_embeddings".into(), json!(true));
+        o.insert("bos_token_id".into(), json!(9));
+        o.insert("rms_norm_eps".into(), json!(1e-5));
+        o.insert("attention_bias".into(), json!(true));
+        let c = ModelConfig::from_json(&v, p).unwrap();
+        let want = ModelConfig {
+            architecture: Architecture::Qwen3,
+            attention_bias: true,
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 5000.0,
+            max_position_embeddings: 777,
+            tie_word_embeddings: true,
+            eos_token_ids: vec![1, 2],
+            bos_token_id: Some(9),
+        };
+        assert_eq!(c, want);
+        // Only the required fields: every default.
+        let bare = json!({"model_type":"qwen3","vocab_size":10,"hidden_size":12,"intermediate_size":16,
+                          "num_hidden_layers":1,"num_attention_heads":3,"eos_token_id":7});
+        let d = ModelConfig::from_json(&bare, p).unwrap();
+        assert_eq!(
+            (d.num_key_value_heads, d.head_dim, d.rope_theta, d.rms_norm_eps, d.max_position_embeddings),
+            (3, 4, 10_000.0, 1e-6, 32768)
+        );
+        assert_eq!((d.tie_word_embeddings, d.attention_bias, d.bos_token_id, d.eos_token_ids), (false, false, None, vec![7]));
+        // head_dim: null is the derived one too.
+        let mut n = bare.clone();
+        n["head_dim"] = Value::Null;
+        assert_eq!(ModelConfig::from_json(&n, p).unwrap().head_dim, 4);
+    }
+
+    #[test]
+    fn shape_rules_name_the_field_and_values() {
+        let p = Path::new("config.json");
+        let err = |edit: &dyn Fn(&mut Value)| {
+            let mut v = base();
+            edit(&mut v);
+            ModelConfig::from_json(&v, p).unwrap_err().to_string()
+        };
+        let e = err(&|v| v["num_key_value_heads"] = json!(3));
+        assert!(e.contains("num_attention_heads (2)") && e.contains("num_key_value_heads (3)"), "{e}");
+        let e = err(&|v| v["num_hidden_layers"] = json!(0));
+        assert!(e.contains("\"num_hidden_layers\" must be a positive integer"), "{e}");
+        let e = err(&|v| v["vocab_size"] = json!("10"));
+        assert!(e.contains("\"vocab_size\" is missing or not an integer"), "{e}");
+        let e = err(&|v| v["head_dim"] = json!(0));
+        assert!(e.contains("\"head_dim\" must be a positive integer"), "{e}");
+        let e = err(&|v| v["rms_norm_eps"] = Value::Null);
+        assert!(e.contains("\"rms_norm_eps\" is null; it must be a positive number"), "{e}");
+        for (key, scaling) in [("rope_scaling", json!({"type": "yarn"})), ("rope_parameters", json!({"rope_type": "linear", "rope_theta": 1.0}))] {
+            let e = err(&|v| v[key] = scaling.clone());
+            assert!(e.contains("is not supported; supported: \"default\""), "{key}: {e}");
+        }
+        // A rope_scaling of null (as checkpoints ship it) is the default.
+        let mut v = base();
+        v["rope_scaling"] = Value::Null;
+        assert!(ModelConfig::from_json(&v, p).is_ok());
+        // use_sliding_window: false is accepted.
+        v["use_sliding_window"] = json!(false);
+        assert!(ModelConfig::from_json(&v, p).is_ok());
+    }
+
+    #[test]
+    fn architecture_names() {
+        assert_eq!(Architecture::from_name("qwen2"), Some(Architecture::Qwen2));
+        assert_eq!(Architecture::from_name("qwen3"), Some(Architecture::Qwen3));
+        assert_eq!(Architecture::from_name("Qwen3"), None);
+        assert_eq!((Architecture::Qwen3.hf_class(), Architecture::Qwen2.hf_class()), ("Qwen3ForCausalLM", "Qwen2ForCausalLM"));
+    }
+
+    #[test]
+    fn generation_defaults_read_every_key() {
+        let dir = std::env::temp_dir().join(format!("nq3-gen-defaults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(GenerationDefaults::from_dir(&dir).unwrap(), GenerationDefaults::default());
+        let text = r#"{"do_sample":true,"temperature":0.6,"top_p":0.95,"top_k":20,"min_p":0.05,"repetition_penalty":1.1,"eos_token_id":[3,4]}"#;
+        std::fs::write(dir.join("generation_config.json"), text).unwrap();
+        let g = GenerationDefaults::from_dir(&dir).unwrap();
+        std::fs::write(dir.join("generation_config.json"), "{not json").unwrap();
+        let e = GenerationDefaults::from_dir(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let want = GenerationDefaults {
+            do_sample: true,
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.05),
+            repetition_penalty: Some(1.1),
+            eos_token_ids: vec![3, 4],
+        };
+        assert_eq!(g, want);
+        assert!(e.contains("not valid JSON"), "{e}");
+    }
 }

@@ -17,13 +17,12 @@ unsafe fn finish<W: WeightElem>(acc: __m256, x: *const f32, w: *const W, body: u
     s
 }
 
-/// The hot tile: M (1 or 2) x-rows by 4 w-rows, named accumulators so that they stay in ymm
-/// registers (arrays of __m256 got spilled).
+/// The hot prefill tile: 2 x-rows by 4 w-rows, named accumulators so that they stay in ymm
+/// registers (arrays of __m256 got spilled). Decode (one x-row) takes [`tile`] row by row.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_x4<W: WeightElem, const M: usize>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize) {
+pub unsafe fn tile_x4<W: WeightElem>(x: *const f32, w: *const W, k: usize, y: *mut f32, ldy: usize) {
     let (w0, w1, w2, w3) = (w, w.add(k), w.add(2 * k), w.add(3 * k));
-    let x0 = x;
-    let x1 = if M > 1 { x.add(k) } else { x };
+    let (x0, x1) = (x, x.add(k));
     let z = _mm256_setzero_ps();
     let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
     let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
@@ -31,23 +30,23 @@ pub unsafe fn tile_x4<W: WeightElem, const M: usize>(x: *const f32, w: *const W,
     let mut p = 0;
     while p < body {
         let v0 = _mm256_loadu_ps(x0.add(p));
-        let v1 = if M > 1 { _mm256_loadu_ps(x1.add(p)) } else { z };
+        let v1 = _mm256_loadu_ps(x1.add(p));
         let b = W::load8(w0.add(p));
         a00 = _mm256_fmadd_ps(v0, b, a00);
-        if M > 1 { a10 = _mm256_fmadd_ps(v1, b, a10) }
+        a10 = _mm256_fmadd_ps(v1, b, a10);
         let b = W::load8(w1.add(p));
         a01 = _mm256_fmadd_ps(v0, b, a01);
-        if M > 1 { a11 = _mm256_fmadd_ps(v1, b, a11) }
+        a11 = _mm256_fmadd_ps(v1, b, a11);
         let b = W::load8(w2.add(p));
         a02 = _mm256_fmadd_ps(v0, b, a02);
-        if M > 1 { a12 = _mm256_fmadd_ps(v1, b, a12) }
+        a12 = _mm256_fmadd_ps(v1, b, a12);
         let b = W::load8(w3.add(p));
         a03 = _mm256_fmadd_ps(v0, b, a03);
-        if M > 1 { a13 = _mm256_fmadd_ps(v1, b, a13) }
+        a13 = _mm256_fmadd_ps(v1, b, a13);
         p += 8;
     }
     let rows = [(x0, [a00, a01, a02, a03]), (x1, [a10, a11, a12, a13])];
-    for (i, (xr, acc)) in rows.iter().take(M).enumerate() {
+    for (i, (xr, acc)) in rows.iter().enumerate() {
         for (j, wr) in [w0, w1, w2, w3].iter().enumerate() {
             *y.add(i * ldy + j) = finish(acc[j], *xr, *wr, body, k);
         }
@@ -76,7 +75,7 @@ pub fn even_odd(x: &[f32], m: usize, k: usize, out: &mut [f32]) {
 pub unsafe fn tile_bf16(x: *const f32, xp: *const f32, w: *const u16, k: usize, y: *mut f32, ldy: usize, mr: usize, nr: usize) {
     match (mr, nr) {
         (2, 4) => bf16_tile::<2, 4>(x, xp, w, k, y, ldy),
-        (1, 4) => bf16_tile::<1, 4>(x, xp, w, k, y, ldy),
+        // One x-row (decode): weight rows one at a time, below (see `super::tile`).
         _ => {
             for i in 0..mr {
                 for j in 0..nr {

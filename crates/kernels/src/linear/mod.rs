@@ -84,7 +84,14 @@ fn run<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, n: usize, y: &mut 
             let (hi, lo) = hl.split_at(m * k);
             drive(W::KERNEL, m, n, k, y, |t| unsafe {
                 let w = w.as_ptr() as *const u16; // bf16 bits
-                avx512::tile(hi.as_ptr().add(t.i * k), lo.as_ptr().add(t.i * k), k, w.add(t.j * k), k, t.y, n, t.mr, t.nr)
+                let (hi, lo) = (hi.as_ptr().add(t.i * k), lo.as_ptr().add(t.i * k));
+                if t.mr == 1 {
+                    // Decode: one weight row at a time (see `tile`).
+                    return for j in 0..t.nr {
+                        avx512::tile(hi, lo, k, w.add((t.j + j) * k), k, t.y.add(j), n, 1, 1)
+                    };
+                }
+                avx512::tile(hi, lo, k, w.add(t.j * k), k, t.y, n, t.mr, t.nr)
             })
         });
     }
@@ -111,6 +118,12 @@ pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut 
 }
 
 /// Dispatch one register tile to the ISA path with the right compile-time shape.
+///
+/// A one-row tile (decode) reads its weight rows one after the other, not the NR rows side by
+/// side: one sequential stream instead of NR interleaved ones, which the hardware prefetchers
+/// keep far better fed (measured on Zen 4, `linear_bench`'s decode step: bf16 66-75 -> 44-51 ms,
+/// f16 66-82 -> 37-47 ms). Each output's sum is computed in the same order either way, so a row's
+/// result does not depend on the tile it is in (alone or batched: the same bits).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<W: WeightElem>(
     isa: Isa,
@@ -126,8 +139,7 @@ unsafe fn tile<W: WeightElem>(
     if isa.uses_avx2() {
         use avx2::tile as t;
         match (mr, nr) {
-            (2, 4) => return avx2::tile_x4::<W, 2>(x, w, k, y, ldy),
-            (1, 4) => return avx2::tile_x4::<W, 1>(x, w, k, y, ldy),
+            (2, 4) => return avx2::tile_x4(x, w, k, y, ldy),
             (2, _) => return for j in 0..nr { t::<W, 2, 1>(x, w.add(j * k), k, y.add(j), ldy) },
             _ => return for j in 0..nr { t::<W, 1, 1>(x, w.add(j * k), k, y.add(j), ldy) },
         }
@@ -239,6 +251,31 @@ mod tests {
                     linear(&x, *w, m, k, n, &mut y, isa);
                     let err = max_rel_err(&y, &want);
                     assert!(err < 1e-5, "{isa:?} m={m} k={k} n={n}: {err}");
+                }
+            }
+        }
+    }
+
+    /// A row's outputs are the same bits alone (decode) or among other rows (a batch): the
+    /// serving engine's "same tokens alone or batched" rests on it.
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_batched() {
+        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+        for &(m, k, n) in &[(2usize, 64usize, 9usize), (3, 100, 37), (7, 1024, 70), (16, 257, 41)] {
+            let x = fill(m * k, 41);
+            let w32 = fill(n * k, 42);
+            let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            for w in [Weights::F32(&w32), Weights::Bf16(&wb), Weights::F16(&wh)] {
+                for &isa in &isas {
+                    let mut batch = vec![0f32; m * n];
+                    linear(&x, w, m, k, n, &mut batch, isa);
+                    for i in 0..m {
+                        let mut alone = vec![0f32; n];
+                        linear(&x[i * k..(i + 1) * k], w, 1, k, n, &mut alone, isa);
+                        let same = alone.iter().zip(&batch[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} {isa:?} m={m} k={k} n={n}: row {i} differs alone", w.kernel_name());
+                    }
                 }
             }
         }

@@ -59,9 +59,15 @@ fn pack(q: &[i8; QK4], d: f32) -> BlockQ4 {
     BlockQ4 { d: f16::from_f32(d), qs }
 }
 
+/// The value of largest magnitude, with its sign; the first of equal magnitudes (llama.cpp's
+/// `if (amax < fabsf(v))`), so `[1, -1]` gives 1.
+fn signed_extreme(x: &[f32]) -> f32 {
+    x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m })
+}
+
 /// llama.cpp's own Q4_0 rule (scale = the signed extreme / -8), kept as the baseline to beat.
 pub fn quantize_block_absmax(x: &[f32]) -> BlockQ4 {
-    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let m = signed_extreme(x);
     let d = m / -8.0;
     pack(&encode(x, d), d)
 }
@@ -88,7 +94,7 @@ pub fn quantize_block_weighted(x: &[f32], imp: &[f32]) -> BlockQ4 {
 /// the group is plain Q4_0 that the repacked kernels store with one scale per group.
 pub fn quantize_group_weighted(x: &[f32], imp: &[f32], out: &mut [BlockQ4]) {
     assert!(x.len() == QK4 * out.len() && imp.len() == x.len(), "q4: a group is 32 values per block, one importance each");
-    let m = x.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+    let m = signed_extreme(x);
     if m == 0.0 {
         out.fill(pack(&[0; QK4], 0.0));
         return;
@@ -338,7 +344,7 @@ mod tests {
                 let mut ours = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; blocks];
                 quantize_group_weighted(g, &vec![1.0; group], &mut ours);
                 // The abs-max rule over the whole group (Q4_0's rule, one scale).
-                let m = g.iter().copied().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                let m = signed_extreme(g);
                 let d = f16::from_f32(m / -8.0).to_f32();
                 let absmax: Vec<BlockQ4> = g.chunks_exact(QK4).map(|x| pack(&encode(x, d), d)).collect();
                 let err = |bs: &[BlockQ4]| {
@@ -349,6 +355,63 @@ mod tests {
             }
             let e = rmse(&q);
             assert!(e > per_block && e < 1.25 * per_block, "group {group}: rmse {e} vs per-block {per_block}");
+        }
+    }
+
+    #[test]
+    fn the_first_extreme_wins_a_tie() {
+        assert_eq!(signed_extreme(&[0.5, 1.0, -1.0]), 1.0);
+        assert_eq!(signed_extreme(&[-1.0, 0.5, 1.0]), -1.0);
+        assert_eq!(signed_extreme(&[0.25, -2.0, 1.0]), -2.0);
+        assert_eq!(signed_extreme(&[0.0; 4]), 0.0);
+        // The scale's sign follows it: 1 first -> d = 1 / -8 (1 -> level -8, -1 -> level 7).
+        let mut x = [0f32; 32];
+        (x[3], x[9]) = (1.0, -1.0);
+        let b = quantize_block_absmax(&x);
+        assert_eq!(b.d.to_f32(), -0.125);
+        assert_eq!((b.qs[3] & 0xF, b.qs[9] & 0xF, b.qs[0] & 0xF), (0, 15, 8));
+    }
+
+    /// A group of identical blocks scores each candidate as the block alone would, twice or four
+    /// times over (exact in f32): the search must choose the block's own scale.
+    #[test]
+    fn a_group_of_copies_gets_the_single_block_scale() {
+        let x = fill(32 * 200, 23);
+        let imp: Vec<f32> = fill(32, 24).iter().map(|v| v.abs() + 0.1).collect();
+        for block in x.chunks_exact(32) {
+            let want = quantize_block_weighted(block, &imp);
+            for copies in [2, 4] {
+                let g: Vec<f32> = block.iter().copied().cycle().take(32 * copies).collect();
+                let gi: Vec<f32> = imp.iter().copied().cycle().take(32 * copies).collect();
+                let mut out = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; copies];
+                quantize_group_weighted(&g, &gi, &mut out);
+                assert!(out.iter().all(|b| *b == want), "{copies} copies");
+            }
+        }
+    }
+
+    /// The search's outcome on fixed data, to 4 significant digits: a change to its candidates,
+    /// its least-squares step or its group totals moves this (bump the prepared-weights cache's
+    /// FORMAT_VERSION with it: cached int4 weights hold this search's output). Paths that sum in
+    /// another order (AVX2, portable) differ by 2.5e-5 of it (measured).
+    #[test]
+    fn the_searched_error_on_fixed_data_is_pinned() {
+        let x = fill(32 * 4000, 29);
+        let imp: Vec<f32> = fill(128, 30).iter().map(|v| (2.0 * v).exp()).collect();
+        let mut got = Vec::new();
+        for group in GROUP_SIZES {
+            let (mut total, blocks) = (0f64, group / QK4);
+            for g in x.chunks_exact(group) {
+                let mut out = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; blocks];
+                quantize_group_weighted(g, &imp[..group], &mut out);
+                let m = Q4Matrix { n: 1, k: group, blocks: out };
+                total += m.dequantize().iter().zip(g).zip(&imp).map(|((a, b), w)| (w * (a - b) * (a - b)) as f64).sum::<f64>();
+            }
+            got.push(total / x.len() as f64);
+        }
+        let want = [5.9644062e-4, 7.5168774e-4, 1.01017417e-3];
+        for ((g, w), group) in got.iter().zip(want).zip(GROUP_SIZES) {
+            assert!((g - w).abs() <= 1e-4 * w, "group {group}: mean weighted error {g:e}, pinned {w:e}");
         }
     }
 
