@@ -11,6 +11,7 @@
 //   npm run mutants                      every scope
 //   npm run mutants -- sampler stop      chosen scopes
 //   MUTANTS_JOBS=2                       parallel builds (each needs its own copy of the tree)
+//   MUTANTS_TIMEOUT=300                  seconds before a mutant's test run counts as a timeout
 //   MUTANTS_IN_PLACE=1                   mutate this tree and reuse target/ (no copy and no cold build
 //                                        of the dependencies; leave the tree alone while it runs)
 import { execFileSync, spawnSync } from 'node:child_process'
@@ -33,8 +34,8 @@ const SCOPES = {
   stop: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/request.rs'], tests: ['--lib'] },
   kv: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/kv_pool.rs'], tests: ['--lib'] },
   quantizers: { pkg: 'nano-qwen3-kernels', files: ['crates/kernels/src/q8/mod.rs', 'crates/kernels/src/q4/mod.rs'], tests: ['--lib'] },
-  gguf: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/source/gguf_meta.rs', 'crates/engine/src/source/gguf_export.rs'], tests: ['--test=gguf_import'] },
-  config: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/config.rs'], tests: ['--lib', '--test=fixture'] },
+  gguf: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/source/gguf_meta.rs', 'crates/engine/src/source/gguf_export.rs'], tests: ['--test=gguf_import', '--test=qwen2'] },
+  config: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/config.rs'], tests: ['--lib'] },
 }
 
 const wanted = process.argv.slice(2)
@@ -115,7 +116,7 @@ for (const name of scopes) {
     continue
   }
   const { pkg, files, tests } = SCOPES[name]
-  const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', '300']
+  const args = ['mutants', '--package', pkg, '--output', dir, '--timeout', process.env.MUTANTS_TIMEOUT ?? '300']
   // In place there is one tree, so one build at a time.
   if (process.env.MUTANTS_IN_PLACE === '1') args.push('--in-place')
   else args.push('--jobs', process.env.MUTANTS_JOBS ?? '1')

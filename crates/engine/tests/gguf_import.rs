@@ -182,3 +182,78 @@ fn every_metadata_key_survives_an_export_with_non_default_values() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Overwrite the 4-byte value of metadata `key` (its type must be `ty`: 4 = u32, 6 = f32).
+fn set_meta(b: &mut [u8], key: &str, ty: u32, value: [u8; 4]) {
+    let at = find(b, key.as_bytes()) + key.len();
+    assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), ty, "{key}'s type");
+    b[at + 4..at + 8].copy_from_slice(&value);
+}
+
+#[test]
+fn bad_metadata_values_are_named_errors() {
+    let cases: [(&str, u32, [u8; 4], &str); 5] = [
+        ("qwen3.attention.head_count_kv", 4, 3u32.to_le_bytes(), "head_count 4 is not a multiple of head_count_kv 3"),
+        ("qwen3.attention.head_count_kv", 4, 0u32.to_le_bytes(), "head_count 4 is not a multiple of head_count_kv 0"),
+        ("qwen3.block_count", 4, 0u32.to_le_bytes(), "\"qwen3.block_count\" is missing or not a positive integer"),
+        ("qwen3.attention.layer_norm_rms_epsilon", 6, 0f32.to_le_bytes(), "is 0; it must be a positive number"),
+        ("qwen3.attention.layer_norm_rms_epsilon", 6, (-1e-6f32).to_le_bytes(), "is -0.000001; it must be a positive number"),
+    ];
+    for (i, (key, ty, value, want)) in cases.into_iter().enumerate() {
+        let e = load_edited(&format!("meta{i}"), |b| set_meta(b, key, ty, value));
+        assert_eq!(e.code(), "INVALID_MODEL_FILE", "{key}");
+        assert!(e.to_string().contains(want), "{key}: {e}");
+    }
+}
+
+/// The keys llama.cpp reads and this engine does not (it would not notice them written wrong):
+/// checked in the exported file itself.
+#[test]
+fn exports_carry_what_llama_cpp_reads() {
+    use nano_qwen3_engine::source::gguf::Meta;
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-llama-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let engine = load(&fixtures().join("qwen3-tiny"), Quantization::None).unwrap();
+    let path = dir.join("tiny.gguf");
+    engine.export_gguf(&path).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let cfg = &engine.model.config;
+    let int = |k: &str| g.meta(k).and_then(Meta::as_u64);
+    assert_eq!(int("general.alignment"), Some(32));
+    assert_eq!(g.meta("tokenizer.ggml.add_bos_token"), Some(&Meta::Bool(false)));
+    assert_eq!(int("qwen3.attention.value_length"), Some(cfg.head_dim as u64));
+    let pad = engine.tokenizer.token_to_id("<|endoftext|>").unwrap();
+    assert_eq!(int("tokenizer.ggml.padding_token_id"), Some(pad as u64));
+    // bos: the config's (the metadata round-trip test gives it a value that is not the pad).
+    assert_eq!(int("tokenizer.ggml.bos_token_id"), cfg.bos_token_id.map(u64::from));
+    // Token types: control (special added tokens) 3, user-defined (other added tokens) 4, normal 1,
+    // and the embedding's rows past the tokenizer padded as unused (5) "[PAD<id>]".
+    let (tokens, types, _) = g.tokenizer_arrays().unwrap();
+    assert_eq!(tokens.len(), cfg.vocab_size);
+    let id = |t: &str| engine.tokenizer.token_to_id(t).unwrap() as usize;
+    assert_eq!((types[id("<|im_start|>")], types[id("<tool_call>")], types[id("hello")]), (3, 4, 1));
+    let last = cfg.vocab_size - 1;
+    assert_eq!((tokens[last].as_str(), types[last]), (format!("[PAD{last}]").as_str(), 5));
+    assert_eq!(tokens[id("<tool_call>")], "<tool_call>");
+    // Read back: special tokens stay special (skipped when asked), user-defined ones do not.
+    let back = load(&path, Quantization::None).unwrap();
+    let ids = engine.tokenizer.encode("<|im_start|>a<tool_call>b<|im_end|>", false).unwrap();
+    for skip in [false, true] {
+        assert_eq!(back.tokenizer.decode(&ids, skip).unwrap(), engine.tokenizer.decode(&ids, skip).unwrap(), "skip {skip}");
+    }
+    assert_eq!(back.tokenizer.decode(&ids, true).unwrap(), "a<tool_call>b");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_failed_export_leaves_nothing_behind() {
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-failed-export-{}", std::process::id()));
+    // The target is a non-empty directory: the file is written, then cannot take its name.
+    std::fs::create_dir_all(dir.join("taken.gguf").join("inside")).unwrap();
+    let engine = load(&fixtures().join("qwen3-tiny"), Quantization::None).unwrap();
+    let e = engine.export_gguf(&dir.join("taken.gguf")).unwrap_err();
+    assert_eq!(e.code(), "IO_ERROR", "{e}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("taken.gguf")], "a partial file stayed");
+    std::fs::remove_dir_all(&dir).ok();
+}

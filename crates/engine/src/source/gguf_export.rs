@@ -254,11 +254,8 @@ impl Engine {
             f.flush()?;
             Ok((h.0.len() + pos) as u64)
         };
-        match write() {
-            Ok(n) => {
-                std::fs::rename(&tmp, path).map_err(|e| EngineError::Io { path: path.into(), source: e })?;
-                Ok(n)
-            }
+        match write().and_then(|n| std::fs::rename(&tmp, path).map(|()| n)) {
+            Ok(n) => Ok(n),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(EngineError::Io { path: path.into(), source: e })
