@@ -17,7 +17,7 @@ use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use crate::model::linear::{ExportData, Linear, Proj};
 use nano_qwen3_kernels::q4::{GROUP_SIZES, QK4};
-use nano_qwen3_kernels::{Q4Matrix, Q4Scales, Q8Matrix};
+use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -142,7 +142,7 @@ impl Qwen3Model {
                     let w = s.into_f32_vec()?;
                     let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
                     let group = GROUP_SIZES.into_iter().rev().find(|&g| g <= group && shape[1] % g == 0).unwrap_or(QK4);
-                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, Q4Scales::from_env())))
+                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, crate::quantize::int4::scales_from_env())))
                 }
                 (WeightFormat::Q8 | WeightFormat::Q4 { .. }, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));

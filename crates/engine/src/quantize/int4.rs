@@ -16,6 +16,16 @@ use crate::quantize::smoothing::{smooth, Overlay, Rule};
 use crate::source::weights::TensorSource;
 use crate::text::tokenizer::Tokenizer;
 
+/// The int4 scale rule: `NANO_QWEN3_Q4_SCALES=absmax` asks for llama.cpp's own Q4_0 rule (what
+/// `npm run quality` exports as "llama.cpp's Q4_0" of the same weights), anything else for the
+/// search. The loader reads it; the quantizers take the rule as a parameter.
+pub fn scales_from_env() -> nano_qwen3_kernels::Q4Scales {
+    match std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() {
+        Ok("absmax") => nano_qwen3_kernels::Q4Scales::Absmax,
+        _ => nano_qwen3_kernels::Q4Scales::Searched,
+    }
+}
+
 /// α of the activation-aware scaling when `calibration.smoothing` is not given. On the real
 /// Qwen2.5-Coder-0.5B (8,192 tokens of `npm run quality -- --real`), mean KL from f32 with the
 /// Q8_0 lm_head: α 0 5.73e-2, 0.25 4.55e-2, 0.35 4.57e-2, 0.5 4.81e-2 (perplexity 6.91, 6.62,

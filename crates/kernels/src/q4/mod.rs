@@ -155,17 +155,6 @@ pub enum Q4Scales {
     Absmax,
 }
 
-impl Q4Scales {
-    /// `NANO_QWEN3_Q4_SCALES=absmax` asks for [`Q4Scales::Absmax`]. Read by the model loader; the
-    /// quantizers themselves take the rule as a parameter.
-    pub fn from_env() -> Self {
-        match std::env::var("NANO_QWEN3_Q4_SCALES").as_deref() {
-            Ok("absmax") => Q4Scales::Absmax,
-            _ => Q4Scales::Searched,
-        }
-    }
-}
-
 /// A `[n, k]` matrix as Q4_0 blocks, row-major.
 pub struct Q4Matrix {
     pub n: usize,
@@ -412,6 +401,33 @@ mod tests {
         let want = [5.9644062e-4, 7.5168774e-4, 1.01017417e-3];
         for ((g, w), group) in got.iter().zip(want).zip(GROUP_SIZES) {
             assert!((g - w).abs() <= 1e-4 * w, "group {group}: mean weighted error {g:e}, pinned {w:e}");
+        }
+    }
+
+    /// The memory report's figure: 18 bytes (an f16 scale and 32 nibbles) per 32 weights.
+    #[test]
+    fn bytes_are_18_per_32_weights() {
+        let (n, k) = (3, 128);
+        assert_eq!(Q4Matrix::quantize(&fill(n * k, 3), n, k).bytes(), n * k / 32 * 18);
+    }
+
+    /// A matrix takes, for each group of a row, the importances of that group's input features.
+    #[test]
+    fn each_group_is_searched_with_its_own_features_importances() {
+        let (n, k) = (3, 256);
+        let w = fill(n * k, 31);
+        let imp: Vec<f32> = fill(k, 32).iter().map(|v| (3.0 * v).exp()).collect();
+        for group in GROUP_SIZES {
+            let q = Q4Matrix::quantize_with(&w, n, k, Some(&imp), group, Q4Scales::Searched);
+            let mut want = Vec::new();
+            for row in w.chunks_exact(k) {
+                for (x, i) in row.chunks_exact(group).zip(imp.chunks_exact(group)) {
+                    let mut out = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; group / QK4];
+                    quantize_group_weighted(x, i, &mut out);
+                    want.extend(out);
+                }
+            }
+            assert!(q.blocks == want, "group {group}");
         }
     }
 

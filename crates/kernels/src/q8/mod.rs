@@ -246,6 +246,14 @@ mod tests {
     /// The AVX2 quantizer gives the portable bits: random blocks at several magnitudes, exact
     /// half-step ties (rounded away from zero), zeros, negative zeros and a lone outlier.
     #[cfg(target_arch = "x86_64")]
+    /// The memory report's figure: 34 bytes (an f16 scale and 32 int8) per 32 weights.
+    #[test]
+    fn bytes_are_34_per_32_weights() {
+        let (n, k) = (3, 96);
+        let q = Q8Matrix::quantize(&crate::quant::test_data(n * k, 3), n, k);
+        assert_eq!(q.bytes(), n * k / 32 * 34);
+    }
+
     #[test]
     fn avx2_quantize_matches_portable() {
         if !crate::Isa::Avx2.supported() {
