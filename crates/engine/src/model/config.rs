@@ -372,6 +372,17 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_file_is_model_not_found_and_other_read_errors_are_io() {
+        let dir = std::env::temp_dir().join(format!("nq3-config-read-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("config.json")).unwrap(); // a directory: not readable as text
+        let missing = ModelConfig::from_file(&dir.join("absent.json")).unwrap_err();
+        let unreadable = ModelConfig::from_file(&dir.join("config.json")).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((missing.code(), unreadable.code()), ("MODEL_NOT_FOUND", "IO_ERROR"));
+        assert!(missing.to_string().contains("absent.json does not exist"), "{missing}");
+    }
+
+    #[test]
     fn architecture_names() {
         assert_eq!(Architecture::from_name("qwen2"), Some(Architecture::Qwen2));
         assert_eq!(Architecture::from_name("qwen3"), Some(Architecture::Qwen3));
