@@ -215,7 +215,8 @@ fn exports_carry_what_llama_cpp_reads() {
     std::fs::create_dir_all(&dir).unwrap();
     let engine = load(&fixtures().join("qwen3-tiny"), Quantization::None).unwrap();
     let path = dir.join("tiny.gguf");
-    engine.export_gguf(&path).unwrap();
+    let written = engine.export_gguf(&path).unwrap();
+    assert_eq!(written, std::fs::metadata(&path).unwrap().len(), "the returned size is the file's");
     let g = GgufFile::open(&path).unwrap();
     let cfg = &engine.model.config;
     let int = |k: &str| g.meta(k).and_then(Meta::as_u64);
@@ -242,7 +243,39 @@ fn exports_carry_what_llama_cpp_reads() {
         assert_eq!(back.tokenizer.decode(&ids, skip).unwrap(), engine.tokenizer.decode(&ids, skip).unwrap(), "skip {skip}");
     }
     assert_eq!(back.tokenizer.decode(&ids, true).unwrap(), "a<tool_call>b");
+    // The merges came through: text encodes as the original tokenizer encodes it.
+    let text = "Hello world, the merges are all here: tokenization";
+    assert_eq!(back.tokenizer.encode(text, false).unwrap(), engine.tokenizer.encode(text, false).unwrap());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// tokenizer.json writes merges as pairs (tokenizers >= 0.20) or as "a b" strings (older files):
+/// both export the same GGUF merges.
+#[test]
+fn both_merge_formats_export_the_same_merges() {
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-merges-{}", std::process::id()));
+    let src = fixtures().join("qwen3-tiny");
+    let mut merges = Vec::new();
+    for form in ["pairs", "strings"] {
+        let folder = dir.join(form);
+        std::fs::create_dir_all(&folder).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), folder.join(f)).unwrap();
+        }
+        let mut tj: Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+        assert!(tj["model"]["merges"][0].is_array(), "the fixture stores pairs");
+        if form == "strings" {
+            let joined: Vec<Value> = tj["model"]["merges"].as_array().unwrap().iter().map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()).into()).collect();
+            tj["model"]["merges"] = joined.into();
+        }
+        std::fs::write(folder.join("tokenizer.json"), tj.to_string()).unwrap();
+        let path = folder.join("x.gguf");
+        load(&folder, Quantization::None).unwrap().export_gguf(&path).unwrap();
+        merges.push(GgufFile::open(&path).unwrap().tokenizer_arrays().unwrap().2);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(merges[0].len() > 1000 && merges[0] == merges[1], "{} vs {} merges", merges[0].len(), merges[1].len());
+    assert_eq!(merges[0][0], "Ġ Ġ");
 }
 
 #[test]
