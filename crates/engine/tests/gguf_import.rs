@@ -206,6 +206,19 @@ fn bad_metadata_values_are_named_errors() {
     }
 }
 
+#[test]
+fn a_tokenizer_other_than_gpt2_with_qwen2_pre_is_refused() {
+    // tokenizer.ggml.pre's value (a string: type 8, length 5, "qwen2") turned into "llama".
+    let e = load_edited("pre", |b| {
+        let key = b"tokenizer.ggml.pre";
+        let at = find(b, key) + key.len() + 4 + 8;
+        assert_eq!(&b[at..at + 5], b"qwen2");
+        b[at..at + 5].copy_from_slice(b"llama");
+    });
+    assert_eq!(e.code(), "UNSUPPORTED");
+    assert!(e.to_string().contains("tokenizer \"gpt2\" with pre-tokenizer \"llama\" is not supported"), "{e}");
+}
+
 /// The keys llama.cpp reads and this engine does not (it would not notice them written wrong):
 /// checked in the exported file itself.
 #[test]
