@@ -192,3 +192,29 @@ test('incremental tool calls: any whitespace inside the head, and a body that is
   t.deepEqual(d.toolCallParts ?? [], [])
   t.is(d.content, text)
 })
+
+test('streamed in one push: content and a whole call together; a call cut off at the end is released as content', (t) => {
+  const s = new ChatStreamSplitter()
+  const d = s.push('Hi <tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call> bye')
+  t.deepEqual(d.toolCalls, [call('f', { a: 1 })])
+  t.is(d.content + s.finish().content, 'Hi  bye')
+  const cut = new ChatStreamSplitter()
+  t.is(cut.push('<tool_call>{"name": "f"').content, '')
+  t.deepEqual(cut.finish(), { content: '<tool_call>{"name": "f"', reasoningContent: '', toolCalls: [] })
+})
+
+test('incremental tool calls: calls are numbered in order, whole ones too, and finish releases a held partial tag', (t) => {
+  const s = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  // One push per call: the whole one (arguments before its name) starts its push's parts.
+  const calls = ['{"name": "a", "arguments": {}}', '{"arguments": {}, "name": "b"}', '{"name": "c", "arguments": {}}']
+  const parts = calls.flatMap((c) => s.push(`<tool_call>${c}</tool_call>`).toolCallParts ?? [])
+  t.true(parts.every((p) => typeof p.index === 'number'), JSON.stringify(parts))
+  t.deepEqual(parts.filter((p) => p.name).map((p) => `${p.index}:${p.name}`), ['0:a', '1:b', '2:c'])
+  // No whitespace at all in the head: still streamed (the name first, then the arguments as written).
+  const tight = new ChatStreamSplitter({ toolArguments: 'incremental' }).push('<tool_call>{"name":"f","arguments":{"x": 1}}</tool_call>').toolCallParts
+  t.deepEqual(tight[0], { index: 0, name: 'f', arguments: '' })
+  t.is(tight.map((p) => p.arguments).join(''), '{"x": 1}')
+  const held = new ChatStreamSplitter({ toolArguments: 'incremental' })
+  t.is(held.push('text <tool_').content, 'text ')
+  t.deepEqual(held.finish(), { content: '<tool_', reasoningContent: '', toolCalls: [] })
+})

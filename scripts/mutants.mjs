@@ -25,7 +25,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const SCOPES = {
   // TypeScript: Stryker instruments every mutant at once, tsup builds dist/ once, and each run
   // switches one mutant on (the tests import dist/).
-  'ts-chat': { stryker: ['src/chat.ts'], tests: ['__test__/chat.test.mjs'] },
+  'ts-chat': { stryker: ['src/chat.ts'], tests: ['__test__/chat.test.mjs', '__test__/errors.test.mjs'] }, // errors: the chat input schema
   'ts-options': {
     stryker: ['src/params.ts', 'src/acceleration.ts', 'src/validation.ts'],
     tests: ['__test__/params.test.mjs', '__test__/errors.test.mjs'],
