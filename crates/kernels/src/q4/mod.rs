@@ -362,7 +362,7 @@ mod tests {
     }
 
     /// A group of identical blocks scores each candidate as the block alone would, twice or four
-    /// times over (exact in f32): the search must choose the block's own scale.
+    /// times over (up to a rounding of the sums): the search must choose the block's own scale.
     #[test]
     fn a_group_of_copies_gets_the_single_block_scale() {
         let x = fill(32 * 200, 23);
