@@ -136,11 +136,19 @@ impl ThreadPool {
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
+        // Each thread checks in once it runs: `new` returns when all have, so that no thread's
+        // start-up (the runtime's own allocations) happens later, in the middle of serving.
+        let started = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let check_in = |started: &(Mutex<usize>, Condvar)| {
+            *started.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            started.1.notify_all();
+        };
         let mut workers = Vec::new();
         for i in 1..threads {
-            let s = shared.clone();
+            let (s, started) = (shared.clone(), started.clone());
             workers.push(std::thread::Builder::new().name(format!("nano-qwen3-{i}")).spawn(move || {
                 THREAD_INDEX.with(|t| t.set(i));
+                check_in(&started);
                 worker(&s)
             })?);
         }
@@ -153,8 +161,16 @@ impl ThreadPool {
             turn: Mutex::new(()),
             shutdown: AtomicBool::new(false),
         });
-        let l = leader.clone();
-        workers.push(std::thread::Builder::new().name("nano-qwen3-0".into()).spawn(move || self::leader(&l))?);
+        let (l, s) = (leader.clone(), started.clone());
+        workers.push(std::thread::Builder::new().name("nano-qwen3-0".into()).spawn(move || {
+            check_in(&s);
+            self::leader(&l)
+        })?);
+        let mut count = started.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *count < threads {
+            count = started.1.wait(count).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(count);
         Ok(Self { shared, leader, workers, threads, dispatch: Mutex::new(()) })
     }
 
