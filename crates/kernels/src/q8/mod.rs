@@ -243,9 +243,6 @@ mod tests {
 
     use crate::quant::test_data as fill;
 
-    /// The AVX2 quantizer gives the portable bits: random blocks at several magnitudes, exact
-    /// half-step ties (rounded away from zero), zeros, negative zeros and a lone outlier.
-    #[cfg(target_arch = "x86_64")]
     /// The memory report's figure: 34 bytes (an f16 scale and 32 int8) per 32 weights.
     #[test]
     fn bytes_are_34_per_32_weights() {
@@ -254,6 +251,9 @@ mod tests {
         assert_eq!(q.bytes(), n * k / 32 * 34);
     }
 
+    /// The AVX2 quantizer gives the portable bits: random blocks at several magnitudes, exact
+    /// half-step ties (rounded away from zero), zeros, negative zeros and a lone outlier.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_quantize_matches_portable() {
         if !crate::Isa::Avx2.supported() {
