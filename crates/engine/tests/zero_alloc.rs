@@ -5,10 +5,10 @@
 use nano_qwen3_engine::acceleration::CompileMode;
 use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Stepper};
 use nano_qwen3_kernels::pool::ThreadPool;
-use nano_qwen3_engine::{AccelerationConfig, Engine, GenerateRequest, LoadOptions, Quantization};
+use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 struct Counting;
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
@@ -47,11 +47,6 @@ fn argmax(v: &[f32]) -> u32 {
 /// Greedy tokens of 10 decode steps of a batch of 3 sequences (the serving loop's stepper, blocks
 /// of each sequence interleaved in one pool), and the allocations of the last 8.
 fn decode(engine: &Engine, prompt: &[u32]) -> (Vec<Vec<u32>>, usize) {
-    // The engine's serving thread starts at load and allocates as it comes up; on a loaded
-    // machine that could land in the count (seen). One request through it first.
-    let one = GenerateRequest { max_tokens: Some(1.0), temperature: Some(0.0), ignore_eos: true, ..Default::default() };
-    let one = one.resolve(&engine.generation_defaults).unwrap();
-    engine.generate(&prompt[..2], &one, &AtomicBool::new(false), &mut |_| {}).unwrap();
     let c = &engine.model.config;
     let mut kv = KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, engine.kv_dtype, 8);
     let tables: [[u32; 2]; 3] = [[0, 3], [1, 4], [2, 5]];

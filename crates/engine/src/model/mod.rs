@@ -124,6 +124,7 @@ impl Qwen3Model {
         let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4 { .. }));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut unquantized = Vec::new();
+        let q4_scales = crate::quantize::int4::scales_from_env(); // once per load, not per matrix
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
             let stored = src.load_stored(name, &shape)?;
             let is_output = name == "lm_head.weight" || (cfg.tie_word_embeddings && name == "model.embed_tokens.weight");
@@ -142,7 +143,7 @@ impl Qwen3Model {
                     let w = s.into_f32_vec()?;
                     let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
                     let group = GROUP_SIZES.into_iter().rev().find(|&g| g <= group && shape[1] % g == 0).unwrap_or(QK4);
-                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, crate::quantize::int4::scales_from_env())))
+                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, q4_scales)))
                 }
                 (WeightFormat::Q8 | WeightFormat::Q4 { .. }, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));

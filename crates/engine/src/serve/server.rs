@@ -30,7 +30,11 @@ impl Server {
     pub fn start(rt: Runtime, mut kv: KvPool, mut sched: Scheduler) -> std::io::Result<Server> {
         let (tx, rx) = channel::<Sequence>();
         let stats = sched.published();
+        // `start` returns once the loop runs: its thread's start-up (the runtime's allocations)
+        // never lands in the middle of the first requests' steps.
+        let (ready, running) = channel::<()>();
         let thread = std::thread::Builder::new().name("nano-qwen3-engine".into()).spawn(move || {
+            let _ = ready.send(());
             let vocab = rt.model.config.vocab_size;
             let (mut stepper, mut logits) = (Stepper::default(), Vec::new());
             loop {
@@ -69,6 +73,7 @@ impl Server {
                 );
             }
         })?;
+        let _ = running.recv();
         Ok(Server { tx: Some(tx), stats, thread: Some(thread) })
     }
 

@@ -147,7 +147,8 @@ fn source_files(files: &ModelFiles) -> Result<Vec<PathBuf>> {
 pub fn key(files: &ModelFiles, acc: &AccelerationConfig) -> Result<(String, String, String)> {
     let source = source_files(files)?.iter().map(|p| file_identity(p)).collect::<Result<Vec<_>>>()?.join("; ");
     let calibration = serde_json::to_string(&acc.calibration.clone().unwrap_or_default()).unwrap_or_default();
-    let q4_scales = std::env::var("NANO_QWEN3_Q4_SCALES").unwrap_or_default();
+    // The rule the loader will apply (not the variable's raw text: one reader of it).
+    let q4_scales = crate::quantize::int4::scales_from_env();
     let options = format!(
         "{} group {} lm_head {:?} calibration {calibration} q4 scales {q4_scales:?} format {FORMAT_VERSION} engine {}",
         acc.quantization.name(),

@@ -121,7 +121,7 @@ pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut 
 ///
 /// A one-row tile (decode) reads its weight rows one after the other, not the NR rows side by
 /// side: one sequential stream instead of NR interleaved ones, which the hardware prefetchers
-/// keep far better fed (measured on Zen 4, `linear_bench`'s decode step: bf16 66-75 -> 44-51 ms,
+/// keep far better fed (measured on Zen 4, `linear_bench`'s decode step: bf16 60-75 -> 44-52 ms,
 /// f16 66-82 -> 37-47 ms). Each output's sum is computed in the same order either way, so a row's
 /// result does not depend on the tile it is in (alone or batched: the same bits).
 #[allow(clippy::too_many_arguments)]

@@ -361,24 +361,6 @@ mod tests {
         assert_eq!((b.qs[3] & 0xF, b.qs[9] & 0xF, b.qs[0] & 0xF), (0, 15, 8));
     }
 
-    /// A group of identical blocks scores each candidate as the block alone would, twice or four
-    /// times over (up to a rounding of the sums): the search must choose the block's own scale.
-    #[test]
-    fn a_group_of_copies_gets_the_single_block_scale() {
-        let x = fill(32 * 200, 23);
-        let imp: Vec<f32> = fill(32, 24).iter().map(|v| v.abs() + 0.1).collect();
-        for block in x.chunks_exact(32) {
-            let want = quantize_block_weighted(block, &imp);
-            for copies in [2, 4] {
-                let g: Vec<f32> = block.iter().copied().cycle().take(32 * copies).collect();
-                let gi: Vec<f32> = imp.iter().copied().cycle().take(32 * copies).collect();
-                let mut out = vec![BlockQ4 { d: f16::ZERO, qs: [0; 16] }; copies];
-                quantize_group_weighted(&g, &gi, &mut out);
-                assert!(out.iter().all(|b| *b == want), "{copies} copies");
-            }
-        }
-    }
-
     /// The search's outcome on fixed data, to 4 significant digits: a change to its candidates,
     /// its least-squares step or its group totals moves this (bump the prepared-weights cache's
     /// FORMAT_VERSION with it: cached int4 weights hold this search's output). Paths that sum in
