@@ -1,11 +1,11 @@
 // The CLI, run as a user would.
 import test from 'ava'
 import { execFile } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { root } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const run = (...args) => promisify(execFile)(process.execPath, [join(root, 'bin', 'nano-qwen3-serving.cjs'), ...args])
 
@@ -32,7 +32,7 @@ test('chat, info and bench run', async (t) => {
 })
 
 test('quantize writes a GGUF file', async (t) => {
-  const out = join(mkdtempSync(join(tmpdir(), 'nq3-cli-')), 'tiny-q8.gguf')
+  const out = join(scratchDir('nq3-cli-'), 'tiny-q8.gguf')
   const { stderr } = await run('quantize', '--quantization', 'dynamic_int8', '-o', out)
   t.regex(stderr, /wrote .*tiny-q8\.gguf .* q8_0 weights/)
   t.is(readFileSync(out).subarray(0, 4).toString(), 'GGUF')

@@ -2,14 +2,14 @@
 // greedy tokens, for Q8_0 the same log-probabilities (and greedy tokens away from near-ties) as this
 // engine on the same file.
 import test from 'ava'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { getLlama } from 'node-llama-cpp'
 import { ModelRunner, NanoQwenError } from '../dist/index.mjs'
 import { fixtureDir, logSoftmax, reference } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
-const dir = mkdtempSync(join(tmpdir(), 'nq3-gguf-'))
+const dir = scratchDir('nq3-gguf-')
 const llama = getLlama({ gpu: false, logLevel: 'error' })
 
 async function llamaGreedy(file, prompt, n) {

@@ -1,9 +1,9 @@
 // Shared test helpers: the fixture, its HF reference outputs, and a minimal safetensors reader/writer
 // used to re-shape the fixture into other checkpoint layouts.
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { cpSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { scratchDir } from './scratch.mjs'
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 export const fixtureDir = join(root, 'fixtures', 'qwen3-tiny')
@@ -63,7 +63,7 @@ export function topK(row, k) {
 
 /** A writable copy of the fixture (without the reference files). */
 export function fixtureCopy() {
-  const dir = mkdtempSync(join(tmpdir(), 'nq3-'))
+  const dir = scratchDir('nq3-')
   for (const f of ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) {
     cpSync(join(fixtureDir, f), join(dir, f))
   }

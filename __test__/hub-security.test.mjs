@@ -6,10 +6,10 @@ import test from 'ava'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
-import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { downloadFromHub, findInCache, ModelRunner, resolveModel } from '../dist/index.mjs'
 import { fixtureDir } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const SHA = '0123456789abcdef0123456789abcdef01234567'
 const REPO = 'evil/model'
@@ -65,7 +65,7 @@ function startHub() {
 /** A fresh temp folder with the HF cache inside it at `cache/`; nothing should ever appear beside it. */
 const roots = []
 function freshRoot(hub) {
-  const root = mkdtempSync(join(tmpdir(), 'hf-hostile-'))
+  const root = scratchDir('hf-hostile-')
   roots.push(root)
   process.env.HF_HUB_CACHE = join(root, 'cache')
   process.env.HF_ENDPOINT = hub.url

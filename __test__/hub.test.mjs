@@ -1,12 +1,12 @@
 // Hugging Face ids: download from a hub on 127.0.0.1 (the hub's URL layout), into the standard cache
 // layout, with HF_ENDPOINT and HF_TOKEN honoured; later loads come from the cache.
 import test from 'ava'
-import { createReadStream, existsSync, mkdtempSync, readFileSync, readdirSync, statSync } from 'node:fs'
+import { createReadStream, existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { findInCache, ModelRunner, resolveModel } from '../dist/index.mjs'
 import { fixtureDir, reference } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const SHA = '0123456789abcdef0123456789abcdef01234567'
 const FILES = ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
@@ -40,7 +40,7 @@ function startHub(token) {
 
 test.serial('downloads a model id into the HF cache, then loads it from there', async (t) => {
   const hub = await startHub('secret-token')
-  const cache = mkdtempSync(join(tmpdir(), 'hf-cache-'))
+  const cache = scratchDir('hf-cache-')
   process.env.HF_HUB_CACHE = cache
   process.env.HF_ENDPOINT = hub.url
   process.env.HF_TOKEN = 'secret-token'
@@ -67,7 +67,7 @@ test.serial('downloads a model id into the HF cache, then loads it from there', 
 
 test.serial('a missing token gives a clear error and leaves nothing half-written', async (t) => {
   const hub = await startHub('needed')
-  const cache = mkdtempSync(join(tmpdir(), 'hf-cache-'))
+  const cache = scratchDir('hf-cache-')
   process.env.HF_HUB_CACHE = cache
   process.env.HF_ENDPOINT = hub.url
   delete process.env.HF_TOKEN
@@ -83,7 +83,7 @@ test.serial('a missing token gives a clear error and leaves nothing half-written
 
 test.serial('an unknown model id and an unreachable hub are clear errors', async (t) => {
   const hub = await startHub('x')
-  process.env.HF_HUB_CACHE = mkdtempSync(join(tmpdir(), 'hf-cache-'))
+  process.env.HF_HUB_CACHE = scratchDir('hf-cache-')
   process.env.HF_ENDPOINT = hub.url
   process.env.HF_TOKEN = 'x'
   try {

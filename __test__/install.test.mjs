@@ -5,12 +5,12 @@
 // the same).
 import test from 'ava'
 import { execFile } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { promisify } from 'node:util'
 import { root } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const exec = promisify(execFile)
 const { currentPlatform, packageName, binaryName } = createRequire(import.meta.url)('../platform.cjs')
@@ -38,7 +38,7 @@ ModelRunner.load({ modelName: defaultModelDir() }).then(async (runner) => {
 
 const maybe = platform && existsSync(localBuild) ? test : test.skip
 maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS run the embedded model', async (t) => {
-  const work = mkdtempSync(join(tmpdir(), 'nq3-install-'))
+  const work = scratchDir('nq3-install-')
   const into = join(work, 'npm')
   const out = join(work, 'tarballs')
   await script('prebuilt.mjs', 'stage', platform.suffix, '--binary', localBuild, '--into', into)

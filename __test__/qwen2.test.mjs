@@ -3,12 +3,11 @@
 // common GGUF type (fixtures/qwen2-tiny, scripts/test-data/write_qwen2_fixtures.py), and the same
 // weights as a Hugging Face folder.
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { getLlama } from 'node-llama-cpp'
 import { ModelRunner } from '../dist/index.mjs'
 import { logSoftmax, root } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const dir = join(root, 'fixtures', 'qwen2-tiny')
 const llama = getLlama({ gpu: false, logLevel: 'error' })
@@ -115,7 +114,7 @@ test('qwen2 Hugging Face folder: the F16 GGUF\'s logits, and llama.cpp\'s on tha
 
 test('qwen2 export: llama.cpp runs our Q8_0 file (biases, no q/k norm) to our logits', async (t) => {
   const runner = await ModelRunner.load({ modelName: dir, accelerationConfig: { quantization: 'dynamic_int8' }, onLoadProgress: false })
-  const file = join(mkdtempSync(join(tmpdir(), 'nq3-qwen2-')), 'tiny-q8.gguf')
+  const file = join(scratchDir('nq3-qwen2-'), 'tiny-q8.gguf')
   await runner.export(file)
   const back = await ModelRunner.load({ modelName: file, onLoadProgress: false })
   t.is(back.getModelInfo().architecture, 'Qwen2ForCausalLM')

@@ -8,10 +8,10 @@ import {
   NanoQwenError,
   QuantizationType,
 } from '../dist/index.mjs'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fixtureDir, reference } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const shared = ModelRunner.load({ modelName: fixtureDir, threads: 2 })
 const prompt = reference.prompts[1].input_ids
@@ -205,7 +205,7 @@ test('ModelAccelerator plans what runs and says why the rest does not', (t) => {
 })
 
 test('max-autotune times the matmul tilings at load, caches them on disk and reuses them', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nano-qwen3-autotune-'))
+  const dir = scratchDir('nano-qwen3-autotune-')
   const cache = join(dir, 'autotune.json')
   process.env.NANO_QWEN3_AUTOTUNE_CACHE = cache // read by the engine at load
   const accelerationConfig = { quantization: 'int4', useTorchCompile: true, compileMode: 'max-autotune' }
