@@ -427,6 +427,12 @@ impl<T> OutPtr<T> {
     pub(crate) fn get(self) -> *mut T {
         self.0
     }
+
+    /// The pointer `n` elements on, shared by the same rule (a sub-buffer's writers).
+    #[inline(always)]
+    pub(crate) fn offset(self, n: usize) -> Self {
+        OutPtr(self.0.wrapping_add(n))
+    }
 }
 
 impl<T> Clone for OutPtr<T> {

@@ -189,6 +189,22 @@ impl Widen for half::bf16 {
     }
 }
 
+/// Ask for `x`'s cache lines ahead of use (a hint: it loads nothing it is not allowed to and
+/// never faults). A no-op where no prefetch instruction is wired.
+#[inline(always)]
+pub(crate) fn prefetch<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, bytes) = (x.as_ptr() as *const i8, std::mem::size_of_val(x));
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch only hints, inside `x` here.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Small AVX2 helpers shared by the kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {

@@ -7,7 +7,7 @@ use crate::model::linear::{Linear, Proj};
 use crate::model::kv_pool::{KvBuf, KvPool, Slots};
 use crate::model::Qwen3Model;
 use crate::quantize::calibration::Site;
-use nano_qwen3_kernels::attention::{flash_attention, plain_attention, AttentionShape, KvElem, KvPages};
+use nano_qwen3_kernels::attention::{flash_attention_batch, plain_attention, AttentionShape, KvElem, SeqAttention};
 use nano_qwen3_kernels::fused;
 use nano_qwen3_kernels::{active_isa, Isa};
 
@@ -104,11 +104,18 @@ impl Workspace {
     }
 }
 
-fn attend<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], s: &AttentionShape, flash: bool, isa: Isa) {
+/// Attention of the batch's `n` sequences (`seq(i)`): one flash call, or the plain path one
+/// sequence at a time.
+#[allow(clippy::too_many_arguments)]
+fn attend<'s, T: KvElem>(q: &[f32], k: &[T], v: &[T], n: usize, seq: impl Fn(usize) -> SeqAttention<'s> + Sync, out: &mut [f32], flash: bool, isa: Isa) {
     if flash {
-        flash_attention(q, k, v, pages, out, s, isa);
-    } else {
-        plain_attention(q, k, v, pages, out, s);
+        return flash_attention_batch(q, k, v, n, seq, out, isa);
+    }
+    let mut row = 0;
+    for s in (0..n).map(seq) {
+        let len = s.shape.q_len * s.shape.heads * s.shape.head_dim;
+        plain_attention(&q[row..][..len], k, v, &s.pages, &mut out[row..][..len], &s.shape);
+        row += len;
     }
 }
 
@@ -234,25 +241,29 @@ impl Qwen3Model {
                     fused::rope(&mut qkv[k_rows], stride_kv, nkv, hd, cos, sin);
                 }
             }
+            // Every sequence's new K/V into the pool, then one attention call over the batch.
             let mut offset = 0;
             for s in batch {
                 let n = s.tokens.len();
                 let (kr, vr) = (&ws.qkv[k_at + offset * stride_kv..], &ws.qkv[v_at + offset * stride_kv..]);
                 kv.write(li, Slots { table: s.table, start: s.start }, kr, vr, n, stride_kv);
-                // The kernel wants q as [n, heads, hd] contiguous.
-                for i in 0..n {
-                    ws.q[i * nq..(i + 1) * nq].copy_from_slice(&ws.qkv[q_at + (offset + i) * stride_q..][..nq]);
-                }
-                let shape = AttentionShape { heads: nh, kv_heads: nkv, head_dim: hd, q_len: n, start: s.start };
-                let pages = kv.pages(s.table);
-                let (q, out) = (&ws.q[..n * nq], &mut ws.attn[offset * nq..(offset + n) * nq]);
-                match kv.layer(li) {
-                    (KvBuf::F32(k), KvBuf::F32(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
-                    (KvBuf::F16(k), KvBuf::F16(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
-                    (KvBuf::Bf16(k), KvBuf::Bf16(v)) => attend(q, k, v, &pages, out, &shape, opts.flash_attention, isa),
-                    _ => unreachable!("K and V share a dtype"),
-                }
                 offset += n;
+            }
+            // The kernel wants q as [t, heads, hd] contiguous.
+            for i in 0..t {
+                ws.q[i * nq..(i + 1) * nq].copy_from_slice(&ws.qkv[q_at + i * stride_q..][..nq]);
+            }
+            let kv = &*kv;
+            let seq = |i: usize| {
+                let s = &batch[i];
+                SeqAttention { pages: kv.pages(s.table), shape: AttentionShape { heads: nh, kv_heads: nkv, head_dim: hd, q_len: s.tokens.len(), start: s.start } }
+            };
+            let (q, out, n) = (&ws.q[..t * nq], &mut ws.attn[..t * nq], batch.len());
+            match kv.layer(li) {
+                (KvBuf::F32(k), KvBuf::F32(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
+                (KvBuf::F16(k), KvBuf::F16(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
+                (KvBuf::Bf16(k), KvBuf::Bf16(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
+                _ => unreachable!("K and V share a dtype"),
             }
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(Some(li), Site::OIn, &ws.attn[..t * nq], t);

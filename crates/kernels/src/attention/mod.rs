@@ -13,7 +13,7 @@
 //!   few of them to keep the pool busy (decode, short chunks against a long cache) the KV length is
 //!   also split into chunks; each chunk leaves a partial `(m, l, acc)` per row and the partials are
 //!   merged exactly afterwards.
-use crate::pool::{current_threads, parallel_chunks_mut, parallel_for, thread_index, OutPtr};
+use crate::pool::{current_threads, parallel_for, thread_index, OutPtr};
 use crate::simd::{Isa, Widen};
 use half::{bf16, f16};
 use std::cell::{Cell, UnsafeCell};
@@ -152,12 +152,43 @@ impl AttentionShape {
 /// Runs on the current kernel pool ([`crate::pool`]). `isa` picks the SIMD path (pass [`crate::active_isa`]);
 /// AVX2 needs `head_dim % 8 == 0` and falls back to the portable path otherwise.
 pub fn flash_attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], shape: &AttentionShape, isa: Isa) {
-    shape.check(q.len(), k.len(), v.len(), out.len(), pages);
-    let plan = Plan::choose(shape, crate::pool::current_threads());
-    run(q, k, v, pages, out, shape, isa, plan);
+    flash_attention_batch(q, k, v, 1, |_| SeqAttention { pages: *pages, shape: *shape }, out, isa)
 }
 
-/// How one call is cut into work items.
+/// One sequence of a batched call: where its keys are and its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqAttention<'a> {
+    pub pages: KvPages<'a>,
+    pub shape: AttentionShape,
+}
+
+/// [`flash_attention`] for `n` sequences of one cache in one pass over the pool: sequence `i` is
+/// `seq(i)` (a function, so that callers build nothing per call); its `q_len` query rows follow
+/// sequence `i - 1`'s in `q` and `out`; all share `heads`,
+/// `kv_heads` and `head_dim`. Every sequence is cut as it would be alone, so its output has the
+/// same bits as its own [`flash_attention`] call; one call per step instead of one per sequence
+/// saves a pool round-trip per sequence and layer and balances short and long sequences over
+/// the threads.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_batch<'s, T: KvElem>(q: &[f32], k: &[T], v: &[T], n: usize, seq: impl Fn(usize) -> SeqAttention<'s> + Sync, out: &mut [f32], isa: Isa) {
+    if n == 0 {
+        return;
+    }
+    let first = seq(0);
+    let width = first.shape.heads * first.shape.head_dim;
+    let mut row = 0;
+    for s in (0..n).map(&seq) {
+        let (a, b) = (&s.shape, &first.shape);
+        assert!((a.heads, a.kv_heads, a.head_dim) == (b.heads, b.kv_heads, b.head_dim), "attention: a batch's sequences share their head shape ({a:?} vs {b:?})");
+        a.check(q.len().saturating_sub(row * width), k.len(), v.len(), out.len().saturating_sub(row * width), &s.pages);
+        row += a.q_len;
+    }
+    // Each sequence's plan from its own shape, as alone: its bits do not depend on its neighbours.
+    let threads = crate::pool::current_threads();
+    run(q, k, v, n, seq, out, isa, |shape| Plan::choose(shape, threads));
+}
+
+/// How one sequence is cut into work items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
     /// Query tokens per item.
@@ -170,56 +201,106 @@ impl Plan {
     /// Items of (kv head, query tile); if there are fewer than a few per thread, split the KV
     /// length too, in chunks of at least [`MIN_KV_CHUNK`] keys.
     fn choose(shape: &AttentionShape, threads: usize) -> Plan {
-        let q_tile = (ROWS_PER_ITEM / shape.group()).clamp(1, shape.q_len.max(1));
-        let items = shape.kv_heads * shape.q_len.div_ceil(q_tile);
+        let items = shape.kv_heads * shape.q_len.div_ceil(Self::q_tile(shape));
         let kv_len = shape.kv_len().max(1);
         let target = 4 * threads;
         let chunks = if threads > 1 && items < target { target.div_ceil(items.max(1)).min(kv_len / MIN_KV_CHUNK).max(1) } else { 1 };
-        Plan { q_tile, kv_chunk: kv_len.div_ceil(chunks).next_multiple_of(KV_TILE) }
+        Plan { q_tile: Self::q_tile(shape), kv_chunk: kv_len.div_ceil(chunks).next_multiple_of(KV_TILE) }
+    }
+
+    fn q_tile(shape: &AttentionShape) -> usize {
+        (ROWS_PER_ITEM / shape.group()).clamp(1, shape.q_len.max(1))
     }
 }
 
-/// [`flash_attention`] with a given plan (tests force splits through here).
+/// Where one sequence's work sits in a batched call (kept in a reused per-thread list, so a warm
+/// call allocates nothing).
+#[derive(Clone, Copy)]
+struct SeqWork {
+    plan: Plan,
+    /// Its first query row in `q` / `out`.
+    row: usize,
+    /// Its first attend item; it has `groups * chunks` of them.
+    item: usize,
+    /// Its first merge item (one per group, when its keys are split) and first partial float.
+    merge: usize,
+    part: usize,
+}
+
+thread_local! {
+    static WORK: Cell<Vec<SeqWork>> = const { Cell::new(Vec::new()) };
+}
+
+/// The batch with each sequence's plan from `plan_of` (tests force splits through here).
 #[allow(clippy::too_many_arguments)]
-fn run<T: KvElem>(q: &[f32], k: &[T], v: &[T], pages: &KvPages, out: &mut [f32], shape: &AttentionShape, isa: Isa, plan: Plan) {
-    if shape.q_len == 0 {
-        return;
+fn run<'s, T: KvElem>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    n: usize,
+    seq: impl Fn(usize) -> SeqAttention<'s> + Sync,
+    out: &mut [f32],
+    isa: Isa,
+    plan_of: impl Fn(&AttentionShape) -> Plan,
+) {
+    let mut work = WORK.with(|w| w.take());
+    work.clear();
+    let (mut row, mut item, mut merge, mut part, mut max_rows) = (0, 0, 0, 0, 0);
+    for s in (0..n).map(&seq) {
+        let plan = plan_of(&s.shape);
+        work.push(SeqWork { plan, row, item, merge, part });
+        let p = Problem::new(q, k, v, s.pages, &s.shape, isa, plan);
+        let (groups, chunks) = (s.shape.kv_heads * p.q_tiles(), p.chunks());
+        row += s.shape.q_len;
+        item += groups * chunks;
+        if chunks > 1 {
+            merge += groups;
+            part += groups * chunks * p.part_len();
+        }
+        max_rows = max_rows.max(plan.q_tile * s.shape.group());
     }
-    let p = Problem::new(q, k, v, pages, shape, isa, plan);
-    let chunks = shape.kv_len().div_ceil(plan.kv_chunk);
-    let groups = shape.kv_heads * p.q_tiles();
+    let hd = if n > 0 { seq(0).shape.head_dim } else { 0 };
+    // Item -> (sequence, its problem, its q / out rows' offset).
+    let locate = |at: usize, key: fn(&SeqWork) -> usize| {
+        let i = work.partition_point(|w| key(w) <= at) - 1;
+        let (s, w) = (seq(i), work[i]);
+        let width = s.shape.heads * s.shape.head_dim;
+        (Problem::new(&q[w.row * width..], k, v, s.pages, &s.shape, isa, w.plan), w, w.row * width)
+    };
     let dst = OutPtr::new(out);
-    let max_rows = plan.q_tile * shape.group();
-    if chunks == 1 {
-        with_scratches(max_rows, shape.head_dim, |scratches| {
-            parallel_for(groups, |gi| {
+    with_partials(part, |parts| {
+        let parts_ptr = OutPtr::new(parts);
+        with_scratches(max_rows, hd, |scratches| {
+            parallel_for(item, |it| {
+                let (p, w, at) = locate(it, |w| w.item);
+                let chunks = p.chunks();
+                let (kh, tokens) = p.group_of((it - w.item) / chunks);
+                let c = (it - w.item) % chunks;
+                let s = scratches.get();
+                p.attend(kh, tokens.clone(), c * p.plan.kv_chunk..(c + 1) * p.plan.kv_chunk, s);
+                if chunks == 1 {
+                    // SAFETY: `check` sized `out`; this item alone writes its (tokens, heads) block.
+                    unsafe { p.write_out(kh, tokens, s, dst.offset(at)) }
+                } else {
+                    let len = p.part_len();
+                    // SAFETY: items own disjoint `len`-float parts inside `parts` (sized above).
+                    let part = unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(w.part + (it - w.item) * len), len) };
+                    s.save(tokens.len() * p.shape.group(), p.shape.head_dim, part);
+                }
+            })
+        });
+        if merge > 0 {
+            parallel_for(merge, |mi| {
+                let (p, w, at) = locate(mi, |w| w.merge);
+                let gi = mi - w.merge;
                 let (kh, tokens) = p.group_of(gi);
-                let s = scratches.get();
-                p.attend(kh, tokens.clone(), 0..shape.kv_len(), s);
-                // SAFETY: `check` sized `out`; this item alone writes its (tokens, heads) block.
-                unsafe { p.write_out(kh, tokens, s, dst) }
-            })
-        });
-        return;
-    }
-    // Split KV: every (group, chunk) leaves its partial softmax, then each group merges its own.
-    let part_len = p.part_len();
-    with_partials(groups * chunks * part_len, |parts| {
-        with_scratches(max_rows, shape.head_dim, |scratches| {
-            parallel_chunks_mut(parts, part_len, |item, part| {
-                let (kh, tokens) = p.group_of(item / chunks);
-                let c = item % chunks;
-                let s = scratches.get();
-                p.attend(kh, tokens.clone(), c * plan.kv_chunk..(c + 1) * plan.kv_chunk, s);
-                s.save(tokens.len() * shape.group(), shape.head_dim, part);
-            })
-        });
-        parallel_for(groups, |gi| {
-            let (kh, tokens) = p.group_of(gi);
-            // SAFETY: as above, one writer per (tokens, heads) block.
-            unsafe { p.merge(kh, tokens, &parts[gi * chunks * part_len..][..chunks * part_len], dst) }
-        });
+                let span = p.chunks() * p.part_len();
+                // SAFETY: as above, one writer per (tokens, heads) block.
+                unsafe { p.merge(kh, tokens, &parts[w.part + gi * span..][..span], dst.offset(at)) }
+            });
+        }
     });
+    WORK.with(|w| w.set(work));
 }
 
 /// Per-thread working set of one item; rows are `token * group + head in group`.
@@ -336,13 +417,18 @@ struct Problem<'a, T> {
 }
 
 impl<'a, T: KvElem> Problem<'a, T> {
-    fn new(q: &'a [f32], k: &'a [T], v: &'a [T], pages: &KvPages<'a>, shape: &AttentionShape, isa: Isa, plan: Plan) -> Self {
+    fn new(q: &'a [f32], k: &'a [T], v: &'a [T], pages: KvPages<'a>, shape: &AttentionShape, isa: Isa, plan: Plan) -> Self {
         let avx2 = cfg!(target_arch = "x86_64") && isa.uses_avx2() && shape.head_dim % 8 == 0 && Isa::Avx2.supported();
-        Problem { q, k, v, pages: *pages, shape: *shape, plan, scale: 1.0 / (shape.head_dim as f32).sqrt(), avx2 }
+        Problem { q, k, v, pages, shape: *shape, plan, scale: 1.0 / (shape.head_dim as f32).sqrt(), avx2 }
     }
 
     fn q_tiles(&self) -> usize {
         self.shape.q_len.div_ceil(self.plan.q_tile)
+    }
+
+    /// KV chunks per group (1 when the keys are not split).
+    fn chunks(&self) -> usize {
+        self.shape.kv_len().div_ceil(self.plan.kv_chunk)
     }
 
     /// Group index -> (kv head, query tokens).
@@ -371,6 +457,14 @@ impl<'a, T: KvElem> Problem<'a, T> {
             let nk = KV_TILE.min(end - j0).min(self.pages.run(j0));
             let at = self.pages.offset(kh, j0, hd);
             let (kt, vt) = (&self.k[at..][..nk * hd], &self.v[at..][..nk * hd]);
+            // The next tile is in another block of the pool, where the hardware prefetcher
+            // would only start once the first key misses.
+            let next = j0 + nk;
+            if next < end {
+                let (nn, na) = (KV_TILE.min(end - next).min(self.pages.run(next)), self.pages.offset(kh, next, hd));
+                crate::simd::prefetch(&self.k[na..][..nn * hd]);
+                crate::simd::prefetch(&self.v[na..][..nn * hd]);
+            }
             self.scores(&s.q, rows, kt, nk, &mut s.p, &mut s.wide);
             for r in 0..rows {
                 // Row r is token tokens.start + r / g, which sees keys up to its own position.

@@ -168,7 +168,7 @@ fn split_kv_merge_is_exact() {
         for isa in isas() {
             for kv_chunk in [32, 96, 160, 512, 4096] {
                 let plan = Plan { q_tile: 16, kv_chunk };
-                let got = case.output(&k, &v, |q, k, v, p, o, s| run(q, k, v, p, o, s, isa, plan));
+                let got = case.output(&k, &v, |q, k, v, p, o, s| run(q, k, v, 1, |_| SeqAttention { pages: *p, shape: *s }, o, isa, |_| plan));
                 let err = max_rel_err(&got, &want);
                 assert!(err < 1e-5, "{isa:?} n={n} start={start} chunk={kv_chunk}: {err}");
             }
@@ -184,6 +184,54 @@ fn plan_splits_short_queries_only() {
     assert!(Plan::choose(&shape(1, 1000), 1).kv_chunk >= 1001, "one thread gains nothing from a split");
     assert!(Plan::choose(&shape(1, 100), 2).kv_chunk >= 101, "too short to split");
     assert!(Plan::choose(&shape(512, 0), 2).kv_chunk >= 512, "prefill has enough (head, tile) items");
+}
+
+/// Several paged cases in one cache: each case's blocks moved after the previous cases' blocks.
+fn one_cache(cases: &[Case]) -> (Vec<f32>, Vec<f32>, Vec<Vec<u32>>) {
+    let (mut k, mut v, mut tables) = (Vec::new(), Vec::new(), Vec::new());
+    for c in cases {
+        assert_eq!(c.block_stride, cases[0].block_stride);
+        let shift = (k.len() / c.block_stride) as u32;
+        tables.push(c.table.iter().map(|b| b + shift).collect());
+        k.extend_from_slice(&c.k);
+        v.extend_from_slice(&c.v);
+    }
+    (k, v, tables)
+}
+
+#[test]
+fn a_batch_gives_each_sequence_its_own_bits() {
+    // Decode (with a split KV alone: 2 kv heads), prefill tiles, an empty sequence, a first token.
+    let cases: Vec<Case> = [(1, 1000), (40, 5), (0, 10), (3, 250), (1, 0), (17, 0)].iter().map(|&(n, start)| Case::paged(16, 2, 64, n, start)).collect();
+    let (k, v, tables) = one_cache(&cases);
+    let seqs: Vec<SeqAttention> = cases.iter().zip(&tables).map(|(c, t)| SeqAttention { pages: KvPages { table: t, ..c.pages() }, shape: c.shape }).collect();
+    let q: Vec<f32> = cases.iter().flat_map(|c| c.q.iter().copied()).collect();
+    let width = 16 * 64;
+    for isa in isas() {
+        in_pools(|pool| {
+            let mut batched = vec![f32::NAN; q.len()];
+            flash_attention_batch(&q, &k, &v, seqs.len(), |i| seqs[i], &mut batched, isa);
+            let mut row = 0;
+            for (i, s) in seqs.iter().enumerate() {
+                let rows = s.shape.q_len * width;
+                let mut alone = vec![f32::NAN; rows];
+                flash_attention(&q[row..][..rows], &k, &v, &s.pages, &mut alone, &s.shape, isa);
+                let same = alone.iter().zip(&batched[row..][..rows]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} {pool}: sequence {i} ({:?})", s.shape);
+                row += rows;
+            }
+        });
+    }
+}
+
+#[test]
+#[should_panic(expected = "share their head shape")]
+fn a_batch_rejects_mixed_head_shapes() {
+    let (a, b) = (Case::paged(16, 2, 64, 1, 10), Case::paged(16, 4, 64, 1, 10));
+    let seqs = [SeqAttention { pages: a.pages(), shape: a.shape }, SeqAttention { pages: b.pages(), shape: b.shape }];
+    let mut out = vec![0.0; 2 * 16 * 64];
+    let q = [a.q.clone(), b.q.clone()].concat();
+    flash_attention_batch(&q, &a.k, &a.v, 2, |i| seqs[i], &mut out, Isa::Portable);
 }
 
 #[test]
