@@ -33,6 +33,7 @@ const SCOPES = {
   sampler: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/sampler.rs'], tests: ['--lib'] },
   stop: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/serve/request.rs'], tests: ['--lib'] },
   kv: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/kv_pool.rs'], tests: ['--lib'] },
+  attention: { pkg: 'nano-qwen3-kernels', files: ['crates/kernels/src/attention/mod.rs'], tests: ['--lib'] },
   quantizers: { pkg: 'nano-qwen3-kernels', files: ['crates/kernels/src/q8/mod.rs', 'crates/kernels/src/q4/mod.rs'], tests: ['--lib'] },
   gguf: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/source/gguf_meta.rs', 'crates/engine/src/source/gguf_export.rs'], tests: ['--test=gguf_import', '--test=qwen2'] },
   config: { pkg: 'nano-qwen3-engine', files: ['crates/engine/src/model/config.rs'], tests: ['--lib'] },
