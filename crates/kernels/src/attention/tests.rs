@@ -234,6 +234,33 @@ fn a_batch_rejects_mixed_head_shapes() {
     flash_attention_batch(&q, &a.k, &a.v, 2, |i| seqs[i], &mut out, Isa::Portable);
 }
 
+/// Two one-token sequences (1024 floats of queries and outputs each) with `q_len` / `out_len`
+/// floats of buffers.
+fn batch_of_two(q_len: usize, out_len: usize) {
+    let case = Case::paged(16, 2, 64, 1, 10);
+    let seqs = [SeqAttention { pages: case.pages(), shape: case.shape }; 2];
+    let (q, mut out) = (vec![0.5; q_len], vec![0.0; out_len]);
+    flash_attention_batch(&q, &case.k, &case.v, 2, |i| seqs[i], &mut out, Isa::Portable);
+}
+
+#[test]
+fn a_batch_fits_its_buffers() {
+    batch_of_two(2048, 2048);
+}
+
+#[test]
+#[should_panic(expected = "shorter than")]
+fn a_batch_checks_the_last_sequences_queries() {
+    // Room for one and a half: enough for the second alone, not after the first.
+    batch_of_two(1536, 2048);
+}
+
+#[test]
+#[should_panic(expected = "shorter than")]
+fn a_batch_checks_the_last_sequences_outputs() {
+    batch_of_two(2048, 1536);
+}
+
 #[test]
 fn avx2_matches_portable() {
     if !Isa::Avx2.supported() {
