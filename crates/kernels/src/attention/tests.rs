@@ -181,6 +181,8 @@ fn plan_splits_short_queries_only() {
     let shape = |q_len, start| AttentionShape { heads: 16, kv_heads: 2, head_dim: 128, q_len, start };
     let decode = Plan::choose(&shape(1, 1000), 2);
     assert!(decode.kv_chunk < 1001 && decode.kv_chunk % KV_TILE == 0, "{decode:?}");
+    // 2 (head, tile) items for a target of 4 per thread: 4 chunks of 250 keys, rounded up to tiles.
+    assert_eq!(decode.kv_chunk, 256, "{decode:?}");
     assert!(Plan::choose(&shape(1, 1000), 1).kv_chunk >= 1001, "one thread gains nothing from a split");
     assert!(Plan::choose(&shape(1, 100), 2).kv_chunk >= 101, "too short to split");
     assert!(Plan::choose(&shape(512, 0), 2).kv_chunk >= 512, "prefill has enough (head, tile) items");
