@@ -186,6 +186,12 @@ fn plan_splits_short_queries_only() {
     assert!(Plan::choose(&shape(1, 1000), 1).kv_chunk >= 1001, "one thread gains nothing from a split");
     assert!(Plan::choose(&shape(1, 100), 2).kv_chunk >= 101, "too short to split");
     assert!(Plan::choose(&shape(512, 0), 2).kv_chunk >= 512, "prefill has enough (head, tile) items");
+    // 32 query rows per item: 4 tokens of a group of 8 heads (1 when the prompt is shorter).
+    assert_eq!(Plan::choose(&shape(512, 0), 2).q_tile, 4);
+    assert_eq!(Plan::choose(&shape(1, 1000), 2).q_tile, 1);
+    // Exactly 4 items per thread is enough: Qwen3-0.6B's 8 KV heads decode unsplit on 2 threads.
+    let eight = AttentionShape { kv_heads: 8, ..shape(1, 1000) };
+    assert!(Plan::choose(&eight, 2).kv_chunk >= 1001, "8 items for 2 threads");
 }
 
 /// Several paged cases in one cache: each case's blocks moved after the previous cases' blocks.
