@@ -245,7 +245,7 @@ fn run<'s, T: KvElem>(
 ) {
     let mut work = WORK.with(|w| w.take());
     work.clear();
-    let (mut row, mut item, mut merge, mut part, mut max_rows) = (0, 0, 0, 0, 0);
+    let (mut row, mut item, mut merge, mut part, mut max_rows, mut hd) = (0, 0, 0, 0, 0, 0);
     for s in (0..n).map(&seq) {
         let plan = plan_of(&s.shape);
         work.push(SeqWork { plan, row, item, merge, part });
@@ -258,8 +258,8 @@ fn run<'s, T: KvElem>(
             part += groups * chunks * p.part_len();
         }
         max_rows = max_rows.max(plan.q_tile * s.shape.group());
+        hd = s.shape.head_dim;
     }
-    let hd = if n > 0 { seq(0).shape.head_dim } else { 0 };
     // Item -> (sequence, its problem, its q / out rows' offset).
     let locate = |at: usize, key: fn(&SeqWork) -> usize| {
         let i = work.partition_point(|w| key(w) <= at) - 1;
