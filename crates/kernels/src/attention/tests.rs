@@ -209,8 +209,9 @@ fn one_cache(cases: &[Case]) -> (Vec<f32>, Vec<f32>, Vec<Vec<u32>>) {
 
 #[test]
 fn a_batch_gives_each_sequence_its_own_bits() {
-    // Decode (with a split KV alone: 2 kv heads), prefill tiles, an empty sequence, a first token.
-    let cases: Vec<Case> = [(1, 1000), (40, 5), (0, 10), (3, 250), (1, 0), (17, 0)].iter().map(|&(n, start)| Case::paged(16, 2, 64, n, start)).collect();
+    // A first token, two decodes whose KV splits alone (2 kv heads, 2 threads; neither first, so
+    // their items, partials and merges sit at offsets), prefill tiles, an empty sequence.
+    let cases: Vec<Case> = [(1, 0), (1, 1000), (40, 5), (0, 10), (1, 600), (3, 250), (17, 0)].iter().map(|&(n, start)| Case::paged(16, 2, 64, n, start)).collect();
     let (k, v, tables) = one_cache(&cases);
     let seqs: Vec<SeqAttention> = cases.iter().zip(&tables).map(|(c, t)| SeqAttention { pages: KvPages { table: t, ..c.pages() }, shape: c.shape }).collect();
     let q: Vec<f32> = cases.iter().flat_map(|c| c.q.iter().copied()).collect();
