@@ -209,27 +209,29 @@ fn one_cache(cases: &[Case]) -> (Vec<f32>, Vec<f32>, Vec<Vec<u32>>) {
 
 #[test]
 fn a_batch_gives_each_sequence_its_own_bits() {
-    // A first token, two decodes whose KV splits alone (2 kv heads, 2 threads; neither first, so
-    // their items, partials and merges sit at offsets), prefill tiles, an empty sequence.
-    let cases: Vec<Case> = [(1, 0), (1, 1000), (40, 5), (0, 10), (1, 600), (3, 250), (17, 0)].iter().map(|&(n, start)| Case::paged(16, 2, 64, n, start)).collect();
-    let (k, v, tables) = one_cache(&cases);
-    let seqs: Vec<SeqAttention> = cases.iter().zip(&tables).map(|(c, t)| SeqAttention { pages: KvPages { table: t, ..c.pages() }, shape: c.shape }).collect();
-    let q: Vec<f32> = cases.iter().flat_map(|c| c.q.iter().copied()).collect();
-    let width = 16 * 64;
-    for isa in isas() {
-        in_pools(|pool| {
-            let mut batched = vec![f32::NAN; q.len()];
-            flash_attention_batch(&q, &k, &v, seqs.len(), |i| seqs[i], &mut batched, isa);
-            let mut row = 0;
-            for (i, s) in seqs.iter().enumerate() {
-                let rows = s.shape.q_len * width;
-                let mut alone = vec![f32::NAN; rows];
-                flash_attention(&q[row..][..rows], &k, &v, &s.pages, &mut alone, &s.shape, isa);
-                let same = alone.iter().zip(&batched[row..][..rows]).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?} {pool}: sequence {i} ({:?})", s.shape);
-                row += rows;
-            }
-        });
+    // A first token, two decodes whose KV splits alone (2 threads; neither first, so their items,
+    // partials and merges sit at offsets: with 1 kv head, odd ones), prefill tiles, an empty sequence.
+    for (heads, kv_heads) in [(16, 2), (8, 1)] {
+        let cases: Vec<Case> = [(1, 0), (1, 1000), (40, 5), (0, 10), (1, 600), (3, 250), (17, 0)].iter().map(|&(n, start)| Case::paged(heads, kv_heads, 64, n, start)).collect();
+        let (k, v, tables) = one_cache(&cases);
+        let seqs: Vec<SeqAttention> = cases.iter().zip(&tables).map(|(c, t)| SeqAttention { pages: KvPages { table: t, ..c.pages() }, shape: c.shape }).collect();
+        let q: Vec<f32> = cases.iter().flat_map(|c| c.q.iter().copied()).collect();
+        let width = heads * 64;
+        for isa in isas() {
+            in_pools(|pool| {
+                let mut batched = vec![f32::NAN; q.len()];
+                flash_attention_batch(&q, &k, &v, seqs.len(), |i| seqs[i], &mut batched, isa);
+                let mut row = 0;
+                for (i, s) in seqs.iter().enumerate() {
+                    let rows = s.shape.q_len * width;
+                    let mut alone = vec![f32::NAN; rows];
+                    flash_attention(&q[row..][..rows], &k, &v, &s.pages, &mut alone, &s.shape, isa);
+                    let same = alone.iter().zip(&batched[row..][..rows]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} {pool}: sequence {i} ({:?})", s.shape);
+                    row += rows;
+                }
+            });
+        }
     }
 }
 
