@@ -9,10 +9,12 @@
 //! - GQA: the query heads that share a KV head, over a tile of query tokens, are the rows of one
 //!   work item, so each K/V tile is brought into cache once for the whole group and used by every
 //!   row while hot, instead of being streamed once per query head.
-//! - Parallelism (current kernel pool): work items are (kv head, query tile). When there are too
-//!   few of them to keep the pool busy (decode, short chunks against a long cache) the KV length is
-//!   also split into chunks; each chunk leaves a partial `(m, l, acc)` per row and the partials are
-//!   merged exactly afterwards.
+//! - Parallelism (current kernel pool): work items are (sequence, kv head, query tile), every
+//!   sequence of a batch ([`flash_attention_batch`]) in one pass over the pool. When a sequence
+//!   alone has too few of them to keep the pool busy (decode, short chunks against a long cache),
+//!   its KV length is also split into chunks (decided per sequence, so that a batch changes no
+//!   bits); each chunk leaves a partial `(m, l, acc)` per row and the partials are merged exactly
+//!   afterwards.
 use crate::pool::{current_threads, parallel_for, thread_index, OutPtr};
 use crate::simd::{Isa, Widen};
 use half::{bf16, f16};
@@ -164,11 +166,10 @@ pub struct SeqAttention<'a> {
 
 /// [`flash_attention`] for `n` sequences of one cache in one pass over the pool: sequence `i` is
 /// `seq(i)` (a function, so that callers build nothing per call); its `q_len` query rows follow
-/// sequence `i - 1`'s in `q` and `out`; all share `heads`,
-/// `kv_heads` and `head_dim`. Every sequence is cut as it would be alone, so its output has the
-/// same bits as its own [`flash_attention`] call; one call per step instead of one per sequence
-/// saves a pool round-trip per sequence and layer and balances short and long sequences over
-/// the threads.
+/// sequence `i - 1`'s in `q` and `out`; all share `heads`, `kv_heads` and `head_dim`. Every
+/// sequence is cut as it would be alone, so its output has the same bits as its own
+/// [`flash_attention`] call; one call per step instead of one per sequence saves a pool round-trip
+/// per sequence and layer and balances short and long sequences over the threads.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_batch<'s, T: KvElem>(q: &[f32], k: &[T], v: &[T], n: usize, seq: impl Fn(usize) -> SeqAttention<'s> + Sync, out: &mut [f32], isa: Isa) {
     if n == 0 {
@@ -457,8 +458,8 @@ impl<'a, T: KvElem> Problem<'a, T> {
             let nk = KV_TILE.min(end - j0).min(self.pages.run(j0));
             let at = self.pages.offset(kh, j0, hd);
             let (kt, vt) = (&self.k[at..][..nk * hd], &self.v[at..][..nk * hd]);
-            // The next tile is in another block of the pool, where the hardware prefetcher
-            // would only start once the first key misses.
+            // In a paged cache the next tile is in another block, somewhere else in the pool,
+            // where the hardware prefetcher would only start once its first key misses.
             let next = j0 + nk;
             if next < end {
                 let (nn, na) = (KV_TILE.min(end - next).min(self.pages.run(next)), self.pages.offset(kh, next, hd));
