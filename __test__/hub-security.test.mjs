@@ -4,7 +4,7 @@
 // The hub runs on 127.0.0.1 like the one in hub.test.mjs, with answers each test can make hostile.
 import test from 'ava'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { join, relative } from 'node:path'
 import { downloadFromHub, findInCache, ModelRunner, resolveModel } from '../dist/index.mjs'
@@ -63,10 +63,8 @@ function startHub() {
 }
 
 /** A fresh temp folder with the HF cache inside it at `cache/`; nothing should ever appear beside it. */
-const roots = []
 function freshRoot(hub) {
   const root = scratchDir('hf-hostile-')
-  roots.push(root)
   process.env.HF_HUB_CACHE = join(root, 'cache')
   process.env.HF_ENDPOINT = hub.url
   process.env.HF_TOKEN = TOKEN
@@ -100,7 +98,6 @@ test.before(async () => {
 })
 test.after.always(() => {
   hub.server.close()
-  for (const root of roots) rmSync(root, { recursive: true, force: true })
 })
 test.beforeEach(() => hub.reset())
 

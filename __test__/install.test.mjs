@@ -101,7 +101,6 @@ maybe('packed tarballs install offline without cargo, and the CLI, ESM and CJS r
   const missing = await t.throwsAsync(exec(process.execPath, ['run.cjs'], { cwd: app, env }))
   t.regex(missing.stderr, new RegExp(`no native addon could be loaded for ${process.platform}-${process.arch}`))
   t.regex(missing.stderr, new RegExp(`--include=optional.*${packageName(platform)}`))
-  rmSync(work, { recursive: true, force: true })
 })
 
 test('on a platform with no prebuilt target, a source build goes by the bare platform name', async (t) => {

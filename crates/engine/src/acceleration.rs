@@ -58,7 +58,11 @@ impl Quantization {
             Self::Fp16 => WeightFormat::Dense(DType::F16),
             Self::Bf16 => WeightFormat::Dense(DType::BF16),
             Self::DynamicInt8 | Self::StaticInt8 => WeightFormat::Q8,
-            Self::Int4 => WeightFormat::Q4 { group: int4_group, lm_head_q8: int4_lm_head == Int4LmHead::Q8_0 },
+            Self::Int4 => WeightFormat::Q4 {
+                group: int4_group,
+                lm_head_q8: int4_lm_head == Int4LmHead::Q8_0,
+                scales: crate::quantize::int4::scales_from_env(),
+            },
         }
     }
 }

@@ -195,7 +195,7 @@ impl Engine {
             .then(|| opts.weight_cache_dir.clone().or_else(prepared_cache::dir_from_env))
             .flatten();
         // A checkpoint whose identity cannot be read (permissions, a vanished shard) loads uncached.
-        let (cache_key, key_error) = match cache_dir.as_ref().map(|_| prepared_cache::key(&opened.files, acc)) {
+        let (cache_key, key_error) = match cache_dir.as_ref().map(|_| prepared_cache::key(&opened.files, acc, format)) {
             Some(Ok(k)) => (Some(k), None),
             Some(Err(e)) => (None, Some(e.to_string())),
             None => (None, None),

@@ -189,20 +189,24 @@ impl Widen for half::bf16 {
     }
 }
 
-/// Ask for `x`'s cache lines ahead of use (a hint: it loads nothing it is not allowed to and
-/// never faults). A no-op where no prefetch instruction is wired.
+/// Ask for the cache lines of the `bytes` bytes from `p` ahead of use: a hint, which loads
+/// nothing it is not allowed to and never faults, so `p` may point anywhere (past a buffer's end
+/// too). A no-op where no prefetch instruction is wired.
 #[inline(always)]
-pub(crate) fn prefetch<T>(x: &[T]) {
+pub(crate) fn prefetch_bytes<T>(p: *const T, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let (p, bytes) = (x.as_ptr() as *const i8, std::mem::size_of_val(x));
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: SSE is part of x86-64; a prefetch only hints, inside `x` here.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(line)) };
-        }
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((p as *const i8).wrapping_add(line)) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
+    let _ = (p, bytes);
+}
+
+/// [`prefetch_bytes`] of a slice.
+#[inline(always)]
+pub(crate) fn prefetch<T>(x: &[T]) {
+    prefetch_bytes(x.as_ptr(), std::mem::size_of_val(x))
 }
 
 /// Small AVX2 helpers shared by the kernels.

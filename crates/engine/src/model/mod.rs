@@ -41,8 +41,9 @@ pub enum WeightFormat {
     Q8,
     /// Q4_0 blocks with one scale per `group` weights (32, 64 or 128; a matrix whose row length
     /// the group does not divide takes the largest size that does), same rule for shapes; the
-    /// output projection (lm_head, or the embedding it is tied to) in Q8_0 when `lm_head_q8`.
-    Q4 { group: usize, lm_head_q8: bool },
+    /// output projection (lm_head, or the embedding it is tied to) in Q8_0 when `lm_head_q8`;
+    /// `scales`: how the quantizer chooses each scale.
+    Q4 { group: usize, lm_head_q8: bool, scales: nano_qwen3_kernels::Q4Scales },
 }
 
 pub(crate) struct RmsNorm {
@@ -124,7 +125,6 @@ impl Qwen3Model {
         let report = progress.filter(|_| matches!(format, WeightFormat::Q8 | WeightFormat::Q4 { .. }));
         let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let mut unquantized = Vec::new();
-        let q4_scales = crate::quantize::int4::scales_from_env(); // once per load, not per matrix
         let mut lin = |name: &str, shape: [usize; 2]| -> Result<Linear> {
             let stored = src.load_stored(name, &shape)?;
             let is_output = name == "lm_head.weight" || (cfg.tie_word_embeddings && name == "model.embed_tokens.weight");
@@ -139,11 +139,11 @@ impl Qwen3Model {
                 (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
                 (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
-                (WeightFormat::Q4 { group, .. }, s) if fits => {
+                (WeightFormat::Q4 { group, scales, .. }, s) if fits => {
                     let w = s.into_f32_vec()?;
                     let imp = importance.and_then(|m| m.get(name)).map(Vec::as_slice);
                     let group = GROUP_SIZES.into_iter().rev().find(|&g| g <= group && shape[1] % g == 0).unwrap_or(QK4);
-                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, q4_scales)))
+                    Linear::Q4(Arc::new(Q4Matrix::quantize_with(&w, shape[0], shape[1], imp, group, scales)))
                 }
                 (WeightFormat::Q8 | WeightFormat::Q4 { .. }, s) => {
                     unquantized.push(format!("{name}: row length {} is not a multiple of 32", shape[1]));
@@ -355,5 +355,28 @@ impl Qwen3Model {
     pub fn kv_bytes_per_token(&self, elem: usize) -> usize {
         let c = &self.config;
         2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nano_qwen3_kernels::Q4Scales;
+
+    /// The int4 quantizer uses the scale rule the format carries (which the prepared-weights
+    /// cache keys on): llama.cpp's absmax rule gives other blocks than the searched one.
+    #[test]
+    fn int4_scales_follow_the_format() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+        let opened = crate::source::open(&fixture).unwrap();
+        let down = |scales| {
+            let m = Qwen3Model::load(&opened.config, opened.tensors.as_ref(), WeightFormat::Q4 { group: 32, lm_head_q8: true, scales }).unwrap();
+            match &m.layers[0].down_proj {
+                Linear::Q4(q) => q.blocks.clone(),
+                _ => panic!("down_proj is not Q4"),
+            }
+        };
+        let (searched, absmax) = (down(Q4Scales::Searched), down(Q4Scales::Absmax));
+        assert_ne!(searched, absmax);
     }
 }

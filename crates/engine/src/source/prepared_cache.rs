@@ -17,6 +17,7 @@
 //! `nano-qwen3-serving/prepared`).
 use crate::acceleration::{AccelerationConfig, Quantization};
 use crate::error::{EngineError, Result};
+use crate::model::WeightFormat;
 use crate::quantize::static_int8::{CalibrationReport, StaticScales};
 use crate::source::ModelFiles;
 use memmap2::Mmap;
@@ -143,12 +144,15 @@ fn source_files(files: &ModelFiles) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// (key, source description, options description) for loading `files` with `acc`.
-pub fn key(files: &ModelFiles, acc: &AccelerationConfig) -> Result<(String, String, String)> {
+/// (key, source description, options description) for loading `files` with `acc` into `format`.
+pub fn key(files: &ModelFiles, acc: &AccelerationConfig, format: WeightFormat) -> Result<(String, String, String)> {
     let source = source_files(files)?.iter().map(|p| file_identity(p)).collect::<Result<Vec<_>>>()?.join("; ");
     let calibration = serde_json::to_string(&acc.calibration.clone().unwrap_or_default()).unwrap_or_default();
-    // The rule the loader will apply (not the variable's raw text: one reader of it).
-    let q4_scales = crate::quantize::int4::scales_from_env();
+    // The scale rule the loader applies: the one its format carries.
+    let q4_scales = match format {
+        WeightFormat::Q4 { scales, .. } => Some(scales),
+        _ => None,
+    };
     let options = format!(
         "{} group {} lm_head {:?} calibration {calibration} q4 scales {q4_scales:?} format {FORMAT_VERSION} engine {}",
         acc.quantization.name(),
@@ -224,6 +228,7 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nano_qwen3_kernels::Q4Scales;
 
     #[test]
     fn checksum_sees_every_byte_and_the_length() {
@@ -238,6 +243,17 @@ mod tests {
         assert_ne!(checksum(&base[..1000]), sum);
         assert_ne!(checksum(&[0u8; 8]), checksum(&[0u8; 16]), "zeros of another length");
         assert_eq!(checksum(&base), sum, "deterministic");
+    }
+
+    #[test]
+    fn the_int4_scale_rule_is_part_of_the_key() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+        let files = crate::source::open(&fixture).unwrap().files;
+        let acc = AccelerationConfig { quantization: Quantization::Int4, ..Default::default() };
+        let q4 = |scales| WeightFormat::Q4 { group: 32, lm_head_q8: true, scales };
+        let (searched, absmax) = (key(&files, &acc, q4(Q4Scales::Searched)).unwrap(), key(&files, &acc, q4(Q4Scales::Absmax)).unwrap());
+        assert_ne!(searched.0, absmax.0);
+        assert_eq!(key(&files, &acc, q4(Q4Scales::Searched)).unwrap(), searched, "deterministic");
     }
 
     #[test]
