@@ -1,0 +1,56 @@
+//! Both matmul kernels for every weight format against an f64 loop over the decoded weights:
+//! row counts on and off the tiles, outputs written into a column range of a wider tensor.
+mod common;
+use common::{assert_close, ctx, matmul_ref, rand, seed, weights};
+use nano_qwen3_gpu::*;
+
+fn check(ctx: &GpuContext, dtype: DType, kind: MatmulKind, m: usize, n: usize, k: usize, salt: u64) {
+    let s = seed() ^ salt;
+    let (bytes, w) = weights(dtype, n, k, s);
+    let x = rand(m * k, s + 1);
+    let wt = ctx.upload(dtype, n, k, &bytes).unwrap();
+    let xt = ctx.upload_f32(m, k, &x).unwrap();
+    // y is written at column 3 of rows of n + 5 (the q/k/v columns of a fused row).
+    let yt = ctx.zeros(DType::F32, m, n + 5).unwrap();
+    let mut step = ctx.step();
+    step.matmul_with(kind, xt.view(), &wt, yt.cols_from(3), m).unwrap();
+    let h = step.read_f32(&yt, 0, m * (n + 5)).unwrap();
+    let out = ctx.run(step).unwrap().f32(h);
+    let want = matmul_ref(&x, &w, m, n, k);
+    let got: Vec<f32> = (0..m).flat_map(|i| out[i * (n + 5) + 3..i * (n + 5) + 3 + n].to_vec()).collect();
+    assert_close(&format!("{dtype:?} {kind:?} m={m} n={n} k={k}"), &got, &want, 2e-5 * k as f32);
+    // Columns outside the range stay untouched.
+    assert!((0..m).all(|i| out[i * (n + 5)..i * (n + 5) + 3].iter().all(|&v| v == 0.0)), "{dtype:?} {kind:?}: wrote outside its columns");
+}
+
+#[test]
+fn matvec_every_format() {
+    let Some(ctx) = ctx() else { return };
+    for (i, d) in WEIGHT_FORMATS.into_iter().enumerate() {
+        for (m, n, k) in [(1, 37, 64), (3, 8, 96), (6, 70, 128)] {
+            check(ctx, d, MatmulKind::MatVec, m, n, k, i as u64 * 100 + m as u64);
+        }
+    }
+}
+
+#[test]
+fn tiled_every_format() {
+    let Some(ctx) = ctx() else { return };
+    for (i, d) in WEIGHT_FORMATS.into_iter().enumerate() {
+        for (m, n, k) in [(33, 45, 64), (9, 32, 160), (40, 70, 32)] {
+            check(ctx, d, MatmulKind::Tiled, m, n, k, i as u64 * 100 + 50 + m as u64);
+        }
+    }
+}
+
+/// The matvec without subgroups (the stand-in reduction) gives the same results.
+#[test]
+fn matvec_without_subgroups() {
+    if ctx().is_none() {
+        return;
+    }
+    let c = GpuContext::with_options(DeviceRequest::Any(None), ContextOptions { disable_subgroups: true, ..Default::default() }).unwrap();
+    assert!(!c.report().uses("subgroups"));
+    check(&c, DType::F16, MatmulKind::MatVec, 5, 33, 128, 7);
+    check(&c, DType::Q4_0, MatmulKind::MatVec, 2, 9, 64, 8);
+}
