@@ -213,6 +213,19 @@ impl<'c> Step<'c> {
         Ok(ReadHandle(self.reads.len() - 1))
     }
 
+    /// The whole of an unsplit tensor as raw 32-bit words (any element type; a KV pool in tests).
+    pub fn read_words(&mut self, t: &GpuTensor) -> Result<ReadHandle> {
+        if t.parts.len() != 1 {
+            return Err(GpuError::Shape("read_words: the tensor is split".into()));
+        }
+        let len = t.bytes().div_ceil(4);
+        let dst_off = self.staging_bytes;
+        self.ops.push(Op::Copy { src: t.single().buffer.clone(), src_off: 0, dst_off, size: 4 * len as u64 });
+        self.staging_bytes += (4 * len as u64).div_ceil(256) * 256;
+        self.reads.push((dst_off, len));
+        Ok(ReadHandle(self.reads.len() - 1))
+    }
+
     /// Same as [`Step::read_f32`]; the output's `u32` accessor gives the words.
     pub fn read_u32(&mut self, t: &GpuTensor, first: usize, len: usize) -> Result<ReadHandle> {
         self.read_f32(t, first, len)
