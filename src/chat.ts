@@ -111,6 +111,39 @@ function partialTagAt(text: string, tag: string): number {
   return -1
 }
 
+/**
+ * A forced tool call cut off by `max_tokens` (`text`: what follows `<tool_call>`): the function it
+ * names (complete, or the first of `names` its beginning can still become) and its arguments as far
+ * as they got, without the call's closing brace and tag when those were reached.
+ */
+export function cutToolCall(text: string, names: string[]): { name: string; arguments: string } {
+  const head = CALL_HEAD.exec(text)
+  if (!head) {
+    const partial = /"name"\s*:\s*"((?:[^"\\]|\\.)*)$/.exec(text)?.[1] ?? ''
+    return { name: names.find((n) => n.startsWith(partial)) ?? names[0] ?? '', arguments: '' }
+  }
+  let name: string
+  try {
+    name = JSON.parse(head[1])
+  } catch {
+    name = names[0] ?? ''
+  }
+  let args = text.slice(head[0].length)
+  const tag = partialTagAt(args, '\n</tool_call>')
+  if (tag >= 0) args = args.slice(0, tag)
+  args = args.replace(/\n<\/tool_call>[\s\S]*$/, '')
+  const parses = (s: string) => {
+    try {
+      JSON.parse(s)
+      return true
+    } catch {
+      return false
+    }
+  }
+  if (!parses(args) && /\}\s*$/.test(args) && parses(args.replace(/\}\s*$/, ''))) args = args.replace(/\}\s*$/, '')
+  return { name, arguments: args }
+}
+
 /** Incremental version of parseAssistantOutput: feed text deltas, get content/reasoning deltas. */
 export class ChatStreamSplitter {
   private buffer = ''
@@ -123,8 +156,10 @@ export class ChatStreamSplitter {
   private argsSent = -1
 
   /** `toolCalls: false` (no tools offered): tool-call markup stays content. `toolArguments:
-   * 'incremental'`: tool calls come as `toolCallParts` while they are written (the OpenAI stream). */
-  constructor(private opts: { toolCalls?: boolean; toolArguments?: 'whole' | 'incremental' } = {}) {}
+   * 'incremental'`: tool calls come as `toolCallParts` while they are written (the OpenAI stream).
+   * `forcedNames`: the output is a forced tool call of one of these functions (tool_choice), so a
+   * call cut off before its name was complete still comes out as a call. */
+  constructor(private opts: { toolCalls?: boolean; toolArguments?: 'whole' | 'incremental'; forcedNames?: string[] } = {}) {}
 
   /** Incremental mode, inside a <tool_call> block: release the call's name, then its arguments
    * up to what may still be the object's closing brace (or the start of the closing tag). */
@@ -233,6 +268,10 @@ export class ChatStreamSplitter {
     this.buffer = ''
     // A streamed call cut off mid-way (max tokens) stays incomplete: its parts are already out.
     if (this.mode === 'tool' && this.argsSent >= 0) return { content: '', reasoningContent: '', toolCalls: [] }
+    if (this.mode === 'tool' && this.opts.forcedNames && this.opts.toolArguments === 'incremental') {
+      const cut = cutToolCall(rest.slice('<tool_call>'.length), this.opts.forcedNames)
+      return { content: '', reasoningContent: '', toolCalls: [], toolCallParts: [{ index: this.callsBegun++, ...cut }] }
+    }
     if (this.mode === 'reasoning') return { content: '', reasoningContent: rest, toolCalls: [] }
     return { content: rest, reasoningContent: '', toolCalls: [] }
   }

@@ -23,7 +23,7 @@ Common options:
                             model, random weights: its text is gibberish, useful to try the tool)
   --quantization <mode>     ${optionValues().quantization.join(' | ')}
   --calibration <file>      static_int8: calibration texts, separated by blank lines (default: built-in set)
-  --device <device>         auto | cpu (cuda, metal: not in this build)
+  --device <device>         auto | cpu | gpu | gpu:N | vulkan | metal | dx12 (auto: a hardware GPU if the model fits, else cpu)
   --threads <n>             CPU threads (default: physical cores)
 
 Generation options (generate, chat):
@@ -38,6 +38,8 @@ Serve options:
   --served-model-name <id>  the model id clients send and /v1/models lists (default: --model)
   --max-queue <n>           sequences that may wait for the batch before 429 (default 256)
   --grace <seconds>         on SIGINT/SIGTERM, time in-flight requests get to finish (default 10)
+  --no-strict-schemas       structured outputs may add object keys a schema does not name (JSON Schema's
+                            default; by default they generate only the named ones, so answers always close)
 Serving engine (serve, and any command):
   --max-seq-length <n>  --kv-cache-memory <bytes>  --max-batch-tokens <n>  --max-concurrent-sequences <n>
   --no-prefix-caching
@@ -72,6 +74,7 @@ const options = {
   'served-model-name': { type: 'string' },
   'max-queue': { type: 'string' },
   grace: { type: 'string' },
+  'no-strict-schemas': { type: 'boolean' },
   'max-seq-length': { type: 'string' },
   'kv-cache-memory': { type: 'string' },
   'max-batch-tokens': { type: 'string' },
@@ -207,6 +210,7 @@ async function serve(runner: ModelRunner, o: Record<string, string | boolean | s
     apiKey: str('api-key'),
     maxQueue: num('max-queue', str('max-queue')),
     servedModelName: str('served-model-name') ?? str('model') ?? 'qwen3-tiny',
+    strictSchemas: !o['no-strict-schemas'],
   })
   const info = runner.getModelInfo()
   const s = info.serving

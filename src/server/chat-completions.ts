@@ -1,5 +1,5 @@
 /** POST /v1/chat/completions: the chat template, reasoning split from <think>, tool calls, structured outputs. */
-import { ChatStreamSplitter, type ChatMessage, parseAssistantOutput, type ToolCall } from '../chat.js'
+import { ChatStreamSplitter, type ChatMessage, cutToolCall, parseAssistantOutput, type ToolCall } from '../chat.js'
 import type { ModelRunner } from '../model-runner.js'
 import type { FastifyReply } from 'fastify'
 import type { GenerateResult, GenerationParams } from '../params.js'
@@ -8,7 +8,7 @@ import { badRequest, errorBody, toHttpError } from './http-error.js'
 import type { Metrics } from './metrics.js'
 import { type ChatRequest, generationParams } from './requests.js'
 import { SseWriter } from './sse.js'
-import { type FunctionTool, toolCallGrammar } from './tool-grammar.js'
+import { chatConstraint, type Constraint, fromField } from './constraints.js'
 
 export interface RequestContext {
   runner: ModelRunner
@@ -20,6 +20,8 @@ export interface RequestContext {
   /** Set by `abort()`: the request failed (rather than its client leaving). */
   failed: boolean
   started: number
+  /** Structured outputs generate only the object keys a schema names (ServerOptions.strictSchemas). */
+  strictSchemas: boolean
 }
 
 /** OpenAI messages to the template's: text parts joined, tool-call arguments as objects. */
@@ -48,25 +50,6 @@ export function templateMessages(messages: ChatRequest['messages']): ChatMessage
   })
 }
 
-/** The grammar a request's tool_choice or response_format asks for, if any. */
-function grammarOf(r: ChatRequest): GenerationParams['grammar'] {
-  const tools = (r.tools ?? []) as FunctionTool[]
-  const choice = r.tool_choice
-  if (choice === 'required') {
-    if (!tools.length) throw badRequest('invalid tool_choice = "required": needs at least one entry in tools', 'tool_choice')
-    return { type: 'lark', grammar: toolCallGrammar(tools) }
-  }
-  if (choice && typeof choice === 'object') {
-    const t = tools.find((x) => x.function.name === choice.function.name)
-    if (!t) throw badRequest(`invalid tool_choice.function.name = ${JSON.stringify(choice.function.name)}: one of the tools' names (${tools.map((x) => x.function.name).join(', ') || 'none given'})`, 'tool_choice')
-    return { type: 'lark', grammar: toolCallGrammar([t]) }
-  }
-  const f = r.response_format
-  if (f?.type === 'json_object') return { type: 'json_object' }
-  if (f?.type === 'json_schema') return f.json_schema.schema ? { type: 'json_schema', schema: f.json_schema.schema } : { type: 'json_object' }
-  return undefined
-}
-
 /** OpenAI's call ids look like `call_...`. */
 const callId = () => newId('call').replace('-', '_')
 
@@ -74,7 +57,17 @@ const toolCallJson = (calls: ToolCall[]) =>
   calls.map((c) => ({ id: callId(), type: 'function' as const, function: { name: c.function.name, arguments: JSON.stringify(c.function.arguments) } }))
 
 export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void) {
-  const grammar = grammarOf(r)
+  const constraint = chatConstraint(r, ctx.strictSchemas)
+  try {
+    await respond(r, ctx, reply, send, constraint)
+  } catch (e) {
+    throw fromField(e, constraint)
+  }
+}
+
+async function respond(r: ChatRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void, constraint: Constraint | undefined) {
+  const grammar = constraint?.grammar
+  const forcedNames = constraint?.forcedNames
   const toolsOn = r.tool_choice !== 'none' && r.tools?.length ? r.tools : undefined
   // A constrained answer starts with its structure: no reasoning before it.
   const enableThinking = grammar ? false : r.chat_template_kwargs?.enable_thinking
@@ -85,12 +78,19 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
   const id = newId('chatcmpl')
   const created = Math.floor(Date.now() / 1000)
   const base = { id, created, model: ctx.modelName, system_fingerprint: null }
-  const finish = (res: GenerateResult, calls: number) => (calls > 0 ? 'tool_calls' : res.finishReason)
+  // Cut by max_tokens is 'length' even inside a tool call (as OpenAI answers).
+  const finish = (res: GenerateResult, calls: number) => (res.finishReason === 'length' ? 'length' : calls > 0 ? 'tool_calls' : res.finishReason)
 
   if (!r.stream) {
     const results = await Promise.all(choiceParams(params, n).map((p) => runChoice(ctx.runner, prompt, p, ctx, () => {})))
     const choices = results.map((res, index) => {
       const parsed = parseAssistantOutput(res.text, { toolCalls: !!toolsOn })
+      if (forcedNames && !parsed.toolCalls.length) {
+        // A forced call cut by max_tokens: still a call, with its arguments as far as they got.
+        const cut = cutToolCall(res.text.replace(/^\s*<tool_call>/, ''), forcedNames)
+        const message = { role: 'assistant', content: null, tool_calls: [{ id: callId(), type: 'function', function: cut }] }
+        return { index, message, logprobs: chatLogprobs(res.logprobs), finish_reason: finish(res, 1) }
+      }
       const message: Record<string, unknown> = { role: 'assistant', content: parsed.toolCalls.length && !parsed.content ? null : parsed.content }
       if (parsed.reasoningContent) message.reasoning_content = parsed.reasoningContent
       if (parsed.toolCalls.length) message.tool_calls = toolCallJson(parsed.toolCalls)
@@ -106,7 +106,7 @@ export async function chatCompletions(r: ChatRequest, ctx: RequestContext, reply
   try {
     const results = await Promise.all(
       choiceParams(params, n).map(async (p, index) => {
-        const splitter = new ChatStreamSplitter({ toolCalls: !!toolsOn, toolArguments: 'incremental' })
+        const splitter = new ChatStreamSplitter({ toolCalls: !!toolsOn, toolArguments: 'incremental', forcedNames })
         let calls = 0
         let first = true
         const emit = (d: ReturnType<ChatStreamSplitter['push']>, lp: GenerateResult['logprobs']) => {

@@ -2,6 +2,7 @@
 import type { FastifyReply } from 'fastify'
 import type { GenerateResult, TokenLogprob } from '../params.js'
 import type { RequestContext } from './chat-completions.js'
+import { completionConstraint, type Constraint, fromField } from './constraints.js'
 import { choiceParams, newId, runChoice, StreamUsage, totalUsage } from './generation.js'
 import { badRequest, errorBody, toHttpError } from './http-error.js'
 import { type CompletionRequest, generationParams } from './requests.js'
@@ -83,10 +84,19 @@ function prompts(r: CompletionRequest): (string | number[])[] {
 }
 
 export async function completions(r: CompletionRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void) {
+  const constraint = completionConstraint(r, ctx.strictSchemas)
+  try {
+    await respond(r, ctx, reply, send, constraint)
+  } catch (e) {
+    throw fromField(e, constraint)
+  }
+}
+
+async function respond(r: CompletionRequest, ctx: RequestContext, reply: FastifyReply, send: (body: unknown) => void, constraint: Constraint | undefined) {
   if (r.best_of != null && r.best_of !== (r.n ?? 1)) throw badRequest(`invalid best_of = ${r.best_of}: only best_of = n is supported`, 'best_of')
   const list = prompts(r)
   const n = r.n ?? 1
-  const params = generationParams(r, r.max_tokens ?? DEFAULT_MAX_TOKENS, r.logprobs ?? undefined)
+  const params = { ...generationParams(r, r.max_tokens ?? DEFAULT_MAX_TOKENS, r.logprobs ?? undefined), grammar: constraint?.grammar }
   const id = newId('cmpl')
   const created = Math.floor(Date.now() / 1000)
   const base = { id, object: 'text_completion', created, model: ctx.modelName, system_fingerprint: null }

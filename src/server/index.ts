@@ -27,6 +27,10 @@ export interface ServerOptions extends Partial<ModelRunnerOptions> {
   maxQueue?: number
   /** Largest request body in bytes (413 above it). Default 4 MiB. */
   bodyLimit?: number
+  /** Structured outputs (response_format json_schema, forced tool calls) generate only the object
+   * keys a schema names unless it sets `additionalProperties` itself, so a constrained answer can
+   * always close. false: JSON Schema's default (other keys allowed). Default true. */
+  strictSchemas?: boolean
   /** fastify's request log (pino) to stdout. Default false. */
   logger?: boolean
 }
@@ -51,6 +55,7 @@ const serverOptionsSchema = z
     maxQueue: z.number().int().min(0).optional(),
     bodyLimit: z.number().int().min(1024).optional(),
     servedModelName: z.string().min(1).optional(),
+    strictSchemas: z.boolean().optional(),
   })
   .passthrough()
 
@@ -70,7 +75,7 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
     const i = o.error.issues[0]
     throw new Error(`invalid server option ${i.path.join('.')}: ${i.message}`)
   }
-  const { runner: given, servedModelName, host = '127.0.0.1', port = 8000, apiKey, maxQueue = 256, bodyLimit = 4 << 20, logger = false, ...load } = options
+  const { runner: given, servedModelName, host = '127.0.0.1', port = 8000, apiKey, maxQueue = 256, bodyLimit = 4 << 20, logger = false, strictSchemas = true, ...load } = options
   const runner = given ?? (await ModelRunner.load(load as ModelRunnerOptions))
   const modelName = servedModelName ?? load.modelName ?? given?.getModelInfo().modelName ?? 'qwen3'
   const info = runner.getModelInfo() as ReturnType<ModelRunner['getModelInfo']> & { maxSeqLength: number }
@@ -114,7 +119,7 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
       throw new HttpError(429, `the server is at capacity (${capacity} sequences running or waiting): retry later`, 'server_error', null, 'queue_full')
     }
     const ac = new AbortController()
-    const ctx: RequestContext = { runner, modelName, metrics, signal: ac.signal, started: performance.now(), failed: false, abort: () => ((ctx.failed = true), ac.abort()) }
+    const ctx: RequestContext = { runner, modelName, metrics, signal: ac.signal, started: performance.now(), failed: false, strictSchemas, abort: () => ((ctx.failed = true), ac.abort()) }
     const gone = () => {
       if (!reply.raw.writableFinished) ac.abort()
     }

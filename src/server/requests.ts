@@ -6,6 +6,7 @@
 import { z } from 'zod'
 import type { GenerationParams } from '../params.js'
 import { badRequest } from './http-error.js'
+import { checkJsonDepth } from './json-bounds.js'
 
 const stop = z.union([z.string().min(1), z.array(z.string().min(1)).max(16)]).nullish()
 const int = (min: number, max: number) => z.number().int().min(min).max(max)
@@ -30,6 +31,16 @@ const sampling = {
   min_p: z.number().min(0).max(1).nullish(),
   repetition_penalty: z.number().gt(0).nullish(),
   ignore_eos: z.boolean().nullish(),
+  // vLLM's structured outputs (one of them; llguidance's Lark dialect for `grammar`).
+  structured_outputs: z
+    .object({
+      json: z.union([z.record(z.unknown()), z.string()]).nullish(),
+      regex: z.string().nullish(),
+      choice: z.array(z.string()).min(1).max(1024).nullish(),
+      grammar: z.string().nullish(),
+    })
+    .strict()
+    .nullish(),
 }
 
 const message = z
@@ -100,6 +111,7 @@ export type CompletionRequest = z.infer<typeof completionRequestSchema>
 /** Parse, or a 400 naming the first bad field (with its path) and what it must be. */
 export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw badRequest('the request body must be a JSON object')
+  checkJsonDepth(body)
   const r = schema.safeParse(body)
   if (r.success) return r.data
   const issue = r.error.issues[0]

@@ -76,26 +76,48 @@ impl GrammarCompiler {
         let mut factory = ParserFactory::new(&env, caps, &llguidance::earley::SlicedBiasComputer::general_slices())
             .map_err(|e| EngineError::Internal(format!("cannot set up structured outputs: {e}")))?;
         factory.quiet();
+        *factory.limits_mut() = GRAMMAR_LIMITS;
         Ok(Self { factory })
     }
 
-    /// A fresh matcher for one request; an invalid grammar or schema is the caller's error.
+    /// A fresh matcher for one request; an invalid grammar or schema is the caller's error. The
+    /// first token's mask is computed here, so a grammar that admits no output at all (a schema
+    /// that only refers to itself) is refused before the request is queued.
     pub fn matcher(&self, spec: &GrammarSpec) -> Result<Matcher> {
-        let parser = self
-            .factory
-            .create_parser(spec.top_level())
-            .map_err(|e| EngineError::invalid_arg("grammar", first_line(&e.to_string()), "a JSON schema, Lark grammar or regex that llguidance accepts"))?;
-        Ok(Matcher::new(Ok(parser)))
+        let parser = self.factory.create_parser(spec.top_level()).map_err(|e| grammar_error(&e.to_string()))?;
+        let mut m = Matcher::new(Ok(parser));
+        let first = m.compute_mask_or_eos().map_err(|e| grammar_error(&e.to_string()))?;
+        if first.is_zero() {
+            return Err(grammar_error("it admits no output (e.g. a schema that only refers to itself)"));
+        }
+        Ok(m)
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(300).collect()
+/// llguidance's bounds on one grammar (its defaults, written out so the README can state them):
+/// compiling a grammar and computing each token's mask stay within a few tens of milliseconds.
+pub const GRAMMAR_LIMITS: llguidance::api::ParserLimits = llguidance::api::ParserLimits {
+    max_items_in_row: 2_000,
+    initial_lexer_fuel: 1_000_000,
+    step_lexer_fuel: 200_000,
+    step_max_items: 50_000,
+    max_lexer_states: 250_000,
+    max_grammar_size: 500_000,
+    precompute_large_lexemes: true,
+    // The parser's state and token dump is for llguidance's developers, not for the client.
+    verbose_errors: false,
+};
+
+/// The client's grammar is at fault: one line of llguidance's reason, none of its internals.
+pub(crate) fn grammar_error(reason: &str) -> EngineError {
+    let reason: String = reason.lines().next().unwrap_or("").chars().take(300).collect();
+    EngineError::invalid_arg("grammar", reason, "a JSON schema, Lark grammar or regex that llguidance accepts, within its limits")
 }
 
-/// Sets every logit the grammar forbids to -inf; `Err` when the matcher has failed.
+/// Sets every logit the grammar forbids to -inf; `Err` when the matcher has failed (a grammar
+/// past its limits at this token: still the grammar's fault, not the server's).
 pub fn mask_logits(m: &mut Matcher, logits: &mut [f32]) -> Result<()> {
-    let mask = m.compute_mask_or_eos().map_err(|e| EngineError::Internal(format!("structured output: {e}")))?;
+    let mask = m.compute_mask_or_eos().map_err(|e| grammar_error(&e.to_string()))?;
     let known = mask.len();
     for (id, l) in logits.iter_mut().enumerate() {
         if id >= known || !mask.is_allowed(id as u32) {
