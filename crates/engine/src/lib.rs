@@ -17,6 +17,7 @@
 //! samples, streams and reports; `engine.rs` ties them together at load.
 pub mod acceleration;
 pub mod cache_dir;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod model;

@@ -1,15 +1,16 @@
 //! THE forward pass: one call runs a batch of sequences (flattened tokens, per-sequence positions
-//! and block tables into the paged KV pool) through our kernels on plain f32 buffers. Serving,
+//! and block tables into the paged KV pool) through the model, written once over the ops of a
+//! [`Backend`] (the CPU's kernels on plain f32 buffers, or the GPU's recorded into one command
+//! encoder). Serving,
 //! `computeLogits`, calibration (through an [`Observer`]) and the tests all run it. Each
 //! optimization can be switched off on its own (`ExecOptions`) so benchmarks can show its effect.
 use crate::error::Result;
-use crate::model::linear::{Linear, Proj};
-use crate::model::kv_pool::{KvBuf, KvPool, Slots};
+use crate::model::backend::cpu::CpuBackend;
+pub use crate::model::backend::cpu::Workspace;
+use crate::model::backend::{batch_tokens, Act, Backend, Mat, Norm};
+use crate::model::kv_pool::KvPool;
 use crate::model::Qwen3Model;
 use crate::quantize::calibration::Site;
-use nano_qwen3_kernels::attention::{flash_attention_batch, plain_attention, AttentionShape, KvElem, SeqAttention};
-use nano_qwen3_kernels::fused;
-use nano_qwen3_kernels::{active_isa, Isa};
 
 /// One sequence's share of a forward call: `tokens` at positions `start..start + tokens.len()`,
 /// whose K/V go (and whose earlier K/V are read) through `table`.
@@ -55,100 +56,6 @@ impl Default for ExecOptions {
     }
 }
 
-/// Activation buffers of one forward call, sized for its token count.
-#[derive(Default)]
-pub struct Workspace {
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    qkv: Vec<f32>,
-    q: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    gu: Vec<f32>,
-    act: Vec<f32>,
-    down: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    ids: Vec<u32>,
-    /// The rows that go through the final norm and lm_head.
-    rows: Vec<usize>,
-    sel: Vec<f32>,
-}
-
-fn fit(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-}
-
-impl Workspace {
-    fn ensure(&mut self, m: &Qwen3Model, t: usize) {
-        let c = &m.config;
-        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (nq, nkv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        for (buf, n) in [
-            (&mut self.x, t * h),
-            (&mut self.xn, t * h),
-            (&mut self.qkv, t * (nq + 2 * nkv)),
-            (&mut self.q, t * nq),
-            (&mut self.attn, t * nq),
-            (&mut self.o, t * h),
-            (&mut self.gu, t * 2 * inter),
-            (&mut self.act, t * inter),
-            (&mut self.down, t * h),
-            (&mut self.cos, t * hd / 2),
-            (&mut self.sin, t * hd / 2),
-        ] {
-            fit(buf, n);
-        }
-    }
-}
-
-/// Attention of the batch's `n` sequences (`seq(i)`): one flash call, or the plain path one
-/// sequence at a time.
-#[allow(clippy::too_many_arguments)]
-fn attend<'s, T: KvElem>(q: &[f32], k: &[T], v: &[T], n: usize, seq: impl Fn(usize) -> SeqAttention<'s> + Sync, out: &mut [f32], flash: bool, isa: Isa) {
-    if flash {
-        return flash_attention_batch(q, k, v, n, seq, out, isa);
-    }
-    let mut row = 0;
-    for s in (0..n).map(seq) {
-        let len = s.shape.q_len * s.shape.heads * s.shape.head_dim;
-        plain_attention(&q[row..][..len], k, v, &s.pages, &mut out[row..][..len], &s.shape);
-        row += len;
-    }
-}
-
-/// `x += delta; xn = norm(x)`, fused or as two passes.
-fn add_norm(x: &mut [f32], delta: &[f32], w: &[f32], eps: f32, xn: &mut [f32], fused_ops: bool) {
-    if fused_ops {
-        fused::add_rms_norm(x, delta, w, eps, xn);
-    } else {
-        fused::add_in_place(x, delta);
-        fused::rms_norm(x, w, eps, xn);
-    }
-}
-
-/// Per-head RMSNorm + RoPE of `heads` heads at the start of each row, fused or as two passes.
-#[allow(clippy::too_many_arguments)]
-fn norm_rope(x: &mut [f32], stride: usize, heads: usize, w: &[f32], eps: f32, cos: &[f32], sin: &[f32], fused_ops: bool) {
-    if fused_ops {
-        fused::head_norm_rope(x, stride, heads, w, eps, cos, sin);
-    } else {
-        fused::head_rms_norm(x, stride, heads, w, eps);
-        fused::rope(x, stride, heads, w.len(), cos, sin);
-    }
-}
-
-/// Add `bias` to every row of `x` (rows `stride` apart, the last one possibly cut to `bias.len()`).
-fn add_row_bias(x: &mut [f32], stride: usize, bias: &[f32]) {
-    for row in x.chunks_mut(stride) {
-        for (v, b) in row[..bias.len()].iter_mut().zip(bias) {
-            *v += b;
-        }
-    }
-}
-
 impl Qwen3Model {
     /// Run `batch` through the model, writing each sequence's new K/V into `kv`, and append the
     /// logits rows its `LogitsFor` asks for, in batch order, to `logits` (`[rows, vocab]`).
@@ -162,167 +69,47 @@ impl Qwen3Model {
         opts: &ExecOptions,
         ws: &mut Workspace,
         logits: &mut Vec<f32>,
-        mut observer: Option<&mut dyn Observer>,
+        observer: Option<&mut dyn Observer>,
     ) -> Result<()> {
-        let cfg = &self.config;
-        let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (nq, nkvd) = (nh * hd, nkv * hd);
-        let eps = cfg.rms_norm_eps as f32;
-        let isa = active_isa();
-        let t: usize = batch.iter().map(|s| s.tokens.len()).sum();
-        if t == 0 {
+        if batch_tokens(batch) == 0 {
             return Ok(());
         }
-        ws.ensure(self, t);
-        ws.ids.clear();
-        for s in batch {
-            ws.ids.extend_from_slice(s.tokens);
-        }
-        self.embed_tokens.rows_into(&ws.ids, &mut ws.x[..t * h])?;
-        // RoPE angles per token, as transformers computes them: position * inv_freq in f32.
-        let half = hd / 2;
-        let mut row = 0;
-        for s in batch {
-            for p in s.start..s.start + s.tokens.len() {
-                for (i, inv) in self.inv_freq.iter().enumerate() {
-                    let a = p as f32 * inv;
-                    ws.cos[row * half + i] = a.cos();
-                    ws.sin[row * half + i] = a.sin();
-                }
-                row += 1;
-            }
-        }
-        let (cos, sin) = (&ws.cos[..t * half], &ws.sin[..t * half]);
-        let final_norm = &self.norm.values;
+        // The observer's trait object narrowed to the step's lifetime.
+        let observer = observer.map(|o| &mut *o as &mut dyn Observer);
+        self.run(&mut CpuBackend::new(self, kv, batch, opts, ws, observer), logits)
+    }
+
+    /// THE recipe of the model over a backend's ops: the backend holds the step (its batch,
+    /// buffers and KV pool) and runs or records each op on its device.
+    pub(crate) fn run<B: Backend>(&self, b: &mut B, logits: &mut Vec<f32>) -> Result<()> {
+        b.embed(Act::X)?;
+        b.rope_angles(&self.inv_freq);
         for (li, layer) in self.layers.iter().enumerate() {
-            let (in_w, post_w) = (&layer.input_norm.values, &layer.post_attention_norm.values);
             if li == 0 {
-                fused::rms_norm(&ws.x[..t * h], in_w, eps, &mut ws.xn[..t * h]);
+                b.rms_norm(Act::X, Norm::Input(li), Act::Xn);
             } else {
-                add_norm(&mut ws.x[..t * h], &ws.down[..t * h], in_w, eps, &mut ws.xn[..t * h], opts.fused);
+                b.add_rms_norm(Act::X, Act::Down, Norm::Input(li), Act::Xn);
             }
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(Some(li), Site::AttnIn, &ws.xn[..t * h], t);
+            b.observe(li, Site::AttnIn, Act::Xn);
+            let at = b.qkv(li, Act::Xn, Act::Qkv);
+            if layer.qkv_bias.is_some() {
+                b.qkv_bias(li, Act::Qkv, at);
             }
-            // q, k, v: one stacked matmul (row stride nq + 2 nkvd) or three (contiguous blocks).
-            let (q_at, k_at, v_at, stride_q, stride_kv) = match &layer.qkv {
-                Proj::Fused { w, .. } => {
-                    w.forward_slice(&ws.xn[..t * h], t, &mut ws.qkv[..t * (nq + 2 * nkvd)]);
-                    (0, nq, nq + nkvd, nq + 2 * nkvd, nq + 2 * nkvd)
-                }
-                Proj::Separate(ps) => {
-                    let (q, rest) = ws.qkv.split_at_mut(t * nq);
-                    let (k, v) = rest.split_at_mut(t * nkvd);
-                    ps[0].forward_slice(&ws.xn[..t * h], t, q);
-                    ps[1].forward_slice(&ws.xn[..t * h], t, k);
-                    ps[2].forward_slice(&ws.xn[..t * h], t, &mut v[..t * nkvd]);
-                    (0, t * nq, t * (nq + nkvd), nq, nkvd)
-                }
-            };
-            // Exactly t rows of each (the slices end after the last row's heads).
-            let qkv = &mut ws.qkv[..];
-            let (q_rows, k_rows) = (q_at..q_at + (t - 1) * stride_q + nq, k_at..k_at + (t - 1) * stride_kv + nkvd);
-            if let Some(bias) = &layer.qkv_bias {
-                let v_rows = v_at..v_at + (t - 1) * stride_kv + nkvd;
-                let (bq, rest) = bias.values.split_at(nq);
-                let (bk, bv) = rest.split_at(nkvd);
-                add_row_bias(&mut qkv[q_rows.clone()], stride_q, bq);
-                add_row_bias(&mut qkv[k_rows.clone()], stride_kv, bk);
-                add_row_bias(&mut qkv[v_rows], stride_kv, bv);
-            }
-            match (&layer.q_norm, &layer.k_norm) {
-                (Some(qn), Some(kn)) => {
-                    norm_rope(&mut qkv[q_rows], stride_q, nh, &qn.values, eps, cos, sin, opts.fused);
-                    norm_rope(&mut qkv[k_rows], stride_kv, nkv, &kn.values, eps, cos, sin, opts.fused);
-                }
-                _ => {
-                    fused::rope(&mut qkv[q_rows], stride_q, nh, hd, cos, sin);
-                    fused::rope(&mut qkv[k_rows], stride_kv, nkv, hd, cos, sin);
-                }
-            }
+            b.qk_rope(li, Act::Qkv, at, layer.q_norm.is_some() && layer.k_norm.is_some());
             // Every sequence's new K/V into the pool, then one attention call over the batch.
-            let mut offset = 0;
-            for s in batch {
-                let n = s.tokens.len();
-                let (kr, vr) = (&ws.qkv[k_at + offset * stride_kv..], &ws.qkv[v_at + offset * stride_kv..]);
-                kv.write(li, Slots { table: s.table, start: s.start }, kr, vr, n, stride_kv);
-                offset += n;
-            }
-            // The kernel wants q as [t, heads, hd] contiguous.
-            for i in 0..t {
-                ws.q[i * nq..(i + 1) * nq].copy_from_slice(&ws.qkv[q_at + i * stride_q..][..nq]);
-            }
-            let kv = &*kv;
-            let seq = |i: usize| {
-                let s = &batch[i];
-                SeqAttention { pages: kv.pages(s.table), shape: AttentionShape { heads: nh, kv_heads: nkv, head_dim: hd, q_len: s.tokens.len(), start: s.start } }
-            };
-            let (q, out, n) = (&ws.q[..t * nq], &mut ws.attn[..t * nq], batch.len());
-            match kv.layer(li) {
-                (KvBuf::F32(k), KvBuf::F32(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
-                (KvBuf::F16(k), KvBuf::F16(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
-                (KvBuf::Bf16(k), KvBuf::Bf16(v)) => attend(q, k, v, n, seq, out, opts.flash_attention, isa),
-                _ => unreachable!("K and V share a dtype"),
-            }
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(Some(li), Site::OIn, &ws.attn[..t * nq], t);
-            }
-            layer.o_proj.forward_slice(&ws.attn[..t * nq], t, &mut ws.o[..t * h]);
-            add_norm(&mut ws.x[..t * h], &ws.o[..t * h], post_w, eps, &mut ws.xn[..t * h], opts.fused);
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(Some(li), Site::MlpIn, &ws.xn[..t * h], t);
-            }
-            match &layer.gate_up {
-                Proj::Fused { w, .. } => {
-                    w.forward_swiglu_slice(&ws.xn[..t * h], t, &mut ws.gu[..t * 2 * inter], &mut ws.act[..t * inter]);
-                }
-                Proj::Separate(ps) => {
-                    let (g, u) = ws.gu.split_at_mut(t * inter);
-                    ps[0].forward_slice(&ws.xn[..t * h], t, g);
-                    ps[1].forward_slice(&ws.xn[..t * h], t, &mut u[..t * inter]);
-                    fused::silu_mul_separate(g, &u[..t * inter], &mut ws.act[..t * inter], opts.fused);
-                }
-            }
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(Some(li), Site::DownIn, &ws.act[..t * inter], t);
-            }
-            layer.down_proj.forward_slice(&ws.act[..t * inter], t, &mut ws.down[..t * h]);
+            b.kv_write(li, Act::Qkv, at);
+            b.attention(li, Act::Qkv, at, Act::Attn);
+            b.observe(li, Site::OIn, Act::Attn);
+            b.matmul(Mat::O(li), Act::Attn, Act::O);
+            b.add_rms_norm(Act::X, Act::O, Norm::PostAttention(li), Act::Xn);
+            b.observe(li, Site::MlpIn, Act::Xn);
+            b.gate_up_swiglu(li, Act::Xn, Act::Mlp);
+            b.observe(li, Site::DownIn, Act::Mlp);
+            b.matmul(Mat::Down(li), Act::Mlp, Act::Down);
         }
-        fused::add_in_place(&mut ws.x[..t * h], &ws.down[..t * h]);
-        if let Some(o) = observer {
-            // Every token's lm_head input, without computing every token's logits.
-            fit(&mut ws.sel, t * h);
-            for (src, dst) in ws.x[..t * h].chunks_exact(h).zip(ws.sel.chunks_exact_mut(h)) {
-                fused::rms_norm(src, final_norm, eps, dst);
-            }
-            o.observe(None, Site::AttnIn, &ws.sel[..t * h], t);
-        }
-        // Only the rows we return go through the final norm and the (large) lm_head.
-        ws.rows.clear();
-        let mut offset = 0;
-        for s in batch {
-            let n = s.tokens.len();
-            match s.logits {
-                LogitsFor::Nothing => {}
-                LogitsFor::LastToken => ws.rows.push(offset + n - 1),
-                LogitsFor::AllTokens => ws.rows.extend(offset..offset + n),
-            }
-            offset += n;
-        }
-        let r = ws.rows.len();
-        if r == 0 {
-            return Ok(());
-        }
-        fit(&mut ws.sel, r * h);
-        for (dst, &row) in ws.sel[..r * h].chunks_exact_mut(h).zip(&ws.rows) {
-            fused::rms_norm(&ws.x[row * h..(row + 1) * h], final_norm, eps, dst);
-        }
-        let head: &Linear = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let at = logits.len();
-        logits.resize(at + r * cfg.vocab_size, 0.0);
-        head.forward_slice(&ws.sel[..r * h], r, &mut logits[at..]);
-        Ok(())
+        b.add(Act::X, Act::Down);
+        b.observe_lm_head_input(Act::X);
+        b.logits(Act::X, logits)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Qwen3 / Qwen2 (dense) model: its weights as loaded (quantized, fused, repacked per the plan) and
 //! what they are made of. The forward pass is in [`forward`], the paged KV storage in [`kv_pool`].
 pub mod autotune;
+pub mod backend;
 pub mod config;
 pub mod forward;
 pub mod kv_pool;
