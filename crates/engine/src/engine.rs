@@ -6,6 +6,7 @@ use crate::error::{EngineError, Result};
 use crate::model::config::GenerationDefaults;
 use crate::model::{ExecOptions, KvDtype, KvPool, LogitsFor, Qwen3Model, BLOCK_TOKENS};
 use crate::progress::ProgressFn;
+use crate::retrieval::{ModelKind, Retrieval};
 use crate::quantize::static_int8::{self, CalibrationReport};
 use crate::serve::grammar::GrammarCompiler;
 use crate::source::prepared_cache;
@@ -73,6 +74,8 @@ pub struct LoadOptions {
     pub weight_cache: bool,
     /// Where that cache lives; None: `NANO_QWEN3_WEIGHT_CACHE_DIR`, else the user cache directory.
     pub weight_cache_dir: Option<std::path::PathBuf>,
+    /// What the checkpoint is for; None: read from its files ([`crate::retrieval::kind`]).
+    pub model_kind: Option<ModelKind>,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +89,7 @@ impl Default for LoadOptions {
             serving: ServeOptions::default(),
             weight_cache: true,
             weight_cache_dir: None,
+            model_kind: None,
         }
     }
 }
@@ -99,6 +103,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
             .field("serving", &self.serving)
+            .field("model_kind", &self.model_kind)
             .finish()
     }
 }
@@ -111,6 +116,8 @@ pub struct Engine {
     pub plan: ExecutionPlan,
     /// Where the model was loaded from.
     pub files: ModelFiles,
+    /// What it is for (generation, embeddings, reranking) and how it pools.
+    pub retrieval: Retrieval,
     pub max_seq_length: usize,
     pub threads: usize,
     pub load_time_ms: f64,
@@ -159,6 +166,7 @@ impl Engine {
         let format = opts.acceleration.weight_format()?;
         let opened = crate::source::open(path)?;
         let config = opened.config;
+        let retrieval = crate::retrieval::kind::detect(&opened.files, opts.model_kind)?;
         let max_seq_length = match opts.max_seq_length {
             None => config.max_position_embeddings,
             Some(n) if n >= 1 && n <= config.max_position_embeddings => n,
@@ -232,6 +240,7 @@ impl Engine {
             Ok((model, calibration, tuned))
         }))?;
         let mut plan = plan;
+        plan.items.push(crate::retrieval::kind::plan_item(&retrieval));
         if let Some(t) = &tuned {
             plan.describe_autotune(t);
         }
@@ -287,6 +296,7 @@ impl Engine {
             generation_defaults: opened.generation_defaults,
             plan,
             files: opened.files,
+            retrieval,
             max_seq_length,
             threads,
             load_time_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -327,13 +337,32 @@ impl Engine {
 
     /// A text prompt's token ids; a text too long for the context fails before it is encoded.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode_checked(text, false)?;
+        self.check_prompt(&ids)?;
+        Ok(ids)
+    }
+
+    /// `text`'s ids, refused before encoding when no tokenization of it could fit the context.
+    pub(crate) fn encode_checked(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let min_tokens = self.tokenizer.min_tokens(text);
         if min_tokens > self.max_seq_length {
             return Err(EngineError::ContextOverflowAtLeast { min_tokens, bytes: text.len(), context: self.max_seq_length });
         }
-        let ids = self.tokenizer.encode(text, false)?;
-        self.check_prompt(&ids)?;
-        Ok(ids)
+        self.tokenizer.encode(text, add_special_tokens)
+    }
+
+    /// A pooling prompt (embedding, rerank pair) fits the context and the KV pool.
+    pub(crate) fn check_pooled(&self, prompt: &[u32]) -> Result<()> {
+        self.check_prompt(prompt)?;
+        if prompt.len() > self.kv_pool_tokens() {
+            return Err(EngineError::KvPoolOverflow { prompt_tokens: prompt.len(), pool_tokens: self.kv_pool_tokens(), pool_bytes: self.kv_pool_bytes });
+        }
+        Ok(())
+    }
+
+    /// Queue a checked sequence on the engine loop.
+    pub(crate) fn submit_sequence(&self, seq: Sequence) {
+        self.server.submit(seq);
     }
 
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {

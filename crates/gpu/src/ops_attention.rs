@@ -84,9 +84,15 @@ impl Step<'_> {
     /// weights (Qwen3's q_norm / k_norm; None for Qwen2), then rotate-half RoPE with the
     /// token's position's row of `cos` / `sin` (`[positions, head_dim / 2]` f32 tables).
     pub fn head_norm_rope(&mut self, x: View, heads: usize, head_dim: usize, norm: Option<(&GpuTensor, f32)>, cos: &GpuTensor, sin: &GpuTensor) -> Result<()> {
+        let max_pos = self.batch("head_norm_rope")?.seqs.iter().map(|s| s.2).max().unwrap_or(0);
+        self.head_norm_rope_checked(x, heads, head_dim, norm, cos, sin, max_pos)
+    }
+
+    /// `rows_needed`: rows of the cos/sin tables the lookups reach.
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_rope_checked(&mut self, x: View, heads: usize, head_dim: usize, norm: Option<(&GpuTensor, f32)>, cos: &GpuTensor, sin: &GpuTensor, max_pos: usize) -> Result<()> {
         let b = self.batch("head_norm_rope")?;
         let (t, pos_off) = (b.t, b.pos_off);
-        let max_pos = b.seqs.iter().map(|s| s.2).max().unwrap_or(0);
         check_view("head_norm_rope", &x, t, heads * head_dim)?;
         check_vec("head_norm_rope cos", cos, max_pos * head_dim / 2)?;
         check_vec("head_norm_rope sin", sin, max_pos * head_dim / 2)?;
@@ -103,6 +109,18 @@ impl Step<'_> {
         let p = [u(t), u(heads), u(head_dim), u(x.offset), u(x.stride), eps.to_bits(), norm.is_some() as u32, pos_off];
         let binds = vec![(1, Bind::part(x.t.single())), (2, Bind::part(wt.single())), (3, Bind::Data), (4, Bind::part(cos.single())), (5, Bind::part(sin.single()))];
         self.dispatch(K::HeadNormRope, binds, &p, [u(heads), u(t.min(65535)), u(t.div_ceil(65535).max(1))])
+    }
+
+    /// [`Step::head_norm_rope`] with `cos` / `sin` holding one row per batch token (row i for
+    /// the batch's i-th token) instead of one per position.
+    pub fn head_norm_rope_rows(&mut self, x: View, heads: usize, head_dim: usize, norm: Option<(&GpuTensor, f32)>, cos: &GpuTensor, sin: &GpuTensor) -> Result<()> {
+        let t = self.batch("head_norm_rope_rows")?.t;
+        let ids: Vec<u32> = (0..u(t)).collect();
+        let at = self.push_data(&ids);
+        let real = std::mem::replace(&mut self.batch.as_mut().unwrap().pos_off, at);
+        let r = self.head_norm_rope_checked(x, heads, head_dim, norm, cos, sin, t);
+        self.batch.as_mut().unwrap().pos_off = real;
+        r
     }
 
     /// Every batch token's K and V rows (`kv_heads * head_dim` from each view) into the pool at

@@ -67,6 +67,15 @@ fn head_norm_rope_matches_cpu() {
             }
         }
         assert_close(&format!("head_norm_rope hd={hd} norm={with_norm}"), &got, &want, 1e-5);
+        // The same with one cos/sin row per batch token instead of a table by position.
+        let rows_of = |tab: &[f32]| pos.iter().flat_map(|&p| tab[p * half..(p + 1) * half].to_vec()).collect::<Vec<f32>>();
+        let (cr, sr) = (ctx.upload_f32(3, half, &rows_of(&cos)).unwrap(), ctx.upload_f32(3, half, &rows_of(&sin)).unwrap());
+        let xt = ctx.upload_f32(3, stride, &x).unwrap();
+        let mut step = ctx.step();
+        step.set_batch(&spans).unwrap();
+        step.head_norm_rope_rows(xt.view(), heads, hd, with_norm.then_some((&wt, 1e-6)), &cr, &sr).unwrap();
+        let h = step.read_f32(&xt, 0, 3 * stride).unwrap();
+        assert_eq!(ctx.run(step).unwrap().f32(h), got, "per-token rows = table by position");
     }
 }
 

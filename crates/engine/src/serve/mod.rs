@@ -3,6 +3,7 @@
 pub mod block_manager;
 pub mod grammar;
 pub mod logprobs;
+pub mod pooled;
 pub mod report;
 pub mod request;
 pub mod sampler;

@@ -9,7 +9,7 @@ use crate::error::{EngineError, Result};
 use crate::model::{LogitsFor, SeqChunk, BLOCK_TOKENS};
 use crate::serve::block_manager::{block_hash, BlockManager, PrefixStats};
 use crate::serve::request::FinishReason;
-use crate::serve::sequence::Sequence;
+use crate::serve::sequence::{Output, Sequence};
 use crate::serve::step_cost::StepCost;
 use crate::text::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -216,30 +216,44 @@ impl Scheduler {
         self.planned.iter().any(|&n| n > 0)
     }
 
-    /// Run one step: plan it, hand the batch to `forward` (which appends one logits row per
-    /// sequence whose chunk reaches its last token, in batch order), then sample, stream, and
-    /// retire finished sequences. Returns false when there was nothing to do.
-    pub fn step(&mut self, tok: &Tokenizer, vocab: usize, forward: impl FnOnce(&[SeqChunk], &mut Vec<f32>) -> Result<()>, logits: &mut Vec<f32>) -> bool {
+    /// Run one step: plan it, hand the batch to `forward`, then sample, stream, and retire
+    /// finished sequences. `forward` appends one logits row per chunk whose `LogitsFor` is
+    /// `LastToken`, in batch order, then the final-normed hidden state of the last token of each
+    /// chunk its second argument lists (indices into the chunks: pooling sequences reaching their
+    /// end, which need no logits). Returns false when there was nothing to do.
+    pub fn step(
+        &mut self,
+        tok: &Tokenizer,
+        vocab: usize,
+        forward: impl FnOnce(&[SeqChunk], &[usize], &mut Vec<f32>) -> Result<()>,
+        logits: &mut Vec<f32>,
+    ) -> bool {
         if !self.plan(tok) {
             return false;
         }
         self.steps += 1;
         let mut chunks = Vec::with_capacity(self.running.len());
+        let mut hidden = Vec::new();
         for (seq, &n) in self.running.iter_mut().zip(&self.planned) {
             if n > 0 {
                 seq.mark_started();
                 let ends = seq.computed + n == seq.tokens.len();
+                let pooled = ends && seq.output == Output::Hidden;
+                if pooled {
+                    hidden.push(chunks.len());
+                }
                 chunks.push(SeqChunk {
                     tokens: &seq.tokens[seq.computed..seq.computed + n],
                     start: seq.computed,
                     table: &seq.table,
-                    logits: if ends { LogitsFor::LastToken } else { LogitsFor::Nothing },
+                    logits: if ends && !pooled { LogitsFor::LastToken } else { LogitsFor::Nothing },
                 });
             }
         }
         logits.clear();
         let started = std::time::Instant::now();
-        let result = forward(&chunks, logits);
+        let result = forward(&chunks, &hidden, logits);
+        let hidden_at = chunks.iter().filter(|c| c.logits == LogitsFor::LastToken).count() * vocab;
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let decodes = chunks.iter().filter(|c| c.tokens.len() == 1 && c.logits == LogitsFor::LastToken).count();
         self.cost.observe(decodes, tokens - decodes, started.elapsed().as_secs_f64() * 1000.0);
@@ -258,7 +272,8 @@ impl Scheduler {
             self.publish();
             return true;
         }
-        let mut row = 0;
+        let width = if hidden.is_empty() { 0 } else { (logits.len() - hidden_at) / hidden.len() };
+        let (mut row, mut hidden_row) = (0, 0);
         let mut i = 0;
         let planned = std::mem::take(&mut self.planned);
         for &n in &planned {
@@ -272,6 +287,13 @@ impl Scheduler {
             let seq = &mut self.running[i];
             if seq.computed < seq.tokens.len() {
                 i += 1;
+                continue;
+            }
+            if seq.output == Output::Hidden {
+                seq.on_hidden(&logits[hidden_at + hidden_row * width..][..width]);
+                hidden_row += 1;
+                let seq = self.running.remove(i);
+                self.retire(seq, Outcome::Finished(FinishReason::Stop), tok);
                 continue;
             }
             let out = seq.on_logits(&mut logits[row * vocab..(row + 1) * vocab], tok);

@@ -55,6 +55,9 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The vector a pooling sequence ([`Output::Hidden`] / [`Output::Logits`]) produced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<Vec<f32>>,
     pub usage: Usage,
     pub timings: Timings,
 }
@@ -64,6 +67,17 @@ pub struct GenerateOutput {
 pub enum Event {
     Chunk(StreamChunk),
     Done(Result<GenerateOutput>),
+}
+
+/// What a sequence produces: generated tokens, or one vector read at its prompt's last token
+/// (embeddings, reranker scores), after which it ends without generating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Generate,
+    /// The last token's final-normed hidden state; no lm_head runs for it.
+    Hidden,
+    /// These logits at the last token (a reranker's "no" and "yes"), ids checked at submission.
+    Logits(Vec<u32>),
 }
 
 pub type EventSink = Box<dyn FnMut(Event) + Send>;
@@ -89,6 +103,8 @@ pub struct Sequence {
     /// Set once, at the first admission: prompt tokens found in the prefix cache.
     pub cached_tokens: Option<usize>,
     pub cancel: Arc<AtomicBool>,
+    pub output: Output,
+    pooled: Option<Vec<f32>>,
     budget: usize,
     stop_ids: Vec<u32>,
     stops: StopMatcher,
@@ -121,6 +137,8 @@ impl Sequence {
             hashes: Vec::new(),
             cached_tokens: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            output: Output::Generate,
+            pooled: None,
             budget,
             stop_ids,
             stops: StopMatcher::new(opts.stop.clone()),
@@ -136,6 +154,19 @@ impl Sequence {
             started: None,
             first_token: None,
         }
+    }
+
+    /// A sequence that reads one vector (`output`) at the end of `prompt` and ends there.
+    pub fn pooled(prompt: Vec<u32>, output: Output, sink: EventSink) -> Self {
+        let opts = crate::serve::request::GenerateRequest::default().resolve(&Default::default()).expect("the default request is valid");
+        let mut seq = Self::new(prompt, &opts, 0, Vec::new(), None, sink);
+        seq.output = output;
+        seq
+    }
+
+    /// The final-normed hidden state of an [`Output::Hidden`] sequence's last token.
+    pub fn on_hidden(&mut self, row: &[f32]) {
+        self.pooled = Some(row.to_vec());
     }
 
     pub fn cancelled(&self) -> bool {
@@ -167,6 +198,10 @@ impl Sequence {
     /// Returns why the request is over once it is (the caller then frees its blocks and calls
     /// [`Self::finish`]).
     pub fn on_logits(&mut self, logits: &mut [f32], tok: &Tokenizer) -> Result<Option<FinishReason>> {
+        if let Output::Logits(ids) = &self.output {
+            self.pooled = Some(ids.iter().map(|&i| logits[i as usize]).collect());
+            return Ok(Some(FinishReason::Stop));
+        }
         if self.generated() >= self.budget {
             return Ok(Some(FinishReason::Length)); // a prompt that fills the context
         }
@@ -256,6 +291,7 @@ impl Sequence {
             token_ids: self.tokens[self.prompt_len..].to_vec(),
             finish_reason: reason,
             logprobs: self.top_logprobs.map(|_| std::mem::take(&mut self.logprobs)),
+            pooled: self.pooled.take(),
             usage: Usage {
                 prompt_tokens: self.prompt_len,
                 completion_tokens: completion,

@@ -3,6 +3,7 @@
 //! never block it: they submit a [`Sequence`] with its event sink and go.
 use crate::error::EngineError;
 use crate::model::{ExecOptions, KvPool, Qwen3Model, Stepper};
+use crate::serve::pooled::pooled_step;
 use crate::serve::scheduler::{Scheduler, SchedulerStats};
 use crate::serve::sequence::Sequence;
 use crate::text::tokenizer::Tokenizer;
@@ -62,8 +63,16 @@ impl Server {
                 sched.step(
                     &rt.tokenizer,
                     vocab,
-                    |chunks, logits| {
-                        let run = || rt.pool.install(|| stepper.step(&rt.model, &mut kv, chunks, &rt.exec, logits));
+                    |chunks, hidden, logits| {
+                        let run = || {
+                            rt.pool.install(|| {
+                                if hidden.is_empty() {
+                                    stepper.step(&rt.model, &mut kv, chunks, &rt.exec, logits)
+                                } else {
+                                    pooled_step(&rt.model, &mut kv, chunks, hidden, &rt.exec, logits)
+                                }
+                            })
+                        };
                         catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
                             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                             Err(EngineError::Internal(format!("the forward step panicked: {}", msg.unwrap_or_default())))

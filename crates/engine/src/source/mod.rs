@@ -57,11 +57,17 @@ pub fn open(path: &Path) -> Result<OpenedModel> {
 }
 
 fn open_folder(dir: &Path) -> Result<OpenedModel> {
-    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
     let generation_defaults = GenerationDefaults::from_dir(dir)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let tensors = Box::new(Checkpoint::open(dir)?);
+    // Embedding checkpoints (Qwen3-Embedding-4B/8B) say untied but ship no lm_head: the
+    // embedding matrix is the only output projection there is (what a GGUF without output.weight
+    // gets too); embeddings never use it.
+    if !config.tie_word_embeddings && !tensors.has("lm_head.weight") && dir.join("modules.json").is_file() {
+        config.tie_word_embeddings = true;
+    }
     Ok(OpenedModel { files: ModelFiles::HfFolder(dir.into()), config, generation_defaults, tokenizer, template, tensors })
 }
 

@@ -162,6 +162,11 @@ impl Checkpoint {
             let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::Io { path: path.clone(), source: e })?;
             files.push((path, map));
         }
+        // Checkpoints saved from the bare model (Qwen3-Embedding) name their tensors without the
+        // "model." prefix ("layers.0...", "embed_tokens.weight"): read them under the usual names.
+        if tensors.contains_key("embed_tokens.weight") && !tensors.keys().any(|k| k.starts_with("model.")) {
+            tensors = tensors.into_iter().map(|(k, e)| (if k == "lm_head.weight" { k } else { format!("model.{k}") }, e)).collect();
+        }
         Ok(Self { files, tensors })
     }
 
