@@ -633,7 +633,7 @@ pub struct GenerateResult {
 
 impl GenerateResult {
     pub fn new(o: engine::GenerateOutput, chunk_count: u32) -> Self {
-        let engine::GenerateOutput { text, token_ids, finish_reason, logprobs: l, usage, timings } = o;
+        let engine::GenerateOutput { text, token_ids, finish_reason, logprobs: l, usage, timings, .. } = o;
         let engine::serve::sequence::Usage { prompt_tokens, completion_tokens, total_tokens, cached_tokens } = usage;
         let engine::serve::sequence::Timings { queued_ms, prefill_ms, decode_ms, prefill_tokens_per_second, decode_tokens_per_second } = timings;
         Self {
