@@ -8,7 +8,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use nano_qwen3_engine::{
-    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, Event, GenerateRequest, LoadOptions, ProgressFn, ServeOptions,
+    AccelerationConfig, ChatTemplateOptions, Engine, EngineError, Event, GenerateRequest, LoadOptions, ModelKind, ProgressFn, ServeOptions,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ pub struct NativeLoadOptions {
     pub enable_prefix_caching: Option<bool>,
     /// Reuse static_int8 / int4 weights prepared by an earlier load (default true).
     pub weight_cache: Option<bool>,
+    /// "auto" (default: read from the checkpoint), "generate", "embedding" or "reranker".
+    pub model_kind: Option<String>,
 }
 
 /// A byte count from JS: a whole number that fits this machine's address space.
@@ -77,6 +79,10 @@ fn load_options(o: NativeLoadOptions, on_progress: Option<ProgressCallback>) -> 
         },
         weight_cache: o.weight_cache.unwrap_or(true),
         weight_cache_dir: None,
+        model_kind: match o.model_kind.as_deref() {
+            None | Some("auto") => None,
+            Some(k) => Some(ModelKind::parse(k).map_err(to_napi)?),
+        },
         progress: on_progress.map(|cb| -> ProgressFn {
             Arc::new(move |p| {
                 cb.call(p.into(), ThreadsafeFunctionCallMode::NonBlocking);
