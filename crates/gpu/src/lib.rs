@@ -56,6 +56,7 @@ mod kernels;
 mod ops_attention;
 mod ops_basic;
 mod ops_matmul;
+mod probe;
 mod step;
 mod tensor;
 

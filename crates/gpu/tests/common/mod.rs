@@ -14,6 +14,7 @@ pub fn ctx() -> Option<&'static GpuContext> {
                 "GPU tests on {} ({}, {}, driver {} {}), features {:?}, subgroup size {}..{}",
                 r.name, r.backend, r.device_type, r.driver, r.driver_info, r.features, r.subgroup_min_size, r.subgroup_max_size
             );
+            eprintln!("subgroups seen by a 64-invocation workgroup (size, count): {:?}", c.probe_subgroups().unwrap());
             Some(c)
         }
         Err(e) => {
