@@ -24,6 +24,9 @@ fn decode_pool(d: KvDtype, words: &[u32]) -> Vec<f32> {
     }
 }
 
+/// Large enough that dropping it would show.
+const EPS: f32 = 0.01;
+
 #[test]
 fn head_norm_rope_matches_cpu() {
     let Some(ctx) = ctx() else { return };
@@ -45,7 +48,7 @@ fn head_norm_rope_matches_cpu() {
         let (ct, st, wt) = (ctx.upload_f32(positions, half, &cos).unwrap(), ctx.upload_f32(positions, half, &sin).unwrap(), ctx.upload_f32(1, hd, &w).unwrap());
         let mut step = ctx.step();
         step.set_batch(&spans).unwrap();
-        step.head_norm_rope(xt.view(), heads, hd, with_norm.then_some((&wt, 1e-6)), &ct, &st).unwrap();
+        step.head_norm_rope(xt.view(), heads, hd, with_norm.then_some((&wt, EPS)), &ct, &st).unwrap();
         let h = step.read_f32(&xt, 0, 3 * stride).unwrap();
         let got = ctx.run(step).unwrap().f32(h);
         let mut want = x.clone();
@@ -53,7 +56,7 @@ fn head_norm_rope_matches_cpu() {
             for hh in 0..heads {
                 let b = t * stride + hh * hd;
                 let head = &mut want[b..b + hd];
-                let r = if with_norm { 1.0 / (head.iter().map(|v| v * v).sum::<f32>() / hd as f32 + 1e-6).sqrt() } else { 1.0 };
+                let r = if with_norm { 1.0 / (head.iter().map(|v| v * v).sum::<f32>() / hd as f32 + EPS).sqrt() } else { 1.0 };
                 for i in 0..half {
                     let (mut x1, mut x2) = (head[i], head[i + half]);
                     if with_norm {
@@ -73,7 +76,7 @@ fn head_norm_rope_matches_cpu() {
         let xt = ctx.upload_f32(3, stride, &x).unwrap();
         let mut step = ctx.step();
         step.set_batch(&spans).unwrap();
-        step.head_norm_rope_rows(xt.view(), heads, hd, with_norm.then_some((&wt, 1e-6)), &cr, &sr).unwrap();
+        step.head_norm_rope_rows(xt.view(), heads, hd, with_norm.then_some((&wt, EPS)), &cr, &sr).unwrap();
         let h = step.read_f32(&xt, 0, 3 * stride).unwrap();
         assert_eq!(ctx.run(step).unwrap().f32(h), got, "per-token rows = table by position");
     }
