@@ -139,6 +139,17 @@ pub struct NativeEngine {
 
 type ProgressCallback = ThreadsafeFunction<types::LoadProgress, (), types::LoadProgress, Status, false>;
 type EventCallback = ThreadsafeFunction<types::GenerateEvent, (), types::GenerateEvent, Status, false>;
+type EmbedCallback = ThreadsafeFunction<types::EmbedEvent, (), types::EmbedEvent, Status, false>;
+type RerankCallback = ThreadsafeFunction<types::RerankEvent, (), types::RerankEvent, Status, false>;
+
+/// A whole number >= 1 from JS.
+fn count(name: &str, v: f64) -> Result<usize> {
+    if v.is_finite() && v.fract() == 0.0 && v >= 1.0 && v <= u32::MAX as f64 {
+        Ok(v as usize)
+    } else {
+        Err(to_napi(EngineError::invalid_arg(name, v, "an integer >= 1")))
+    }
+}
 
 pub struct LogitsTask {
     engine: Arc<Engine>,
@@ -276,6 +287,75 @@ impl NativeEngine {
         let cancel = engine.submit(prompt, &opts, sink).map_err(to_napi)?;
         cancels.insert(request_id, cancel);
         Ok(())
+    }
+
+    /// Queue embeddings of `inputs` (strings or token-id arrays) on the engine loop; they share
+    /// steps with everything else running. `onDone` hears the result or the error once. Bad input
+    /// throws here, before anything runs; `cancel(requestId)` aborts.
+    #[napi]
+    pub fn embed(
+        &self,
+        inputs: Value,
+        options: Value,
+        request_id: u32,
+        #[napi(ts_arg_type = "(event: EmbedEvent) => void")] on_done: EmbedCallback,
+    ) -> Result<()> {
+        let inputs: Vec<nano_qwen3_engine::EmbedInput> =
+            serde_json::from_value(inputs).map_err(|e| bad_json("input (strings or arrays of token ids)", e))?;
+        let o: nano_qwen3_engine::retrieval::embed::EmbedRequest = serde_json::from_value(options).map_err(|e| bad_json("embed options", e))?;
+        let opts = nano_qwen3_engine::EmbedOptions {
+            instruction: o.instruction,
+            dimensions: o.dimensions.map(|d| count("dimensions", d)).transpose()?,
+            normalize: o.normalize,
+        };
+        let engine = self.get()?;
+        let cancels = self.cancels.clone();
+        let done = Box::new(move |r: nano_qwen3_engine::Result<nano_qwen3_engine::Embedded>| {
+            cancels.lock().unwrap().remove(&request_id);
+            let event = match r {
+                Ok(e) => types::EmbedEvent { result: Some(e.into()), error: None },
+                Err(e) => types::EmbedEvent { result: None, error: Some(format!("[{}] {}", e.code(), e)) },
+            };
+            on_done.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let mut cancels = self.cancels.lock().unwrap();
+        let cancel = guarded(|| engine.submit_embed(&inputs, &opts, done).map_err(to_napi))?;
+        cancels.insert(request_id, cancel);
+        Ok(())
+    }
+
+    /// Queue every (query, document) pair (Qwen3-Reranker's template) on the engine loop;
+    /// `onDone` hears the ranking (best first, cut to `topN`) or the error once.
+    #[napi]
+    pub fn rerank(
+        &self,
+        query: String,
+        documents: Vec<String>,
+        instruction: Option<String>,
+        top_n: Option<f64>,
+        request_id: u32,
+        #[napi(ts_arg_type = "(event: RerankEvent) => void")] on_done: RerankCallback,
+    ) -> Result<()> {
+        let opts = nano_qwen3_engine::RerankOptions { instruction, top_n: top_n.map(|n| count("topN", n)).transpose()? };
+        let engine = self.get()?;
+        let cancels = self.cancels.clone();
+        let done = Box::new(move |r: nano_qwen3_engine::Result<nano_qwen3_engine::Reranked>| {
+            cancels.lock().unwrap().remove(&request_id);
+            let event = match r {
+                Ok(e) => types::RerankEvent { result: Some(e.into()), error: None },
+                Err(e) => types::RerankEvent { result: None, error: Some(format!("[{}] {}", e.code(), e)) },
+            };
+            on_done.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let mut cancels = self.cancels.lock().unwrap();
+        let cancel = guarded(|| engine.submit_rerank(&query, &documents, &opts, done).map_err(to_napi))?;
+        cancels.insert(request_id, cancel);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn retrieval_info(&self) -> Result<types::RetrievalInfo> {
+        Ok((&self.get()?.retrieval).into())
     }
 
     /// Ask a running generation to stop before its next token.

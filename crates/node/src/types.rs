@@ -5,6 +5,7 @@
 //! 2^53; absent values are `null`, as the engine's JSON wrote them, except in streamed output,
 //! where a field the request did not ask for is left out). Every conversion destructures the engine struct completely, so a field added there does
 //! not compile here until it is carried across.
+use napi::bindgen_prelude::Float32Array;
 use napi_derive::napi;
 use nano_qwen3_engine as engine;
 use nano_qwen3_engine::acceleration::serde_name as name;
@@ -633,7 +634,7 @@ pub struct GenerateResult {
 
 impl GenerateResult {
     pub fn new(o: engine::GenerateOutput, chunk_count: u32) -> Self {
-        let engine::GenerateOutput { text, token_ids, finish_reason, logprobs: l, usage, timings, .. } = o;
+        let engine::GenerateOutput { text, token_ids, finish_reason, logprobs: l, usage, timings, pooled: _ } = o;
         let engine::serve::sequence::Usage { prompt_tokens, completion_tokens, total_tokens, cached_tokens } = usage;
         let engine::serve::sequence::Timings { queued_ms, prefill_ms, decode_ms, prefill_tokens_per_second, decode_tokens_per_second } = timings;
         Self {
@@ -680,5 +681,91 @@ impl From<&engine::Progress> for LoadProgress {
     fn from(p: &engine::Progress) -> Self {
         let engine::Progress { stage, done, total, unit } = p;
         Self { stage: stage.to_string(), done: num(*done), total: num(*total), unit: unit.to_string() }
+    }
+}
+
+/// Embeddings of one `embed` call: `count` vectors of `dims` values, row after row in `data`.
+#[napi(object)]
+pub struct EmbedResult {
+    pub data: Float32Array,
+    pub dims: u32,
+    pub count: u32,
+    /// Tokens of all inputs together.
+    pub prompt_tokens: f64,
+}
+
+impl From<engine::Embedded> for EmbedResult {
+    fn from(e: engine::Embedded) -> Self {
+        let engine::Embedded { embeddings, prompt_tokens } = e;
+        let dims = embeddings.first().map_or(0, Vec::len);
+        let count = embeddings.len();
+        Self { data: Float32Array::new(embeddings.concat()), dims: dims as u32, count: count as u32, prompt_tokens: num(prompt_tokens) }
+    }
+}
+
+#[napi(object)]
+pub struct RerankItem {
+    /// The document's position in the call.
+    pub index: u32,
+    /// softmax([no, yes])[1] at the last position, in [0, 1].
+    pub score: f64,
+}
+
+/// A ranking, best first (equal scores keep the documents' order), cut to `topN`.
+#[napi(object)]
+pub struct RerankResult {
+    pub results: Vec<RerankItem>,
+    pub prompt_tokens: f64,
+}
+
+impl From<engine::Reranked> for RerankResult {
+    fn from(r: engine::Reranked) -> Self {
+        let engine::Reranked { results, prompt_tokens } = r;
+        let item = |engine::Scored { index, score }| RerankItem { index: index as u32, score };
+        Self { results: results.into_iter().map(item).collect(), prompt_tokens: num(prompt_tokens) }
+    }
+}
+
+/// What `embed` / `rerank`'s callback receives, once: the result, or an error ("[CODE] message").
+#[napi(object)]
+pub struct EmbedEvent {
+    pub result: Option<EmbedResult>,
+    pub error: Option<String>,
+}
+
+#[napi(object)]
+pub struct RerankEvent {
+    pub result: Option<RerankResult>,
+    pub error: Option<String>,
+}
+
+/// What the checkpoint is for and how it pools (see the plan's `modelKind` item).
+#[napi(object, use_nullable = true)]
+pub struct RetrievalInfo {
+    #[napi(ts_type = "'generate' | 'embedding' | 'reranker'")]
+    pub kind: String,
+    /// Which file (or the modelKind option) said so.
+    pub detected_from: String,
+    /// The pooling the checkpoint asks for; only "last_token" embeds.
+    pub pooling: String,
+    /// Whether the checkpoint's own pipeline L2-normalises.
+    pub normalize: bool,
+    /// Named prompt prefixes (config_sentence_transformers.json), e.g. `query`.
+    pub prompts: std::collections::HashMap<String, String>,
+    /// A token appended to every embedded text (GGUF add_eos_token), if any.
+    pub append_eos: Option<u32>,
+}
+
+impl From<&engine::Retrieval> for RetrievalInfo {
+    fn from(r: &engine::Retrieval) -> Self {
+        let engine::Retrieval { kind, detected_from, pooling, normalize, prompts, append_eos } = r.clone();
+        Self {
+            kind: name(&kind),
+            detected_from,
+            pooling,
+            normalize,
+            prompts: prompts.into_iter().collect(),
+            append_eos,
+        }
     }
 }

@@ -10,11 +10,21 @@ use crate::serve::sequence::Output;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
 pub enum EmbedInput {
     Text(String),
     /// Token ids used as they are (no instruction, nothing appended).
     Tokens(Vec<u32>),
+}
+
+/// [`EmbedOptions`] as a binding receives them (JSON numbers checked there).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbedRequest {
+    pub instruction: Option<String>,
+    pub dimensions: Option<f64>,
+    pub normalize: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,8 +108,8 @@ impl Engine {
 
     /// Queue `inputs` as pooling sequences (they share steps with everything else running);
     /// `done` hears the embeddings, in input order, once the last one is computed. Bad input is
-    /// refused here, before anything runs. Returns the flags that abort the call.
-    pub fn submit_embed(&self, inputs: &[EmbedInput], opts: &EmbedOptions, done: Box<dyn FnOnce(Result<Embedded>) + Send>) -> Result<Vec<Arc<AtomicBool>>> {
+    /// refused here, before anything runs. Returns the flag that aborts the call.
+    pub fn submit_embed(&self, inputs: &[EmbedInput], opts: &EmbedOptions, done: Box<dyn FnOnce(Result<Embedded>) + Send>) -> Result<Arc<AtomicBool>> {
         let (ids, dims, normalize) = self.embed_plan(inputs, opts)?;
         let finish = move |r: Result<Pooled>| {
             done(r.map(|all| Embedded {

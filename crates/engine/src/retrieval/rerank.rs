@@ -93,7 +93,7 @@ impl Engine {
     }
 
     /// Queue every (query, document) pair as a pooling sequence; `done` hears the ranking.
-    pub fn submit_rerank(&self, query: &str, documents: &[String], opts: &RerankOptions, done: Box<dyn FnOnce(Result<Reranked>) + Send>) -> Result<Vec<Arc<AtomicBool>>> {
+    pub fn submit_rerank(&self, query: &str, documents: &[String], opts: &RerankOptions, done: Box<dyn FnOnce(Result<Reranked>) + Send>) -> Result<Arc<AtomicBool>> {
         let (ids, yes_no, top_n) = self.rerank_plan(query, documents, opts)?;
         submit_all(self, "documents", ids, Output::Logits(yes_no), Box::new(move |r| done(r.map(|all| ranked(all, top_n)))))
     }

@@ -14,7 +14,7 @@ struct Gather {
     vectors: Vec<Option<(Vec<f32>, usize)>>,
     left: usize,
     done: Option<Done>,
-    cancels: Vec<Arc<AtomicBool>>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Gather {
@@ -22,7 +22,7 @@ impl Gather {
         if let Some(done) = self.done.take() {
             if r.is_err() {
                 // One failed input fails the call: the others stop at their next step.
-                self.cancels.iter().for_each(|c| c.store(true, Ordering::Relaxed));
+                self.cancel.store(true, Ordering::Relaxed);
             }
             done(r);
         }
@@ -49,18 +49,18 @@ pub fn at_input(what: &str, i: usize, e: EngineError) -> EngineError {
 }
 
 /// Check every prompt, then queue them all: a bad one refuses the call before anything runs.
-/// Returns the flags that abort them.
-pub fn submit_all(engine: &Engine, what: &str, prompts: Vec<Vec<u32>>, output: Output, done: Done) -> Result<Vec<Arc<AtomicBool>>> {
+/// Returns the flag that aborts them all (each checked at every step).
+pub fn submit_all(engine: &Engine, what: &str, prompts: Vec<Vec<u32>>, output: Output, done: Done) -> Result<Arc<AtomicBool>> {
     for (i, p) in prompts.iter().enumerate() {
         engine.check_pooled(p).map_err(|e| at_input(what, i, e))?;
     }
     let n = prompts.len();
-    let gather = Arc::new(Mutex::new(Gather { vectors: vec![None; n], left: n, done: Some(done), cancels: Vec::with_capacity(n) }));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let gather = Arc::new(Mutex::new(Gather { vectors: vec![None; n], left: n, done: Some(done), cancel: cancel.clone() }));
     if n == 0 {
         gather.lock().unwrap().finish(Ok(Vec::new()));
-        return Ok(Vec::new());
+        return Ok(cancel);
     }
-    let mut cancels = Vec::with_capacity(n);
     for (i, prompt) in prompts.into_iter().enumerate() {
         let g = gather.clone();
         let sink = Box::new(move |e: Event| {
@@ -78,12 +78,11 @@ pub fn submit_all(engine: &Engine, what: &str, prompts: Vec<Vec<u32>>, output: O
                 Err(e) => g.finish(Err(e)),
             }
         });
-        let seq = Sequence::pooled(prompt, output.clone(), sink);
-        cancels.push(seq.cancel.clone());
-        gather.lock().unwrap().cancels.push(seq.cancel.clone());
+        let mut seq = Sequence::pooled(prompt, output.clone(), sink);
+        seq.cancel = cancel.clone();
         engine.submit_sequence(seq);
     }
-    Ok(cancels)
+    Ok(cancel)
 }
 
 /// [`submit_all`] and wait (Rust callers, tests).
