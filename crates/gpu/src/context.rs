@@ -3,7 +3,7 @@
 use crate::adapter::{self, AdapterReport, DeviceRequest};
 use crate::error::{GpuError, Result};
 use crate::kernels::{self, KvDtype, Kernels, K};
-use crate::tensor::{rows_per_part, DType, GpuTensor, Part};
+use crate::tensor::{rows_per_part, DType, GpuTensor, Part, PartGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,8 @@ pub struct GpuContext {
     report: AdapterReport,
     pub(crate) uniform_align: u32,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Ids of tensor parts dropped since the last step: their cached bind groups go.
+    pub(crate) dead: Arc<Mutex<Vec<u64>>>,
     next_id: AtomicU64,
     buffers: AtomicU64,
     bind_groups: AtomicU64,
@@ -89,6 +91,8 @@ impl GpuContext {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}")));
         report.features.retain(|f| match f.as_str() {
             "shader-f16" => features.contains(wgpu::Features::SHADER_F16),
             "subgroups" => features.contains(wgpu::Features::SUBGROUP),
@@ -120,6 +124,7 @@ impl GpuContext {
             kernels,
             report,
             errors,
+            dead: Arc::new(Mutex::new(Vec::new())),
             next_id: AtomicU64::new(1),
             buffers: AtomicU64::new(0),
             bind_groups: AtomicU64::new(0),
@@ -141,9 +146,22 @@ impl GpuContext {
         }
     }
 
-    /// Drop cached bind groups (they keep their buffers alive): call after freeing weights.
+    /// Drop every cached bind group (those of dropped tensors go by themselves at the next run).
     pub fn clear_bind_group_cache(&self) {
         self.state.lock().unwrap().bind_groups.clear();
+    }
+
+    /// Bind groups in the cache (each keeps its buffers alive).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.state.lock().unwrap().bind_groups.len()
+    }
+
+    /// Forget the bind groups of tensor parts dropped since the last call.
+    pub(crate) fn purge_dead(&self, cache: &mut HashMap<(K, Vec<u64>), wgpu::BindGroup>) {
+        let dead: Vec<u64> = std::mem::take(&mut *self.dead.lock().unwrap());
+        if !dead.is_empty() {
+            cache.retain(|key, _| !key.1.iter().any(|id| dead.contains(id)));
+        }
     }
 
     pub(crate) fn new_id(&self) -> u64 {
@@ -192,11 +210,14 @@ impl GpuContext {
         Ok(buf)
     }
 
-    /// Grow `arena` to hold at least `size` bytes (doubling, so growth is rare).
-    pub(crate) fn ensure(&self, arena: &mut Arena, size: u64) -> Result<()> {
+    /// Grow `arena` to hold at least `size` bytes (doubling, so growth is rare); the bind groups
+    /// that held the old buffer are dropped with it.
+    pub(crate) fn ensure(&self, arena: &mut Arena, size: u64, cache: &mut HashMap<(K, Vec<u64>), wgpu::BindGroup>) -> Result<()> {
         if arena.buffer.is_some() && arena.size >= size {
             return Ok(());
         }
+        let old = arena.id;
+        cache.retain(|key, _| !key.1.contains(&old));
         let size = size.max(arena.size * 2).max(1024).div_ceil(256) * 256;
         arena.buffer = Some(self.create_buffer(size, arena.usage, None)?);
         arena.id = self.new_id();
@@ -270,7 +291,8 @@ impl GpuContext {
             let n = per.min(rows - first);
             let range = first * row_bytes..(first + n) * row_bytes;
             let buffer = self.create_buffer((n * row_bytes) as u64, usage, bytes.map(|b| &b[range]))?;
-            parts.push(Part { buffer, id: self.new_id(), first_row: first, rows: n });
+            let id = self.new_id();
+            parts.push(Part { buffer, id, first_row: first, rows: n, _guard: Arc::new(PartGuard { id, dead: self.dead.clone() }) });
             first += n;
             if first >= rows {
                 break;

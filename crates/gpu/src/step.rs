@@ -75,11 +75,12 @@ impl GpuContext {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
         let align = self.uniform_align as usize / 4;
-        self.ensure(&mut st.params, (step.params.len().max(align) * 4) as u64)?;
-        self.ensure(&mut st.data, (step.data.len().max(1) * 4) as u64)?;
-        self.ensure(&mut st.scratch, (step.scratch_floats.max(1) * 4) as u64)?;
+        self.purge_dead(&mut st.bind_groups);
+        self.ensure(&mut st.params, (step.params.len().max(align) * 4) as u64, &mut st.bind_groups)?;
+        self.ensure(&mut st.data, (step.data.len().max(1) * 4) as u64, &mut st.bind_groups)?;
+        self.ensure(&mut st.scratch, (step.scratch_floats.max(1) * 4) as u64, &mut st.bind_groups)?;
         if step.staging_bytes > 0 {
-            self.ensure(&mut st.staging, step.staging_bytes)?;
+            self.ensure(&mut st.staging, step.staging_bytes, &mut st.bind_groups)?;
         }
         if !step.params.is_empty() {
             self.queue.write_buffer(st.params.buffer.as_ref().unwrap(), 0, bytemuck::cast_slice(&step.params));

@@ -48,6 +48,23 @@ pub struct Part {
     pub id: u64,
     pub first_row: usize,
     pub rows: usize,
+    pub(crate) _guard: std::sync::Arc<PartGuard>,
+}
+
+/// Reports a part's id when its last clone is dropped, so the context's bind-group cache lets go
+/// of the buffer (otherwise a cached bind group would keep freed weights in GPU memory).
+#[derive(Debug)]
+pub(crate) struct PartGuard {
+    pub id: u64,
+    pub dead: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Drop for PartGuard {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.push(self.id);
+        }
+    }
 }
 
 /// A tensor in GPU memory. Cheap to clone (the buffers are reference counted).

@@ -75,6 +75,12 @@ fn warm_step_creates_nothing_and_submits_once() {
         }
         before = after;
     }
+    // Dropped tensors take their cached bind groups with them at the next run.
+    let cached = ctx.cached_bind_groups();
+    assert!(cached > 0);
+    drop(t);
+    ctx.run(ctx.step()).unwrap();
+    assert_eq!(ctx.cached_bind_groups(), 0, "bind groups of dropped tensors stay cached");
 }
 
 #[test]
