@@ -41,6 +41,14 @@ pub(crate) struct State {
     pub scratch: Arena,
     pub staging: Arena,
     pub bind_groups: HashMap<(K, Vec<u64>), wgpu::BindGroup>,
+    /// Two GPU timestamps per timed step (made on the first timed step).
+    pub timer: Option<Timer>,
+}
+
+pub(crate) struct Timer {
+    pub queries: wgpu::QuerySet,
+    pub resolve: wgpu::Buffer,
+    pub read: wgpu::Buffer,
 }
 
 pub struct GpuContext {
@@ -117,6 +125,7 @@ impl GpuContext {
                 scratch: arena(st),
                 staging: arena(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
                 bind_groups: HashMap::new(),
+                timer: None,
             }),
             uniform_align: limits.min_uniform_buffer_offset_alignment,
             device,
@@ -263,6 +272,20 @@ impl GpuContext {
             });
         }
         Ok(KvLayer { k, v, dtype, blocks, kv_heads, head_dim })
+    }
+
+    /// How many buffers a `[rows, cols]` tensor would take here, without allocating: the load
+    /// checks every weight before uploading any (a row over the binding limit is an error).
+    pub fn parts_needed(&self, dtype: DType, rows: usize, cols: usize) -> Result<usize> {
+        if dtype.is_block() && cols % 32 != 0 {
+            return Err(GpuError::Shape(format!("{dtype:?} rows must be a multiple of 32 values, got {cols}")));
+        }
+        let row_bytes = dtype.row_bytes(cols);
+        let limit = self.report.max_storage_binding.min(self.report.max_buffer_size);
+        match rows_per_part(row_bytes, limit) {
+            0 => Err(GpuError::TooLargeForBinding { what: format!("a row of [{rows}, {cols}] {dtype:?}"), bytes: row_bytes as u64, limit }),
+            per => Ok(rows.div_ceil(per).max(1)),
+        }
     }
 
     fn make(&self, dtype: DType, rows: usize, cols: usize, bytes: Option<&[u8]>) -> Result<GpuTensor> {

@@ -45,12 +45,16 @@ pub struct Step<'c> {
     reads: Vec<(u64, usize)>, // staging byte offset, element count
     staging_bytes: u64,
     pub(crate) batch: Option<crate::ops_attention::BatchMeta>,
+    timed: bool,
 }
 
 /// What a step read back.
 #[derive(Debug, Default)]
 pub struct StepOutput {
     words: Vec<Vec<u32>>,
+    /// GPU time from the first dispatch's start to the last one's end, when the step asked for
+    /// it ([`Step::time_gpu`]) and the adapter has timestamp queries.
+    pub gpu_ns: Option<f64>,
 }
 
 impl StepOutput {
@@ -66,7 +70,7 @@ impl StepOutput {
 impl GpuContext {
     /// Start recording a step.
     pub fn step(&self) -> Step<'_> {
-        Step { ctx: self, ops: Vec::new(), params: Vec::new(), data: Vec::new(), scratch_floats: 0, reads: Vec::new(), staging_bytes: 0, batch: None }
+        Step { ctx: self, ops: Vec::new(), params: Vec::new(), data: Vec::new(), scratch_floats: 0, reads: Vec::new(), staging_bytes: 0, batch: None, timed: false }
     }
 
     /// Encode the step into one command encoder, submit it once, wait, and return what it read
@@ -88,6 +92,14 @@ impl GpuContext {
         if !step.data.is_empty() {
             self.queue.write_buffer(st.data.buffer.as_ref().unwrap(), 0, bytemuck::cast_slice(&step.data));
         }
+        let timed = step.timed && self.report().uses("timestamp-query");
+        if timed && st.timer.is_none() {
+            let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count: 2 });
+            let resolve = self.create_buffer(16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, None)?;
+            let read = self.create_buffer(16, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, None)?;
+            st.timer = Some(crate::context::Timer { queries, resolve, read });
+        }
+        let n_dispatch = step.dispatch_count();
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         let mut dispatches = 0;
         for op in &step.ops {
@@ -96,7 +108,15 @@ impl GpuContext {
                     let bg = self.bind_group(st, *k, binds);
                     // One pass per dispatch: the pass boundary orders each op's writes before
                     // the next op's reads on every backend.
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    let timestamp_writes = match &st.timer {
+                        Some(t) if timed && (dispatches == 0 || dispatches + 1 == n_dispatch) => Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &t.queries,
+                            beginning_of_pass_write_index: (dispatches == 0).then_some(0),
+                            end_of_pass_write_index: (dispatches + 1 == n_dispatch).then_some(1),
+                        }),
+                        _ => None,
+                    };
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     pass.set_pipeline(&self.kernels.map[k].pipeline);
                     pass.set_bind_group(0, &bg, &[(*params * 4) as u32]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -107,9 +127,14 @@ impl GpuContext {
                 }
             }
         }
+        let timer = st.timer.as_ref().filter(|_| timed && n_dispatch > 0);
+        if let Some(t) = timer {
+            enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 16);
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue.submit([enc.finish()]);
-        self.count_submit(dispatches);
+        self.count_submit(dispatches as u64);
         let mut out = StepOutput::default();
         if !step.reads.is_empty() {
             let staging = st.staging.buffer.as_ref().unwrap();
@@ -126,6 +151,17 @@ impl GpuContext {
             staging.unmap();
         } else {
             self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
+        }
+        if let Some(t) = timer {
+            let slice = t.read.slice(..);
+            slice.map_async(wgpu::MapMode::Read, |_| {});
+            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
+            {
+                let v = slice.get_mapped_range().map_err(|e| GpuError::Device(format!("mapping the timestamps: {e}")))?;
+                let ts: &[u64] = bytemuck::cast_slice(&v);
+                out.gpu_ns = Some(ts[1].wrapping_sub(ts[0]) as f64 * self.queue.get_timestamp_period() as f64);
+            }
+            t.read.unmap();
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Device(e.to_string()));
@@ -230,6 +266,11 @@ impl<'c> Step<'c> {
     /// Same as [`Step::read_f32`]; the output's `u32` accessor gives the words.
     pub fn read_u32(&mut self, t: &GpuTensor, first: usize, len: usize) -> Result<ReadHandle> {
         self.read_f32(t, first, len)
+    }
+
+    /// Measure this step's GPU time ([`StepOutput::gpu_ns`]; None without timestamp queries).
+    pub fn time_gpu(&mut self) {
+        self.timed = true;
     }
 
     /// Dispatches recorded so far.

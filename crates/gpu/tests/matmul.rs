@@ -54,3 +54,10 @@ fn matvec_without_subgroups() {
     check(&c, DType::F16, MatmulKind::MatVec, 5, 33, 128, 7);
     check(&c, DType::Q4_0, MatmulKind::MatVec, 2, 9, 64, 8);
 }
+
+/// More weight rows than one grid dimension holds (65,535 workgroups): the lm_head's shape.
+#[test]
+fn matvec_past_one_grid_dimension() {
+    let Some(ctx) = ctx() else { return };
+    check(ctx, DType::F16, MatmulKind::MatVec, 2, 70_001, 4 * 8, 9);
+}

@@ -16,6 +16,7 @@ fn split_weights_match_unsplit() {
     for (i, d) in WEIGHT_FORMATS.into_iter().enumerate() {
         let (bytes, w) = weights(d, n, k, seed() ^ (40 + i as u64));
         let wt = ctx.upload(d, n, k, &bytes).unwrap();
+        assert_eq!(ctx.parts_needed(d, n, k).unwrap(), wt.parts.len());
         let per = 1024 / d.row_bytes(k);
         assert_eq!(wt.parts.len(), n.div_ceil(per), "{d:?}: parts of {per} rows");
         assert!(wt.parts.iter().all(|p| (p.rows * d.row_bytes(k)) as u64 <= 1024));
@@ -40,6 +41,7 @@ fn split_weights_match_unsplit() {
         assert_eq!(ctx.run(step).unwrap().f32(h), want, "split embedding {d:?}");
     }
     // A single row over the limit cannot be split.
+    assert!(matches!(ctx.parts_needed(DType::F32, 1, 300), Err(GpuError::TooLargeForBinding { .. })));
     let r = ctx.upload_f32(1, 300, &rand(300, 1));
     assert!(matches!(r, Err(GpuError::TooLargeForBinding { .. })), "{r:?}");
 }

@@ -63,9 +63,14 @@ fn warm_step_creates_nothing_and_submits_once() {
         let mut step = ctx.step();
         record(ctx, &mut step, &t, pos as u32 + 1, pos);
         let dispatches = step.dispatch_count();
+        step.time_gpu();
         let h = step.read_u32(&t.next, 0, 1).unwrap();
         let out = ctx.run(step).unwrap();
         assert!(out.u32(h)[0] < 64);
+        if ctx.report().uses("timestamp-query") {
+            let ns = out.gpu_ns.expect("a timed step on an adapter with timestamps");
+            assert!(ns > 0.0 && ns < 60e9, "GPU time {ns} ns");
+        }
         let after = ctx.counters();
         assert_eq!(after.submits - before.submits, 1, "one submit per step");
         assert_eq!(after.dispatches - before.dispatches, dispatches as u64);
