@@ -83,12 +83,12 @@ fn with_subgroups(src: &str, subgroups: bool) -> String {
     if subgroups {
         src.replace(
             "/*SG_ARGS*/",
-            ", @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_inv: u32, @builtin(num_subgroups) nsg: u32",
+            ", @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_inv: u32, @builtin(num_subgroups) nsg: u32, @builtin(subgroup_size) sg_size: u32",
         )
         .replace("sg_add(", "subgroupAdd(")
         .replace("/*SG_LETS*/", "")
     } else {
-        src.replace("/*SG_ARGS*/", "").replace("/*SG_LETS*/", "let sg_id = lid; let sg_inv = 0u; let nsg = WG;").replace("sg_add(", "(")
+        src.replace("/*SG_ARGS*/", "").replace("/*SG_LETS*/", "let sg_id = lid; let sg_inv = 0u; let nsg = WG; let sg_size = 1u;").replace("sg_add(", "(")
     }
 }
 

@@ -34,11 +34,14 @@ impl Step<'_> {
         check_view("matmul x", &x, rows, k)?;
         check_view("matmul y", &y, rows, n)?;
         for part in &w.parts {
-            let p = [u(rows), u(part.rows), u(k), u(x.offset), u(x.stride), u(y.offset), u(y.stride), u(part.first_row)];
+            // Rows per matvec workgroup: many for the lm_head (fewer, fuller workgroups), few for
+            // the layers' matrices (enough workgroups to fill a GPU).
+            let rpw = if part.rows >= 32_768 { 16 } else { 4 };
+            let p = [u(rows), u(part.rows), u(k), u(x.offset), u(x.stride), u(y.offset), u(y.stride), u(part.first_row), rpw];
             let binds = vec![(1, Bind::part(part)), (2, Bind::part(x.t.single())), (3, Bind::part(y.t.single()))];
             match kind {
                 MatmulKind::MatVec => {
-                    let (gx, gy) = grid2(u(part.rows));
+                    let (gx, gy) = grid2(u(part.rows.div_ceil(rpw as usize)));
                     self.dispatch(K::Matvec(w.dtype), binds, &p, [gx, gy, u(rows.div_ceil(4))])?;
                 }
                 MatmulKind::Tiled => {

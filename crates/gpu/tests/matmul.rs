@@ -55,9 +55,11 @@ fn matvec_without_subgroups() {
     check(&c, DType::Q4_0, MatmulKind::MatVec, 2, 9, 64, 8);
 }
 
-/// More weight rows than one grid dimension holds (65,535 workgroups): the lm_head's shape.
+/// The lm_head's shape (many rows per matvec workgroup), and more workgroups than one grid
+/// dimension holds (65,535 x 16 rows).
 #[test]
 fn matvec_past_one_grid_dimension() {
     let Some(ctx) = ctx() else { return };
     check(ctx, DType::F16, MatmulKind::MatVec, 2, 70_001, 4 * 8, 9);
+    check(ctx, DType::F32, MatmulKind::MatVec, 1, 65_535 * 16 + 17, 4, 10);
 }
