@@ -136,8 +136,9 @@ fn main() -> Result<()> {
         token = out.u32(h)[0];
         let after = ctx.counters();
         println!(
-            "step {pos}: token {token}; {dispatches} dispatches, {} submit(s), 4 bytes read back, recorded in {record_us:.0} us (CPU), {wall_ms:.1} ms wall, GPU {}; created {} buffer(s), {} bind group(s)",
+            "step {pos}: token {token}; {dispatches} dispatches, {} submit(s), 4 bytes read back, recorded in {record_us:.0} us + encoded in {:.0} us (CPU), {wall_ms:.1} ms wall, GPU {}; created {} buffer(s), {} bind group(s)",
             after.submits - before.submits,
+            out.encode_ns as f64 / 1e3,
             out.gpu_ns.map_or("n/a".into(), |n| format!("{:.1} ms", n / 1e6)),
             after.buffers_created - before.buffers_created,
             after.bind_groups_created - before.bind_groups_created,

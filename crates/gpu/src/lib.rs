@@ -49,6 +49,23 @@
 //!   does not depend on the other sequences of the batch.
 //! - A warm step (same tensors, same or smaller batch) creates no buffers and no bind groups:
 //!   see [`GpuContext::counters`].
+//! - [`GpuContext`] is `Send + Sync`; steps are recorded by one thread at a time per context
+//!   (`run` takes the context's arenas for the duration of the submit).
+//!
+//! # Kernels (`src/wgsl/`), each tested against a plain CPU loop in `tests/`
+//!
+//! | op | kernel | test |
+//! |---|---|---|
+//! | [`Step::embedding`] | `embedding.wgsl` + `weights_*.wgsl` (every format, per part) | `elementwise.rs`, `split.rs` |
+//! | [`Step::rms_norm`], [`Step::rms_norm_rows`] | `rms_norm.wgsl` | `elementwise.rs` |
+//! | [`Step::add_rms_norm`] | `add_rms_norm.wgsl` (x += r; out = norm(x) * w) | `elementwise.rs` |
+//! | [`Step::add`], [`Step::add_bias`] | `add.wgsl` | `elementwise.rs` |
+//! | [`Step::head_norm_rope`] (+ `_rows`) | `head_norm_rope.wgsl` (q/k RMSNorm, rotate-half RoPE) | `attention.rs` |
+//! | [`Step::kv_write`] | `kv_write.wgsl` + `kv_*.wgsl` (f32 / f16 / bf16 pools, by slot) | `attention.rs` |
+//! | [`Step::attention`] | `attention.wgsl` (query tiles x KV splits, paged, GQA) + `attn_merge.wgsl` | `attention.rs` |
+//! | [`Step::swiglu`] | `swiglu.wgsl` | `elementwise.rs` |
+//! | [`Step::matmul`] | `matvec.wgsl` (subgroups) / `matmul_tiled.wgsl` + `weights_*.wgsl` | `matmul.rs`, `split.rs` |
+//! | [`Step::argmax`] | `argmax.wgsl` | `elementwise.rs` |
 mod adapter;
 mod context;
 mod error;
@@ -71,3 +88,11 @@ pub use tensor::{DType, GpuTensor, Part, View};
 
 /// Tokens per KV block (the engine's `BLOCK_TOKENS`).
 pub const BLOCK_TOKENS: usize = 16;
+
+// The engine keeps one context for the runner's lifetime and steps it from its engine thread.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<GpuContext>();
+    send_sync::<GpuTensor>();
+    send_sync::<KvLayer>();
+};

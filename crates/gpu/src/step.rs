@@ -55,6 +55,8 @@ pub struct StepOutput {
     /// GPU time from the first dispatch's start to the last one's end, when the step asked for
     /// it ([`Step::time_gpu`]) and the adapter has timestamp queries.
     pub gpu_ns: Option<f64>,
+    /// CPU time of `run` up to the submit: arenas, bind-group lookups, encoding the passes.
+    pub encode_ns: u64,
 }
 
 impl StepOutput {
@@ -76,6 +78,7 @@ impl GpuContext {
     /// Encode the step into one command encoder, submit it once, wait, and return what it read
     /// back. Device errors (validation, out of memory, lost device) come back as errors.
     pub fn run(&self, step: Step<'_>) -> Result<StepOutput> {
+        let started = std::time::Instant::now();
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
         let align = self.uniform_align as usize / 4;
@@ -101,31 +104,47 @@ impl GpuContext {
         }
         let n_dispatch = step.dispatch_count();
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        // Bind groups first (the cache needs the state mutably), then the commands.
+        let groups: Vec<Option<wgpu::BindGroup>> = step
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Dispatch { k, binds, .. } => Some(self.bind_group(st, *k, binds)),
+                Op::Copy { .. } => None,
+            })
+            .collect();
+        // Runs of dispatches share one compute pass: WebGPU orders every dispatch's writes before
+        // the next dispatch's reads inside a pass (wgpu puts the barriers in), and a pass per
+        // dispatch cost ~5 us of CPU each. Copies (readbacks) go between passes.
         let mut dispatches = 0;
-        for op in &step.ops {
-            match op {
-                Op::Dispatch { k, binds, params, groups } => {
-                    let bg = self.bind_group(st, *k, binds);
-                    // One pass per dispatch: the pass boundary orders each op's writes before
-                    // the next op's reads on every backend.
-                    let timestamp_writes = match &st.timer {
-                        Some(t) if timed && (dispatches == 0 || dispatches + 1 == n_dispatch) => Some(wgpu::ComputePassTimestampWrites {
-                            query_set: &t.queries,
-                            beginning_of_pass_write_index: (dispatches == 0).then_some(0),
-                            end_of_pass_write_index: (dispatches + 1 == n_dispatch).then_some(1),
-                        }),
-                        _ => None,
-                    };
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+        let mut i = 0;
+        while i < step.ops.len() {
+            if let Op::Copy { src, src_off, dst_off, size } = &step.ops[i] {
+                enc.copy_buffer_to_buffer(src, *src_off, st.staging.buffer.as_ref().unwrap(), *dst_off, *size);
+                i += 1;
+                continue;
+            }
+            let run_end = (i..step.ops.len()).find(|&j| matches!(step.ops[j], Op::Copy { .. })).unwrap_or(step.ops.len());
+            let in_run = run_end - i;
+            let timestamp_writes = match &st.timer {
+                Some(t) if timed && (dispatches == 0 || dispatches + in_run == n_dispatch) => Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: (dispatches == 0).then_some(0),
+                    end_of_pass_write_index: (dispatches + in_run == n_dispatch).then_some(1),
+                }),
+                _ => None,
+            };
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+            for j in i..run_end {
+                if let (Op::Dispatch { k, params, groups: g, .. }, Some(bg)) = (&step.ops[j], &groups[j]) {
                     pass.set_pipeline(&self.kernels.map[k].pipeline);
-                    pass.set_bind_group(0, &bg, &[(*params * 4) as u32]);
-                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    pass.set_bind_group(0, bg, &[(*params * 4) as u32]);
+                    pass.dispatch_workgroups(g[0], g[1], g[2]);
                     dispatches += 1;
                 }
-                Op::Copy { src, src_off, dst_off, size } => {
-                    enc.copy_buffer_to_buffer(src, *src_off, st.staging.buffer.as_ref().unwrap(), *dst_off, *size);
-                }
             }
+            drop(pass);
+            i = run_end;
         }
         let timer = st.timer.as_ref().filter(|_| timed && n_dispatch > 0);
         if let Some(t) = timer {
@@ -133,9 +152,11 @@ impl GpuContext {
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 16);
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.submit([enc.finish()]);
+        let cmd = enc.finish();
+        let encode_ns = started.elapsed().as_nanos() as u64;
+        self.queue.submit([cmd]);
         self.count_submit(dispatches as u64);
-        let mut out = StepOutput::default();
+        let mut out = StepOutput { encode_ns, ..Default::default() };
         if !step.reads.is_empty() {
             let staging = st.staging.buffer.as_ref().unwrap();
             let slice = staging.slice(..step.staging_bytes);
