@@ -277,7 +277,7 @@ impl GpuContext {
     /// How many buffers a `[rows, cols]` tensor would take here, without allocating: the load
     /// checks every weight before uploading any (a row over the binding limit is an error).
     pub fn parts_needed(&self, dtype: DType, rows: usize, cols: usize) -> Result<usize> {
-        if dtype.is_block() && cols % 32 != 0 {
+        if dtype.is_block() && !cols.is_multiple_of(32) {
             return Err(GpuError::Shape(format!("{dtype:?} rows must be a multiple of 32 values, got {cols}")));
         }
         let row_bytes = dtype.row_bytes(cols);
@@ -289,7 +289,7 @@ impl GpuContext {
     }
 
     fn make(&self, dtype: DType, rows: usize, cols: usize, bytes: Option<&[u8]>) -> Result<GpuTensor> {
-        if dtype.is_block() && cols % 32 != 0 {
+        if dtype.is_block() && !cols.is_multiple_of(32) {
             return Err(GpuError::Shape(format!("{dtype:?} rows must be a multiple of 32 values, got {cols}")));
         }
         let row_bytes = dtype.row_bytes(cols);
@@ -329,7 +329,7 @@ impl GpuContext {
         if t.parts.len() != 1 || bytes.len() != t.bytes() {
             return Err(GpuError::Shape(format!("write: {} bytes into a tensor of {} bytes in {} part(s)", bytes.len(), t.bytes(), t.parts.len())));
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(&t.parts[0].buffer, 0, bytes);
         } else {
             let mut padded = bytes.to_vec();

@@ -96,7 +96,7 @@ impl Step<'_> {
         check_view("head_norm_rope", &x, t, heads * head_dim)?;
         check_vec("head_norm_rope cos", cos, max_pos * head_dim / 2)?;
         check_vec("head_norm_rope sin", sin, max_pos * head_dim / 2)?;
-        if head_dim % 2 != 0 || cos.cols != head_dim / 2 {
+        if !head_dim.is_multiple_of(2) || cos.cols != head_dim / 2 {
             return Err(GpuError::Shape(format!("head_norm_rope: head_dim {head_dim} needs cos/sin rows of {}, got {}", head_dim / 2, cos.cols)));
         }
         let (wt, eps) = match norm {
@@ -134,7 +134,7 @@ impl Step<'_> {
         let w = kv.kv_heads * kv.head_dim;
         check_view("kv_write k", &k, t, w)?;
         check_view("kv_write v", &v, t, w)?;
-        if kv.head_dim % 2 != 0 {
+        if !kv.head_dim.is_multiple_of(2) {
             return Err(GpuError::Shape(format!("kv_write: head_dim {} must be even", kv.head_dim)));
         }
         let p = [u(t), u(kv.kv_heads), u(kv.head_dim), u(k.offset), u(k.stride), u(v.offset), u(v.stride), slot_off];
@@ -153,7 +153,7 @@ impl Step<'_> {
     /// Query head `h` uses KV head `h / (heads / kv_heads)`; scale `1 / sqrt(head_dim)`.
     pub fn attention(&mut self, q: View, kv: &KvLayer, heads: usize, out: View) -> Result<()> {
         let (hd, kvh) = (kv.head_dim, kv.kv_heads);
-        if kvh == 0 || heads % kvh != 0 || heads / kvh > ATTN_MAX_ROWS || hd > 256 || hd == 0 {
+        if kvh == 0 || !heads.is_multiple_of(kvh) || heads / kvh > ATTN_MAX_ROWS || hd > 256 || hd == 0 {
             return Err(GpuError::Shape(format!(
                 "attention: {heads} heads over {kvh} KV heads of {hd} (at most {ATTN_MAX_ROWS} heads per KV head, head_dim <= 256)"
             )));

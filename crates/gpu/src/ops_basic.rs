@@ -41,7 +41,7 @@ impl Step<'_> {
     pub fn embedding(&mut self, table: &GpuTensor, ids: &[u32], out: View) -> Result<()> {
         let k = table.cols;
         check_view("embedding", &out, ids.len(), k)?;
-        if !table.dtype.is_weight() || k % 4 != 0 {
+        if !table.dtype.is_weight() || !k.is_multiple_of(4) {
             return Err(GpuError::Shape(format!("embedding: table {:?} with {k} columns (a weight format, columns a multiple of 4)", table.dtype)));
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {

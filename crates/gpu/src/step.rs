@@ -135,8 +135,8 @@ impl GpuContext {
                 _ => None,
             };
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-            for j in i..run_end {
-                if let (Op::Dispatch { k, params, groups: g, .. }, Some(bg)) = (&step.ops[j], &groups[j]) {
+            for (op, bg) in step.ops[i..run_end].iter().zip(&groups[i..run_end]) {
+                if let (Op::Dispatch { k, params, groups: g, .. }, Some(bg)) = (op, bg) {
                     pass.set_pipeline(&self.kernels.map[k].pipeline);
                     pass.set_bind_group(0, bg, &[(*params * 4) as u32]);
                     pass.dispatch_workgroups(g[0], g[1], g[2]);
