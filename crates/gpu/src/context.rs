@@ -22,6 +22,8 @@ pub struct ContextOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub buffers_created: u64,
+    /// Bytes of the GPU buffers alive now: tensors (weights, KV, activations) and step arenas.
+    pub live_bytes: u64,
     pub bind_groups_created: u64,
     pub submits: u64,
     pub dispatches: u64,
@@ -63,6 +65,7 @@ pub struct GpuContext {
     pub(crate) dead: Arc<Mutex<Vec<u64>>>,
     next_id: AtomicU64,
     buffers: AtomicU64,
+    pub(crate) live: Arc<AtomicU64>,
     bind_groups: AtomicU64,
     submits: AtomicU64,
     dispatches: AtomicU64,
@@ -136,6 +139,7 @@ impl GpuContext {
             dead: Arc::new(Mutex::new(Vec::new())),
             next_id: AtomicU64::new(1),
             buffers: AtomicU64::new(0),
+            live: Arc::new(AtomicU64::new(0)),
             bind_groups: AtomicU64::new(0),
             submits: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
@@ -149,6 +153,7 @@ impl GpuContext {
     pub fn counters(&self) -> Counters {
         Counters {
             buffers_created: self.buffers.load(Ordering::Relaxed),
+            live_bytes: self.live.load(Ordering::Relaxed),
             bind_groups_created: self.bind_groups.load(Ordering::Relaxed),
             submits: self.submits.load(Ordering::Relaxed),
             dispatches: self.dispatches.load(Ordering::Relaxed),
@@ -216,6 +221,7 @@ impl GpuContext {
             return Err(GpuError::OutOfMemory(format!("allocating {size} bytes: {e}")));
         }
         self.buffers.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(size, Ordering::Relaxed);
         Ok(buf)
     }
 
@@ -228,7 +234,10 @@ impl GpuContext {
         let old = arena.id;
         cache.retain(|key, _| !key.1.contains(&old));
         let size = size.max(arena.size * 2).max(1024).div_ceil(256) * 256;
-        arena.buffer = Some(self.create_buffer(size, arena.usage, None)?);
+        let buffer = self.create_buffer(size, arena.usage, None)?;
+        if arena.buffer.replace(buffer).is_some() {
+            self.live.fetch_sub(arena.size, Ordering::Relaxed);
+        }
         arena.id = self.new_id();
         arena.size = size;
         Ok(())
@@ -315,7 +324,8 @@ impl GpuContext {
             let range = first * row_bytes..(first + n) * row_bytes;
             let buffer = self.create_buffer((n * row_bytes) as u64, usage, bytes.map(|b| &b[range]))?;
             let id = self.new_id();
-            parts.push(Part { buffer, id, first_row: first, rows: n, _guard: Arc::new(PartGuard { id, dead: self.dead.clone() }) });
+            let guard = PartGuard { id, bytes: buffer.size(), dead: self.dead.clone(), live: self.live.clone() };
+            parts.push(Part { buffer, id, first_row: first, rows: n, _guard: Arc::new(guard) });
             first += n;
             if first >= rows {
                 break;

@@ -42,6 +42,9 @@ impl GpuContext {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
         let v = read.slice(..).get_mapped_range().map_err(|e| GpuError::Device(e.to_string()))?;
         let w: &[u32] = bytemuck::cast_slice(&v);
-        Ok(Some((w[0], w[1])))
+        let seen = (w[0], w[1]);
+        // The probe's two buffers go with this function.
+        self.live.fetch_sub(out.size() + read.size(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(seen))
     }
 }

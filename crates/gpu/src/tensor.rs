@@ -56,11 +56,14 @@ pub struct Part {
 #[derive(Debug)]
 pub(crate) struct PartGuard {
     pub id: u64,
+    pub bytes: u64,
     pub dead: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    pub live: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for PartGuard {
     fn drop(&mut self) {
+        self.live.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut d) = self.dead.lock() {
             d.push(self.id);
         }

@@ -240,3 +240,11 @@ fn rows_independent_of_batch() {
     }
     assert_eq!(rows[0], rows[1]);
 }
+
+/// The fixtures' head_dim (32: half the invocations own no lane) and the largest supported (256).
+#[test]
+fn head_dims_32_and_256() {
+    let Some(ctx) = ctx() else { return };
+    run_case(ctx, &Case { dtype: KvDtype::F16, heads: 4, kv_heads: 2, hd: 32, seqs: vec![(0, 5), (7, 1)] }, 4);
+    run_case(ctx, &Case { dtype: KvDtype::F32, heads: 2, kv_heads: 1, hd: 256, seqs: vec![(3, 2)] }, 5);
+}

@@ -80,12 +80,20 @@ fn warm_step_creates_nothing_and_submits_once() {
         }
         before = after;
     }
-    // Dropped tensors take their cached bind groups with them at the next run.
+    // Dropped tensors take their cached bind groups with them at the next run, and their bytes
+    // leave the live count (the tensors' padded sizes, every part).
     let cached = ctx.cached_bind_groups();
     assert!(cached > 0);
+    let live = ctx.counters().live_bytes;
+    let kv = t.kv.k.bytes() as u64 * 2;
     drop(t);
     ctx.run(ctx.step()).unwrap();
     assert_eq!(ctx.cached_bind_groups(), 0, "bind groups of dropped tensors stay cached");
+    let freed = live - ctx.counters().live_bytes;
+    assert!(freed >= kv + 64 * 64 * 4 + 128 * 64 * 4, "freed {freed} bytes");
+    // What is left: the step arenas only (params, data, scratch, staging, timestamps).
+    let arenas = ctx.counters().live_bytes;
+    assert!(arenas < 1 << 20, "{arenas} bytes left after dropping every tensor");
 }
 
 #[test]
