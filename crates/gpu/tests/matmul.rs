@@ -9,11 +9,16 @@ fn check(ctx: &GpuContext, dtype: DType, kind: MatmulKind, m: usize, n: usize, k
     let (bytes, w) = weights(dtype, n, k, s);
     let x = rand(m * k, s + 1);
     let wt = ctx.upload(dtype, n, k, &bytes).unwrap();
-    let xt = ctx.upload_f32(m, k, &x).unwrap();
+    // x read from column 2 of rows of k + 3 (an activation inside a wider row).
+    let mut wide = vec![f32::NAN; m * (k + 3)];
+    for i in 0..m {
+        wide[i * (k + 3) + 2..][..k].copy_from_slice(&x[i * k..(i + 1) * k]);
+    }
+    let xt = ctx.upload_f32(m, k + 3, &wide).unwrap();
     // y is written at column 3 of rows of n + 5 (the q/k/v columns of a fused row).
     let yt = ctx.zeros(DType::F32, m, n + 5).unwrap();
     let mut step = ctx.step();
-    step.matmul_with(kind, xt.view(), &wt, yt.cols_from(3), m).unwrap();
+    step.matmul_with(kind, xt.cols_from(2), &wt, yt.cols_from(3), m).unwrap();
     let h = step.read_f32(&yt, 0, m * (n + 5)).unwrap();
     let out = ctx.run(step).unwrap().f32(h);
     let want = matmul_ref(&x, &w, m, n, k);
