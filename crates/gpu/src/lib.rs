@@ -49,8 +49,13 @@
 //!   does not depend on the other sequences of the batch.
 //! - A warm step (same tensors, same or smaller batch) creates no buffers and no bind groups:
 //!   see [`GpuContext::counters`].
-//! - [`GpuContext`] is `Send + Sync`; steps are recorded by one thread at a time per context
-//!   (`run` takes the context's arenas for the duration of the submit).
+//!   The two matmul kernels sum in different orders (last-bit differences): a row's logits can
+//!   differ in the last bits between a decode step of <= 8 rows and a bigger one.
+//! - [`GpuContext`] is `Send + Sync`; steps may be recorded on any thread, and `run` holds the
+//!   context's step arenas until its submit completes (runs are serialised).
+//! - Measuring: [`Step::time_gpu`] + [`StepOutput::gpu_ns`] (timestamp queries),
+//!   [`StepOutput::encode_ns`] (CPU), [`Counters`] (buffers / bind groups created, submits,
+//!   dispatches, live GPU bytes), [`GpuContext::parts_needed`] (check before uploading).
 //!
 //! # Kernels (`src/wgsl/`), each tested against a plain CPU loop in `tests/`
 //!
