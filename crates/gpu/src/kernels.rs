@@ -26,6 +26,7 @@ pub const WEIGHT_FORMATS: [DType; 5] = [DType::F32, DType::F16, DType::Bf16, DTy
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum K {
     Matvec(DType),
+    MatvecSwiglu(DType),
     Tiled(DType),
     Embed(DType),
     RmsNorm,
@@ -99,6 +100,7 @@ pub(crate) fn source(k: K, subgroups: bool) -> (String, Vec<(u32, bool)>) {
     let weight_kernel = |body: &str, d: DType| (format!("{}\n{body}", weights_src(d)), vec![(1, false), (2, false), (3, true)]);
     match k {
         K::Matvec(d) => weight_kernel(&with_subgroups(include_str!("wgsl/matvec.wgsl"), subgroups), d),
+        K::MatvecSwiglu(d) => weight_kernel(&with_subgroups(include_str!("wgsl/matvec_swiglu.wgsl"), subgroups), d),
         K::Tiled(d) => weight_kernel(include_str!("wgsl/matmul_tiled.wgsl"), d),
         K::Embed(d) => weight_kernel(include_str!("wgsl/embedding.wgsl"), d),
         K::RmsNorm => (format!("{wg_sum}\n{}", include_str!("wgsl/rms_norm.wgsl")), vec![(1, false), (2, false), (3, false), (4, true)]),
@@ -125,7 +127,7 @@ pub(crate) fn source(k: K, subgroups: bool) -> (String, Vec<(u32, bool)>) {
 pub(crate) fn all() -> Vec<K> {
     let mut ks = vec![K::RmsNorm, K::AddRmsNorm, K::Add, K::Swiglu, K::Argmax, K::HeadNormRope, K::AttnMerge];
     for d in WEIGHT_FORMATS {
-        ks.extend([K::Matvec(d), K::Tiled(d), K::Embed(d)]);
+        ks.extend([K::Matvec(d), K::MatvecSwiglu(d), K::Tiled(d), K::Embed(d)]);
     }
     for d in [KvDtype::F32, KvDtype::F16, KvDtype::Bf16] {
         ks.extend([K::KvWrite(d), K::Attention(d)]);

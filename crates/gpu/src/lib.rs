@@ -28,7 +28,7 @@
 //! step.set_batch(&[SeqSpan { start: 0, len: 3, table: &[5] }])?;
 //! step.embedding(&embed, &[1, 2, 3], x.view())?;
 //! step.rms_norm(x.view(), &norm_w, 1e-6, xn.view(), 3)?;
-//! // ... matmul, head_norm_rope, kv_write, attention, swiglu, add_rms_norm per layer ...
+//! // ... matmul, head_norm_rope, kv_write, attention, matmul_swiglu, add_rms_norm per layer ...
 //! step.rms_norm_rows(x.view(), &[2], &norm_w, 1e-6, xn.view())?; // final norm, wanted rows only
 //! step.matmul(xn.view(), &embed, logits.view(), 1)?;               // tied lm_head
 //! step.argmax(logits.view(), 1, vocab, &next, 0)?;
@@ -69,6 +69,7 @@
 //! | [`Step::kv_write`] | `kv_write.wgsl` + `kv_*.wgsl` (f32 / f16 / bf16 pools, by slot) | `attention.rs` |
 //! | [`Step::attention`] | `attention.wgsl` (query tiles x KV splits, paged, GQA) + `attn_merge.wgsl` | `attention.rs` |
 //! | [`Step::swiglu`] | `swiglu.wgsl` | `elementwise.rs` |
+//! | [`Step::matmul_swiglu`] | `matvec_swiglu.wgsl` (gate/up matvec, SwiGLU epilogue); prefill: tiled + `swiglu.wgsl` | `matmul.rs` |
 //! | [`Step::matmul`] | `matvec.wgsl` (subgroups) / `matmul_tiled.wgsl` + `weights_*.wgsl` | `matmul.rs`, `split.rs` |
 //! | [`Step::argmax`] | `argmax.wgsl` | `elementwise.rs` |
 mod adapter;

@@ -52,3 +52,48 @@ impl Step<'_> {
         Ok(())
     }
 }
+
+impl Step<'_> {
+    /// `out[i, j] = silu(x[i] · w[j]) * (x[i] · w[inter + j])` for `w` = gate rows stacked over
+    /// up rows (`[2 inter, k]`). Decode rows (up to [`MATVEC_MAX_ROWS`], unsplit `w`) run one
+    /// fused kernel and never write the gate/up rows; otherwise the matmul goes to the step's
+    /// scratch and [`Step::swiglu`]'s kernel follows. Same arithmetic either way up to the
+    /// matmul kernels' summation order.
+    pub fn matmul_swiglu(&mut self, x: View, w: &GpuTensor, out: View, rows: usize) -> Result<()> {
+        let (n, k) = (w.rows, w.cols);
+        if n % 2 != 0 || !w.dtype.is_weight() || k % 4 != 0 {
+            return Err(GpuError::Shape(format!("matmul_swiglu: weights {:?} [{n}, {k}] (gate and up stacked: an even row count, k a multiple of 4)", w.dtype)));
+        }
+        let inter = n / 2;
+        check_view("matmul_swiglu x", &x, rows, k)?;
+        check_view("matmul_swiglu out", &out, rows, inter)?;
+        if rows <= MATVEC_MAX_ROWS && w.parts.len() == 1 {
+            let rpw = 4u32;
+            let p = [u(rows), u(inter), u(k), u(x.offset), u(x.stride), u(out.offset), u(out.stride), rpw];
+            let binds = vec![(1, Bind::part(w.single())), (2, Bind::part(x.t.single())), (3, Bind::part(out.t.single()))];
+            let (gx, gy) = grid2(u(inter.div_ceil(rpw as usize)));
+            return self.dispatch(K::MatvecSwiglu(w.dtype), binds, &p, [gx, gy, u(rows.div_ceil(4))]);
+        }
+        // Unfused: gate/up rows into the scratch arena (rows x 2 inter), then SwiGLU.
+        self.scratch_floats = self.scratch_floats.max(rows * n);
+        let kind = if rows <= MATVEC_MAX_ROWS { MatmulKind::MatVec } else { MatmulKind::Tiled };
+        for part in &w.parts {
+            let rpw = if part.rows >= 32_768 { 16 } else { 4 };
+            let binds = vec![(1, Bind::part(part)), (2, Bind::part(x.t.single())), (3, Bind::Scratch)];
+            match kind {
+                MatmulKind::MatVec => {
+                    let p = [u(rows), u(part.rows), u(k), u(x.offset), u(x.stride), 0, u(n), u(part.first_row), rpw];
+                    let (gx, gy) = grid2(u(part.rows.div_ceil(rpw as usize)));
+                    self.dispatch(K::Matvec(w.dtype), binds, &p, [gx, gy, u(rows.div_ceil(4))])?;
+                }
+                MatmulKind::Tiled => {
+                    let p = [u(rows), u(part.rows), u(k), u(x.offset), u(x.stride), 0, u(n), u(part.first_row)];
+                    self.dispatch(K::Tiled(w.dtype), binds, &p, [u(part.rows.div_ceil(32)), u(rows.div_ceil(32)), 1])?;
+                }
+            }
+        }
+        let p = [u(rows), u(inter), 0, u(n), u(inter), u(n), u(out.offset), u(out.stride)];
+        let binds = vec![(1, Bind::Scratch), (2, Bind::Scratch), (3, Bind::part(out.t.single()))];
+        self.dispatch(K::Swiglu, binds, &p, crate::ops_basic::grid_rows(inter, rows))
+    }
+}

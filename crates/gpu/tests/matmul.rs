@@ -68,3 +68,43 @@ fn matvec_past_one_grid_dimension() {
     check(ctx, DType::F16, MatmulKind::MatVec, 2, 70_001, 4 * 8, 9);
     check(ctx, DType::F32, MatmulKind::MatVec, 1, 65_535 * 16 + 17, 4, 10);
 }
+
+/// `silu(x · gate) * (x · up)` from gate rows stacked over up rows, as a loop.
+pub fn swiglu_ref(x: &[f32], w: &[f32], m: usize, inter: usize, k: usize) -> Vec<f32> {
+    let gu = matmul_ref(x, w, m, 2 * inter, k);
+    (0..m)
+        .flat_map(|i| {
+            let row = &gu[i * 2 * inter..(i + 1) * 2 * inter];
+            (0..inter).map(|j| row[j] / (1.0 + (-row[j]).exp()) * row[inter + j]).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn check_swiglu(ctx: &GpuContext, dtype: DType, m: usize, inter: usize, k: usize, salt: u64) {
+    let s = seed() ^ salt;
+    let (bytes, w) = weights(dtype, 2 * inter, k, s);
+    let x = rand(m * k, s + 1);
+    let wt = ctx.upload(dtype, 2 * inter, k, &bytes).unwrap();
+    let xt = ctx.upload_f32(m, k, &x).unwrap();
+    let out = ctx.zeros(DType::F32, m, inter + 1).unwrap();
+    let mut step = ctx.step();
+    step.matmul_swiglu(xt.view(), &wt, out.cols_from(1), m).unwrap();
+    let h = step.read_f32(&out, 0, m * (inter + 1)).unwrap();
+    let got = ctx.run(step).unwrap().f32(h);
+    let got: Vec<f32> = (0..m).flat_map(|i| got[i * (inter + 1) + 1..(i + 1) * (inter + 1)].to_vec()).collect();
+    assert_close(&format!("matmul_swiglu {dtype:?} m={m} inter={inter} k={k} parts={}", wt.parts.len()), &got, &swiglu_ref(&x, &w, m, inter, k), 2e-5 * k as f32);
+}
+
+/// Fused for decode rows, through the scratch for prefill rows, every format.
+#[test]
+fn gate_up_with_swiglu_epilogue() {
+    let Some(ctx) = ctx() else { return };
+    for (i, d) in WEIGHT_FORMATS.into_iter().enumerate() {
+        for m in [1, 5, 11] {
+            check_swiglu(ctx, d, m, 37, 64, 300 + i as u64 * 10 + m as u64);
+        }
+    }
+    // Split gate/up weights (gate and up rows in different parts) take the unfused path.
+    let small = GpuContext::with_options(DeviceRequest::Any(None), ContextOptions { max_storage_binding: Some(2048), ..Default::default() }).unwrap();
+    check_swiglu(&small, DType::F32, 2, 9, 32, 400);
+}
