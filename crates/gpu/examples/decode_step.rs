@@ -4,6 +4,7 @@
 //! Speed depends on shapes, not values; on lavapipe it is not GPU speed.
 //!
 //! `cargo run --release -p nano-qwen3-gpu --example decode_step -- [f32|f16|bf16|q8_0|q4_0] [steps] [layers] [gpu index]`
+//! (NANO_QWEN3_UNFUSED=1: SwiGLU as its own dispatch.)
 use nano_qwen3_gpu::*;
 use std::time::Instant;
 
@@ -64,6 +65,8 @@ fn main() -> Result<()> {
     let steps: usize = args.get(2).map_or(5, |s| s.parse().unwrap());
     let layers: usize = args.get(3).map_or(28, |s| s.parse().unwrap());
     let gpu: Option<usize> = args.get(4).map(|s| s.parse().unwrap());
+    // NANO_QWEN3_UNFUSED=1: gate/up matmul and SwiGLU as two dispatches.
+    let fused = std::env::var("NANO_QWEN3_UNFUSED").is_err();
     let ctx = GpuContext::new(DeviceRequest::Any(gpu))?;
     let r = ctx.report();
     println!("adapter: {} ({}, {}, {} {}), software: {}, features {:?}, subgroups {}..{}", r.name, r.backend, r.device_type, r.driver, r.driver_info, r.software, r.features, r.subgroup_min_size, r.subgroup_max_size);
@@ -120,8 +123,12 @@ fn main() -> Result<()> {
             step.attention(qkv.view(), &l.kv, HEADS, attn.view())?;
             step.matmul(attn.view(), &l.o, o.view(), 1)?;
             step.add_rms_norm(x.view(), o.view(), &l.post_norm, 1e-6, xn.view(), 1)?;
-            step.matmul(xn.view(), &l.gate_up, gu.view(), 1)?;
-            step.swiglu(gu.view(), gu.cols_from(FFN), mlp.view(), 1, FFN)?;
+            if fused {
+                step.matmul_swiglu(xn.view(), &l.gate_up, mlp.view(), 1)?;
+            } else {
+                step.matmul(xn.view(), &l.gate_up, gu.view(), 1)?;
+                step.swiglu(gu.view(), gu.cols_from(FFN), mlp.view(), 1, FFN)?;
+            }
             step.matmul(mlp.view(), &l.down, down.view(), 1)?;
         }
         step.add(x.view(), down.view(), 1, H)?;

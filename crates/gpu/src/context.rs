@@ -42,10 +42,14 @@ pub(crate) struct State {
     pub data: Arena,
     pub scratch: Arena,
     pub staging: Arena,
-    pub bind_groups: HashMap<(K, Vec<u64>), wgpu::BindGroup>,
+    pub bind_groups: HashMap<BindKey, wgpu::BindGroup>,
     /// Two GPU timestamps per timed step (made on the first timed step).
     pub timer: Option<Timer>,
 }
+
+/// A bind group's identity: the kernel and the ids of the buffers at its bindings (params
+/// first; unused slots 0). A fixed array, so a lookup allocates nothing.
+pub(crate) type BindKey = (K, [u64; 6]);
 
 pub(crate) struct Timer {
     pub queries: wgpu::QuerySet,
@@ -171,7 +175,7 @@ impl GpuContext {
     }
 
     /// Forget the bind groups of tensor parts dropped since the last call.
-    pub(crate) fn purge_dead(&self, cache: &mut HashMap<(K, Vec<u64>), wgpu::BindGroup>) {
+    pub(crate) fn purge_dead(&self, cache: &mut HashMap<BindKey, wgpu::BindGroup>) {
         let dead: Vec<u64> = std::mem::take(&mut *self.dead.lock().unwrap());
         if !dead.is_empty() {
             cache.retain(|key, _| !key.1.iter().any(|id| dead.contains(id)));
@@ -227,7 +231,7 @@ impl GpuContext {
 
     /// Grow `arena` to hold at least `size` bytes (doubling, so growth is rare); the bind groups
     /// that held the old buffer are dropped with it.
-    pub(crate) fn ensure(&self, arena: &mut Arena, size: u64, cache: &mut HashMap<(K, Vec<u64>), wgpu::BindGroup>) -> Result<()> {
+    pub(crate) fn ensure(&self, arena: &mut Arena, size: u64, cache: &mut HashMap<BindKey, wgpu::BindGroup>) -> Result<()> {
         if arena.buffer.is_some() && arena.size >= size {
             return Ok(());
         }

@@ -199,7 +199,12 @@ impl GpuContext {
             Bind::Data => st.data.id,
             Bind::Scratch => st.scratch.id,
         };
-        let key = (k, std::iter::once(st.params.id).chain(binds.iter().map(|(_, b)| id(b))).collect::<Vec<_>>());
+        let mut ids = [0u64; 6];
+        ids[0] = st.params.id;
+        for (slot, (_, b)) in ids[1..].iter_mut().zip(binds) {
+            *slot = id(b);
+        }
+        let key = (k, ids);
         if let Some(bg) = st.bind_groups.get(&key) {
             return bg.clone();
         }
@@ -227,7 +232,7 @@ impl GpuContext {
 impl<'c> Step<'c> {
     /// Record one dispatch with its params (at most [`PARAM_WORDS`] words).
     pub(crate) fn dispatch(&mut self, k: K, binds: Vec<(u32, Bind)>, params: &[u32], groups: [u32; 3]) -> Result<()> {
-        assert!(params.len() <= PARAM_WORDS);
+        assert!(params.len() <= PARAM_WORDS && binds.len() <= 5, "a dispatch has at most 16 param words and 5 storage bindings");
         // A buffer written by the op may not also be bound elsewhere in it (wgpu refuses it).
         let rw = &self.ctx.kernels.map[&k].binds;
         let id = |b: &Bind| match b {
