@@ -58,6 +58,7 @@ fn matvec_without_subgroups() {
     assert!(!c.report().uses("subgroups"));
     check(&c, DType::F16, MatmulKind::MatVec, 5, 33, 128, 7);
     check(&c, DType::Q4_0, MatmulKind::MatVec, 2, 9, 64, 8);
+    check_swiglu(&c, DType::Bf16, 3, 21, 64, 11);
 }
 
 /// The lm_head's shape (many rows per matvec workgroup), and more workgroups than one grid
