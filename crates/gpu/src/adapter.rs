@@ -43,8 +43,10 @@ pub struct AdapterReport {
     pub device_type: String,
     /// A CPU rasteriser (lavapipe, llvmpipe, SwiftShader, WARP): correct, not fast.
     pub software: bool,
-    /// Features requested from the device among those the kernels can use ("shader-f16",
-    /// "subgroups", "timestamp-query").
+    /// Device features enabled among "shader-f16", "subgroups", "timestamp-query" (all that
+    /// the adapter offers). Subgroups: the matvec reductions (a shared-memory stand-in
+    /// without); timestamps: [`crate::Step::time_gpu`]; shader-f16 is enabled for future f16
+    /// arithmetic, today's kernels widen f16 / bf16 to f32 in registers without it.
     pub features: Vec<String>,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
