@@ -86,9 +86,11 @@ impl GrammarCompiler {
     pub fn matcher(&self, spec: &GrammarSpec) -> Result<Matcher> {
         let parser = self.factory.create_parser(spec.top_level()).map_err(|e| grammar_error(&e.to_string()))?;
         let mut m = Matcher::new(Ok(parser));
-        let first = m.compute_mask_or_eos().map_err(|e| grammar_error(&e.to_string()))?;
+        // llguidance answers such a grammar with a bare stop reason (NoExtensionBias): say it plainly.
+        let admits_none = || grammar_error("it admits no output (e.g. a schema that only refers to itself)");
+        let first = m.compute_mask_or_eos().map_err(|_| admits_none())?;
         if first.is_zero() {
-            return Err(grammar_error("it admits no output (e.g. a schema that only refers to itself)"));
+            return Err(admits_none());
         }
         Ok(m)
     }
