@@ -5,6 +5,8 @@ use crate::quantize::calibration::CalibrationConfig;
 use crate::error::{EngineError, Result};
 use crate::model::kv_pool::KvDtype;
 use crate::model::WeightFormat;
+use crate::device::DeviceRequest;
+use crate::gpu_device::Placement;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
@@ -179,24 +181,6 @@ impl Default for AccelerationConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    Cpu,
-}
-
-impl DeviceKind {
-    /// `auto` picks the best device this build supports; asking for one it lacks is an error.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "auto" | "cpu" => Ok(Self::Cpu),
-            s if s == "cuda" || s.starts_with("cuda:") || s == "metal" => Err(EngineError::Unsupported(format!(
-                "device \"{s}\" is not available: this build was compiled without CUDA/Metal support; available devices: cpu, auto"
-            ))),
-            s => Err(EngineError::invalid_arg("device", format!("\"{s}\""), "one of auto, cpu, cuda, cuda:N, metal")),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanItem {
@@ -209,7 +193,12 @@ pub struct PlanItem {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionPlan {
+    /// "cpu" or "gpu".
     pub device: String,
+    /// Which device, and why (the adapter; or why `auto` took the CPU).
+    pub device_detail: String,
+    /// The adapter and what runs on it, when the device is a GPU.
+    pub gpu: Option<GpuPlan>,
     pub quantization: Quantization,
     pub compute_dtype: String,
     /// "checkpoint" when weights keep the checkpoint's dtype.
@@ -236,6 +225,89 @@ impl ExecutionPlan {
     }
 }
 
+/// What each option does when the forward runs on the GPU (the CPU texts replaced).
+fn on_the_gpu(cfg: &AccelerationConfig, kv: &str, items: &mut [PlanItem]) {
+    for i in items.iter_mut() {
+        let (applied, detail): (bool, String) = match i.option.as_str() {
+            "quantization" => (true, match cfg.quantization {
+                Quantization::None => "weights uploaded in the checkpoint's dtype (f32 / f16 / bf16, or GGUF Q8_0 / Q4_0 blocks as stored), widened to f32 in the matmul kernels; f32 activations and accumulation".into(),
+                Quantization::Fp32 | Quantization::Fp16 | Quantization::Bf16 => format!("{} weights in GPU memory, f32 activations and accumulation", cfg.quantization.name()),
+                Quantization::DynamicInt8 => "int8 weights as Q8_0 blocks in GPU memory, dequantized in the matmul kernels; activations stay f32 on the GPU (not quantized per token as on the CPU)".into(),
+                Quantization::StaticInt8 => "int8 weights (SmoothQuant-folded, as Q8_0 blocks) in GPU memory; the calibrated activation scales are not used on the GPU: activations stay f32".into(),
+                Quantization::Int4 => "4-bit weights as Q4_0 blocks (each group's scale repeated per 32 weights) in GPU memory; f32 activations (no int8 activations on the GPU)".into(),
+            }),
+            "useFlashAttention" => (cfg.use_flash_attention, if cfg.use_flash_attention {
+                format!("paged attention kernel over the block tables with online softmax (GQA: one workgroup per KV head and tile of query rows), split over the KV length every 256 keys and merged; KV cache in {kv} in GPU memory")
+            } else {
+                format!("off requested, but the GPU has one attention kernel (tiled online softmax over the block tables) and it runs; KV cache in {kv}")
+            }),
+            "useFusedKernels" => (cfg.use_fused_kernels, if cfg.use_fused_kernels {
+                "stacked q/k/v and gate/up weights (one matmul each), residual add + RMSNorm and q/k RMSNorm + RoPE one kernel each, SwiGLU one kernel after the gate/up matmul".into()
+            } else {
+                "off requested, but the GPU backend has only its fused kernels (stacked q/k/v and gate/up, residual add + RMSNorm, q/k RMSNorm + RoPE) and they run".into()
+            }),
+            "useChannelsLast" => (false, "not on the GPU: its matmul kernels read row-major weights (the interleaved layout is the CPU kernels')".into()),
+            "useTorchCompile" if cfg.use_torch_compile => match cfg.compile_mode {
+                CompileMode::ReduceOverhead => (true, "weights, KV pool and activation buffers created once at load and reused; a warm step records into one command encoder with cached bind groups (no GPU buffers or bind groups created) and submits once".into()),
+                CompileMode::MaxAutotune => (false, "max-autotune tunes the CPU matmul tilings; nothing is tuned on the GPU".into()),
+                CompileMode::Default => (false, "compile mode default: nothing to plan".into()),
+            },
+            _ => continue,
+        };
+        i.applied = applied;
+        i.detail = detail;
+    }
+}
+
+/// The GPU a plan runs on and what of the work it does.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPlan {
+    pub adapter: String,
+    /// "vulkan", "metal", "dx12".
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// "discrete", "integrated", "virtual", "cpu", "other".
+    pub device_type: String,
+    /// A CPU rasteriser (lavapipe, WARP, SwiftShader): correct, not fast.
+    pub software: bool,
+    /// Device features the kernels use ("shader-f16", "subgroups", "timestamp-query").
+    pub features_used: Vec<String>,
+    pub subgroup_sizes: [u32; 2],
+    pub max_storage_binding: u64,
+    pub on_gpu: Vec<String>,
+    pub on_cpu: Vec<String>,
+}
+
+impl GpuPlan {
+    fn of(a: &nano_qwen3_gpu::AdapterReport) -> Self {
+        GpuPlan {
+            adapter: a.name.clone(),
+            backend: a.backend.clone(),
+            driver: a.driver.clone(),
+            driver_info: a.driver_info.clone(),
+            device_type: a.device_type.clone(),
+            software: a.software,
+            features_used: a.features.clone(),
+            subgroup_sizes: [a.subgroup_min_size, a.subgroup_max_size],
+            max_storage_binding: a.max_storage_binding,
+            on_gpu: vec![
+                "token embedding".into(),
+                "every layer: RMSNorm (+ residual add), q/k/v matmul (+ Qwen2 bias), q/k RMSNorm + RoPE, KV write into the paged pool, paged attention, o_proj, gate/up matmul + SwiGLU, down_proj".into(),
+                "final norm and lm_head of the rows whose logits are wanted".into(),
+                "weights (uploaded once at load) and the paged KV pool (kvCacheMemory)".into(),
+            ],
+            on_cpu: vec![
+                "tokenizer, chat template, scheduler, block manager and prefix cache".into(),
+                "sampling, on the logits rows read back after each step".into(),
+                "RoPE cos/sin tables (computed once at load, as the CPU path computes them)".into(),
+                "embeddings / rerank scoring (pooled rows are not read from the GPU yet)".into(),
+            ],
+        }
+    }
+}
+
 fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> PlanItem {
     PlanItem { option: option.into(), requested: requested.to_string(), applied, detail: detail.into() }
 }
@@ -243,7 +315,13 @@ fn item(option: &str, requested: impl ToString, applied: bool, detail: &str) -> 
 /// Decide what runs. Errors for options that cannot run at all (unknown device, quantization
 /// mode not built yet); boolean options that this device does not implement are listed as skipped.
 pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
-    let _dev = DeviceKind::parse(device)?;
+    let req = DeviceRequest::parse(device)?;
+    plan_on(cfg, device, &crate::gpu_device::place(req)?)
+}
+
+/// [`plan`] for a device already placed (`requested`: the device option as given).
+pub fn plan_on(cfg: &AccelerationConfig, requested: &str, placement: &Placement) -> Result<ExecutionPlan> {
+    let gpu = placement.adapter();
     let format = cfg.weight_format()?;
     let q = cfg.quantization.name();
     let calibration = cfg.calibration.clone().unwrap_or_default();
@@ -330,14 +408,33 @@ pub fn plan(cfg: &AccelerationConfig, device: &str) -> Result<ExecutionPlan> {
         ),
         (true, CompileMode::Default) => item("useTorchCompile", "true (default)", false, "compile mode default: nothing to plan on CPU"),
     });
+    if gpu.is_some() {
+        on_the_gpu(cfg, &kv, &mut items);
+    }
     let applied = items.iter().filter(|i| i.applied).map(|i| format!("{}={}", i.option, i.requested)).collect();
     let skipped = items
         .iter()
         .filter(|i| !i.applied && i.requested != "false")
         .map(|i| format!("{}: {}", i.option, i.detail))
         .collect();
+    let device_detail = match (placement, gpu) {
+        (_, Some(a)) => format!(
+            "device \"{requested}\": {} ({}, {}{}, driver {} {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.software { ", a software adapter: correct, not fast" } else { "" },
+            a.driver,
+            a.driver_info
+        ),
+        (Placement::Cpu { why: Some(why) }, None) => format!("device \"{requested}\": the CPU ({why})"),
+        (Placement::Cpu { why: None }, None) => format!("device \"{requested}\": the CPU"),
+        (Placement::Gpu(_), None) => unreachable!("a GPU placement has an adapter"),
+    };
     Ok(ExecutionPlan {
-        device: "cpu".into(),
+        device: if gpu.is_some() { "gpu" } else { "cpu" }.into(),
+        device_detail,
+        gpu: gpu.map(GpuPlan::of),
         quantization: cfg.quantization,
         compute_dtype: "f32".into(),
         weight_dtype: match format {

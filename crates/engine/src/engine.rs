@@ -1,8 +1,12 @@
 //! The engine: a loaded model with its tokenizer, chat template and plan, the engine loop that
 //! serves it (continuous batching over one paged KV pool), and the operations a runner needs.
 //! `Sync`: any number of threads submit requests at once and share the batch.
-use crate::acceleration::{plan, AccelerationConfig, CompileMode, ExecutionPlan, Quantization};
+use crate::acceleration::{plan_on, AccelerationConfig, CompileMode, ExecutionPlan, Quantization};
+use crate::device::DeviceRequest;
 use crate::error::{EngineError, Result};
+use crate::gpu_device::{self, Placement};
+use crate::model::backend::executor::Executor;
+use crate::model::backend::gpu::GpuModel;
 use crate::model::config::GenerationDefaults;
 use crate::model::{ExecOptions, KvDtype, KvPool, LogitsFor, Qwen3Model, BLOCK_TOKENS};
 use crate::progress::ProgressFn;
@@ -145,6 +149,8 @@ pub struct Engine {
     pub autotune: Option<crate::model::autotune::AutotuneReport>,
     /// Structured outputs: the vocabulary's trie, built by the first request with a grammar.
     grammar: Mutex<Option<Arc<GrammarCompiler>>>,
+    /// The weights in GPU memory when the model runs there (computeLogits uses them too).
+    pub gpu: Option<Arc<GpuModel>>,
     /// The engine loop (declared last: dropped first, before what it uses).
     server: Server,
 }
@@ -162,7 +168,10 @@ impl Engine {
     /// Load a Hugging Face model folder or a `.gguf` file.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let started = Instant::now();
-        let plan = plan(&opts.acceleration, &opts.device)?;
+        // Where the model runs: decided here, once (an adapter opened, or the CPU).
+        let device = DeviceRequest::parse(&opts.device)?;
+        let mut placement = gpu_device::place(device)?;
+        let plan = plan_on(&opts.acceleration, &opts.device, &placement)?;
         let format = opts.acceleration.weight_format()?;
         let opened = crate::source::open(path)?;
         let config = opened.config;
@@ -231,14 +240,17 @@ impl Engine {
             if acc.use_fused_kernels {
                 model.fuse_projections();
             }
-            if acc.use_channels_last {
+            // The GPU reads row-major weights; the CPU's layouts and tilings are for CPU runs.
+            let on_cpu = placement.adapter().is_none();
+            if acc.use_channels_last && on_cpu {
                 model.repack_weights();
             }
             // Tiling is tuned last: it depends on the final formats and layouts.
-            let tuned = (acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
+            let tuned = (on_cpu && acc.use_torch_compile && acc.compile_mode == CompileMode::MaxAutotune)
                 .then(|| crate::model::autotune::autotune(&model, threads, progress));
             Ok((model, calibration, tuned))
         }))?;
+        let mut model = model;
         let mut plan = plan;
         plan.items.push(crate::retrieval::kind::plan_item(&retrieval));
         if let Some(t) = &tuned {
@@ -272,16 +284,40 @@ impl Engine {
         let prefix_caching = serving.enable_prefix_caching.unwrap_or(true);
         let kv_blocks = kv_bytes / block_bytes;
         let c = &config;
-        let kv = KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, acc.kv_cache_dtype, kv_blocks);
+        // On the GPU: weights and the KV pool uploaded now. `auto` takes the CPU when they do
+        // not fit (the plan says why); an explicit GPU request fails with what does not fit.
+        let mut gpu = None;
+        if let Placement::Gpu(ctx) = &placement {
+            match gpu_device::upload(ctx, &model, acc.kv_cache_dtype, block_bytes, kv_blocks, max_seq_length, scheduler.max_batch_tokens) {
+                Ok(g) => gpu = Some(g),
+                Err(e) if device == DeviceRequest::Auto => {
+                    placement = Placement::Cpu { why: Some(format!("{} was not used: {e}", ctx.report().name)) };
+                    if acc.use_channels_last {
+                        load_pool.install(|| pool.enter(|| model.repack_weights()));
+                    }
+                    // The CPU's plan, with the items added since (model kind) kept.
+                    let mut cpu = plan_on(acc, &opts.device, &placement)?;
+                    let extra: Vec<_> = plan.items.drain(..).filter(|i| cpu.items.iter().all(|p| p.option != i.option)).collect();
+                    cpu.items.extend(extra);
+                    plan = cpu;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (gpu_model, executor) = match gpu {
+            Some((g, runner)) => (Some(g), Executor::Gpu(runner)),
+            None => (None, Executor::cpu(KvPool::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, acc.kv_cache_dtype, kv_blocks))),
+        };
         let model = Arc::new(model);
         let pool = Arc::new(pool);
         let tokenizer = Arc::new(opened.tokenizer);
         let runtime = Runtime { model: model.clone(), pool: pool.clone(), tokenizer: tokenizer.clone(), exec };
-        let server = Server::start(runtime, kv, Scheduler::new(scheduler, BlockManager::new(kv_blocks, prefix_caching)))
+        let server = Server::start(runtime, executor, Scheduler::new(scheduler, BlockManager::new(kv_blocks, prefix_caching)))
             .map_err(|e| cannot_start(&e))?;
         let mut engine = Self {
             weight_cache: prepared_cache::WeightCacheInfo::status("not used"),
             rss_at_load: None,
+            gpu: gpu_model,
             exec,
             prefill_chunk,
             kv_dtype: acc.kv_cache_dtype,
@@ -384,6 +420,10 @@ impl Engine {
     pub fn compute_logits(&self, ids: &[u32], all_positions: bool) -> Result<Vec<f32>> {
         self.check_prompt(ids)?;
         let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
+        if let Some(g) = &self.gpu {
+            let chunk = self.prefill_chunk.unwrap_or(self.scheduler.max_batch_tokens);
+            return crate::model::backend::gpu::run_alone(g, &self.model, ids, which, self.kv_dtype, chunk);
+        }
         self.pool.install(|| self.model.run_alone(ids, which, &self.exec, self.kv_dtype, self.prefill_chunk, None))
     }
 

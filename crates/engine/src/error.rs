@@ -23,6 +23,9 @@ pub enum EngineError {
     Unsupported(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The GPU failed (device lost, out of memory, a refused op): the requests in the step fail.
+    #[error("GPU: {0}")]
+    Gpu(String),
     #[error("generation aborted")]
     Aborted,
     #[error("tokenizer: {0}")]
@@ -46,6 +49,7 @@ impl EngineError {
             Self::ContextOverflow { .. } | Self::ContextOverflowAtLeast { .. } | Self::KvPoolOverflow { .. } => "CONTEXT_OVERFLOW",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Internal(_) => "INTERNAL",
+            Self::Gpu(_) => "GPU_ERROR",
             Self::Aborted => "ABORTED",
             Self::Tokenizer(_) => "TOKENIZER_ERROR",
             Self::Template(_) => "TEMPLATE_ERROR",

@@ -20,6 +20,7 @@ pub mod cache_dir;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod gpu_device;
 pub mod model;
 pub mod progress;
 pub mod quantize;

@@ -48,10 +48,34 @@ pub struct PlanItem {
     pub detail: String,
 }
 
+/// The GPU a plan runs on: the adapter, the features the kernels use, and what runs where.
+#[napi(object)]
+pub struct GpuPlan {
+    pub adapter: String,
+    /// "vulkan", "metal" or "dx12".
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// "discrete", "integrated", "virtual", "cpu" or "other".
+    pub device_type: String,
+    /// A software adapter (lavapipe, WARP, SwiftShader): correct, not fast.
+    pub software: bool,
+    pub features_used: Vec<String>,
+    /// Smallest and largest subgroup size the adapter reports.
+    pub subgroup_sizes: Vec<u32>,
+    pub max_storage_binding: f64,
+    pub on_gpu: Vec<String>,
+    pub on_cpu: Vec<String>,
+}
+
 /// What a config does on a device: each option applied or skipped (with the reason).
 #[napi(object)]
 pub struct ExecutionPlan {
+    /// "cpu" or "gpu".
     pub device: String,
+    /// Which device and why (the adapter; or why `auto` took the CPU).
+    pub device_detail: String,
+    pub gpu: Option<GpuPlan>,
     /// One of `optionValues().quantization`.
     pub quantization: String,
     pub compute_dtype: String,
@@ -64,9 +88,21 @@ pub struct ExecutionPlan {
 
 impl From<engine::ExecutionPlan> for ExecutionPlan {
     fn from(p: engine::ExecutionPlan) -> Self {
-        let engine::ExecutionPlan { device, quantization, compute_dtype, weight_dtype, items, applied_optimizations, skipped_optimizations } = p;
+        let engine::ExecutionPlan { device, device_detail, gpu, quantization, compute_dtype, weight_dtype, items, applied_optimizations, skipped_optimizations } = p;
         Self {
             device,
+            device_detail,
+            gpu: gpu.map(|g| {
+                let engine::acceleration::GpuPlan {
+                    adapter, backend, driver, driver_info, device_type, software, features_used, subgroup_sizes, max_storage_binding, on_gpu, on_cpu,
+                } = g;
+                GpuPlan {
+                    adapter, backend, driver, driver_info, device_type, software, features_used,
+                    subgroup_sizes: subgroup_sizes.to_vec(),
+                    max_storage_binding: num(max_storage_binding),
+                    on_gpu, on_cpu,
+                }
+            }),
             quantization: quantization.name().to_string(),
             compute_dtype,
             weight_dtype,

@@ -2,7 +2,9 @@
 //! channel and runs steps (each one forward call on the kernel pool) while there is work. Callers
 //! never block it: they submit a [`Sequence`] with its event sink and go.
 use crate::error::EngineError;
-use crate::model::{ExecOptions, KvPool, Qwen3Model, Stepper};
+use crate::error::Result;
+use crate::model::backend::executor::Executor;
+use crate::model::{ExecOptions, Qwen3Model};
 use crate::serve::pooled::pooled_step;
 use crate::serve::scheduler::{Scheduler, SchedulerStats};
 use crate::serve::sequence::Sequence;
@@ -27,8 +29,16 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A step with pooling rows (embeddings), which read hidden states: on the CPU only for now.
+fn pooled(device: &mut Executor, rt: &Runtime, chunks: &[crate::model::SeqChunk], hidden: &[usize], logits: &mut Vec<f32>) -> Result<()> {
+    match device.cpu_kv() {
+        Some(kv) => pooled_step(&rt.model, kv, chunks, hidden, &rt.exec, logits),
+        None => Err(EngineError::Unsupported("embeddings and rerank scores do not run on the GPU yet: load the model with device \"cpu\"".into())),
+    }
+}
+
 impl Server {
-    pub fn start(rt: Runtime, mut kv: KvPool, mut sched: Scheduler) -> std::io::Result<Server> {
+    pub fn start(rt: Runtime, mut device: Executor, mut sched: Scheduler) -> std::io::Result<Server> {
         let (tx, rx) = channel::<Sequence>();
         let stats = sched.published();
         // `start` returns once the loop runs: its thread's start-up (the runtime's allocations)
@@ -37,7 +47,7 @@ impl Server {
         let thread = std::thread::Builder::new().name("nano-qwen3-engine".into()).spawn(move || {
             let _ = ready.send(());
             let vocab = rt.model.config.vocab_size;
-            let (mut stepper, mut logits) = (Stepper::default(), Vec::new());
+            let mut logits = Vec::new();
             loop {
                 if sched.is_idle() {
                     match rx.recv() {
@@ -67,9 +77,9 @@ impl Server {
                         let run = || {
                             rt.pool.install(|| {
                                 if hidden.is_empty() {
-                                    stepper.step(&rt.model, &mut kv, chunks, &rt.exec, logits)
+                                    device.step(&rt.model, chunks, &rt.exec, logits)
                                 } else {
-                                    pooled_step(&rt.model, &mut kv, chunks, hidden, &rt.exec, logits)
+                                    pooled(&mut device, &rt, chunks, hidden, logits)
                                 }
                             })
                         };

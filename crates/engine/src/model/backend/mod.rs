@@ -8,6 +8,8 @@
 //! The recipe is generic over the backend (static dispatch): the CPU step compiles to the same
 //! kernel calls as before the interface existed, with no indirection per op.
 pub mod cpu;
+pub mod executor;
+pub mod gpu;
 
 use crate::model::forward::{LogitsFor, SeqChunk};
 use crate::quantize::calibration::Site;
@@ -128,18 +130,23 @@ pub fn logit_rows(batch: &[SeqChunk], rows: &mut Vec<usize>) {
     }
 }
 
-/// RoPE angle tables of the batch, as transformers computes them: `position * inv_freq` in f32,
-/// `half = inv_freq.len()` values per token.
+/// RoPE's cos / sin of one position, as transformers computes them: `position * inv_freq` in f32.
+pub fn rope_row(position: usize, inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
+    for (i, inv) in inv_freq.iter().enumerate() {
+        let a = position as f32 * inv;
+        cos[i] = a.cos();
+        sin[i] = a.sin();
+    }
+}
+
+/// RoPE angle tables of the batch: [`rope_row`] of each token's position, `inv_freq.len()`
+/// values per token.
 pub fn rope_tables(batch: &[SeqChunk], inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
     let half = inv_freq.len();
     let mut row = 0;
     for s in batch {
         for p in s.start..s.start + s.tokens.len() {
-            for (i, inv) in inv_freq.iter().enumerate() {
-                let a = p as f32 * inv;
-                cos[row * half + i] = a.cos();
-                sin[row * half + i] = a.sin();
-            }
+            rope_row(p, inv_freq, &mut cos[row * half..][..half], &mut sin[row * half..][..half]);
             row += 1;
         }
     }
