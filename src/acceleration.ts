@@ -83,7 +83,17 @@ export function createAccelerationConfig(opts: AccelerationConfigInput = {}): Ac
   return Object.freeze(parseOrThrow(accelerationConfigSchema, input, 'accelerationConfig', 'INVALID_CONFIG'))
 }
 
-export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}` | 'metal'
+/** Where the model runs: `auto` takes a hardware GPU adapter when there is one and the model fits
+ * it, else the CPU (never a software adapter); `gpu` / `gpu:N` any adapter (software included);
+ * `vulkan` / `metal` / `dx12` an adapter of that API. `cuda` / `cuda:N` answer an error naming
+ * `gpu` (NVIDIA cards run through their Vulkan driver). */
+export type Device = 'auto' | 'cpu' | 'gpu' | `gpu:${number}` | 'vulkan' | 'metal' | 'dx12' | 'cuda' | `cuda:${number}`
+
+/** The device spellings the engine accepts (cuda is accepted here so that the engine answers it
+ * with its pointer to `gpu`). */
+export const deviceSchema = z
+  .string()
+  .regex(/^(auto|cpu|gpu|gpu:\d+|vulkan|metal|dx12|cuda|cuda:\d+)$/, 'allowed: auto, cpu, gpu, gpu:N, vulkan, metal, dx12')
 
 export type { PlanItem }
 
@@ -97,7 +107,7 @@ export class ModelAccelerator {
 
   constructor(config: AccelerationConfigInput | AccelerationConfig = {}, device: Device = 'auto') {
     this.config = createAccelerationConfig(config)
-    this.device = device
+    this.device = parseOrThrow(deviceSchema, device, 'device', 'INVALID_ARGUMENT') as Device
   }
 
   /** Throws when the config cannot run on the device at all (e.g. a mode this build lacks). */

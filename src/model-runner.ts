@@ -6,6 +6,7 @@ import {
   type AccelerationConfig,
   type AccelerationConfigInput,
   createAccelerationConfig,
+  deviceSchema,
   type Device,
   type ExecutionPlan,
   type KvCacheDtype,
@@ -33,7 +34,7 @@ import { parseOrThrow } from './validation.js'
 const loadOptionsSchema = z
   .object({
     modelName: z.string().min(1),
-    device: z.string().regex(/^(auto|cpu|cuda|cuda:\d+|metal)$/, 'allowed: auto, cpu, cuda, cuda:N, metal').default('auto'),
+    device: deviceSchema.default('auto'),
     accelerationConfig: z.any().optional(),
     maxSeqLength: z.number().int().positive().optional(),
     threads: z.number().int().positive().optional(),
