@@ -21,7 +21,7 @@ export interface ServerOptions extends Partial<ModelRunnerOptions> {
   host?: string
   /** 0 picks a free port (see `server.port`). Default 8000. */
   port?: number
-  /** Clients must send `Authorization: Bearer <apiKey>` to /v1, /tokenize and /detokenize. */
+  /** Clients must send `Authorization: Bearer <apiKey>` to every route but /health, /ready and /metrics. */
   apiKey?: string
   /** Sequences that may wait for a place in the batch; beyond it requests get 429. Default 256. */
   maxQueue?: number
@@ -67,7 +67,9 @@ function keyMatches(header: string | undefined, key: Buffer): boolean {
   return timingSafeEqual(digest(m?.[1] ?? ''), key) && m !== null
 }
 
-const PROTECTED = /^\/(v1\/|tokenize$|detokenize$)/
+/** With an API key every route wants it (deny by default: a route added later is covered) but
+ * these, which probes and scrapers call without one. */
+const PUBLIC = new Set(['/health', '/ready', '/metrics'])
 
 export async function createServer(options: ServerOptions): Promise<NanoQwenServer> {
   const o = serverOptionsSchema.safeParse(options)
@@ -89,7 +91,7 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
   const app = Fastify({ logger, bodyLimit })
   app.addHook('onRequest', async (req) => {
     if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', null, 'shutting_down')
-    if (key && PROTECTED.test(req.url.split('?')[0]) && !keyMatches(req.headers.authorization, key)) {
+    if (key && !PUBLIC.has(req.url.split('?')[0]) && !keyMatches(req.headers.authorization, key)) {
       throw new HttpError(401, 'missing or wrong API key: send "Authorization: Bearer <key>"', 'invalid_request_error', null, 'invalid_api_key')
     }
   })
