@@ -406,4 +406,42 @@ mod tests {
         b.take(2048, 20);
         assert_eq!((b.tokens, b.long), (136, 4));
     }
+
+    /// Zero logits for every row a step asks for: the scheduler is under test, not the model.
+    fn zero_logits(chunks: &[SeqChunk], out: &mut Vec<f32>, vocab: usize) -> Result<()> {
+        let rows = chunks.iter().filter(|c| c.logits == LogitsFor::LastToken).count();
+        out.resize(rows * vocab, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_newest_running_sequence_is_preempted_when_blocks_run_out() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny/tokenizer.json");
+        let tok = Tokenizer::from_file(&dir).unwrap();
+        let vocab = tok.vocab_size();
+        let opts = crate::serve::request::GenerateRequest { max_tokens: Some(8.0), temperature: Some(0.0), ..Default::default() }
+            .resolve(&Default::default())
+            .unwrap();
+        // Two blocks: each 15-token prompt takes one; both need a second at their 17th token.
+        let cfg = SchedulerConfig { max_batch_tokens: 64, max_sequences: 4, max_chunk: 64 };
+        let mut s = Scheduler::new(cfg, BlockManager::new(2, false));
+        let (older, newer): (Vec<u32>, Vec<u32>) = ((100..115).collect(), (300..315).collect());
+        for p in [&older, &newer] {
+            s.add(Sequence::new(p.clone(), &opts, 8, Vec::new(), None, Box::new(|_| {})));
+        }
+        let mut logits = Vec::new();
+        for _ in 0..2 {
+            assert!(s.step(&tok, vocab, |c, _, out| zero_logits(c, out, vocab), &mut logits));
+        }
+        assert_eq!((s.running.len(), s.preemptions), (2, 0));
+        assert!(s.step(&tok, vocab, |c, _, out| zero_logits(c, out, vocab), &mut logits));
+        // The older one keeps running (with the freed block); the newer waits at the queue's head.
+        assert_eq!(s.preemptions, 1);
+        assert_eq!(s.running.len(), 1);
+        assert_eq!(&s.running[0].tokens[..15], &older[..]);
+        assert_eq!(s.running[0].table.len(), 2);
+        let waiting = s.waiting.front().unwrap();
+        assert_eq!(&waiting.tokens[..15], &newer[..]);
+        assert!(waiting.table.is_empty(), "a preempted sequence keeps no blocks");
+    }
 }

@@ -2,7 +2,7 @@
 //! scheduler moves it between waiting and running; `on_logits` turns each step's logits into the
 //! next token, the text that is safe to release, and the end of the request.
 use crate::error::{EngineError, Result};
-use crate::serve::grammar::mask_logits;
+use crate::serve::grammar::{grammar_error, mask_logits};
 use crate::serve::logprobs::{token_logprob, TokenLogprob};
 use crate::serve::request::{FinishReason, GenerateOptions, StopMatcher, StopScan};
 use crate::serve::sampler::Sampler;
@@ -225,7 +225,7 @@ impl Sequence {
         // The grammar is complete once it takes no more tokens: the output ends here.
         let grammar_done = match &mut self.grammar {
             Some(m) => {
-                m.consume_token(next).map_err(|e| EngineError::Internal(format!("structured output: {e}")))?;
+                m.consume_token(next).map_err(|e| grammar_error(&e.to_string()))?;
                 m.is_stopped()
             }
             None => false,
