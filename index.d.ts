@@ -14,6 +14,18 @@ export declare class NativeEngine {
    * ("[CODE] message"). Bad input throws here, before anything runs.
    */
   generate(prompt: Array<number>, request: any, requestId: number, onEvent: (event: GenerateEvent) => void): void
+  /**
+   * Queue embeddings of `inputs` (strings or token-id arrays) on the engine loop; they share
+   * steps with everything else running. `onDone` hears the result or the error once. Bad input
+   * throws here, before anything runs; `cancel(requestId)` aborts.
+   */
+  embed(inputs: any, options: any, requestId: number, onDone: (event: EmbedEvent) => void): void
+  /**
+   * Queue every (query, document) pair (Qwen3-Reranker's template) on the engine loop;
+   * `onDone` hears the ranking (best first, cut to `topN`) or the error once.
+   */
+  rerank(query: string, documents: Array<string>, instruction: string | undefined | null, topN: number | undefined | null, requestId: number, onDone: (event: RerankEvent) => void): void
+  retrievalInfo(): RetrievalInfo
   /** Ask a running generation to stop before its next token. */
   cancel(requestId: number): void
   benchmark(sampleText: string, iterations: number, decodeTokens: number): Promise<BenchmarkReport>
@@ -221,6 +233,8 @@ export interface NativeLoadOptions {
   enablePrefixCaching?: boolean
   /** Reuse static_int8 / int4 weights prepared by an earlier load (default true). */
   weightCache?: boolean
+  /** "auto" (default: read from the checkpoint), "generate", "embedding" or "reranker". */
+  modelKind?: string
 }
 
 /** The allowed values of every enumerated acceleration option (the engine's lists). */
@@ -359,4 +373,52 @@ export interface WeightCacheInfo {
   status: string
   path: string | null
   error: string | null
+}
+
+/** What `embed` / `rerank`'s callback receives, once: the result, or an error ("[CODE] message"). */
+export interface EmbedEvent {
+  result?: EmbedResult
+  error?: string
+}
+
+/** Embeddings of one `embed` call: `count` vectors of `dims` values, row after row in `data`. */
+export interface EmbedResult {
+  data: Float32Array
+  dims: number
+  count: number
+  /** Tokens of all inputs together. */
+  promptTokens: number
+}
+
+export interface RerankEvent {
+  result?: RerankResult
+  error?: string
+}
+
+export interface RerankItem {
+  /** The document's position in the call. */
+  index: number
+  /** softmax([no, yes])[1] at the last position, in [0, 1]. */
+  score: number
+}
+
+/** A ranking, best first (equal scores keep the documents' order), cut to `topN`. */
+export interface RerankResult {
+  results: Array<RerankItem>
+  promptTokens: number
+}
+
+/** What the checkpoint is for and how it pools (see the plan's `modelKind` item). */
+export interface RetrievalInfo {
+  kind: 'generate' | 'embedding' | 'reranker'
+  /** Which file (or the modelKind option) said so. */
+  detectedFrom: string
+  /** The pooling the checkpoint asks for; only "last_token" embeds. */
+  pooling: string
+  /** Whether the checkpoint's own pipeline L2-normalises. */
+  normalize: boolean
+  /** Named prompt prefixes (config_sentence_transformers.json), e.g. `query`. */
+  prompts: Record<string, string>
+  /** A token appended to every embedded text (GGUF add_eos_token), if any. */
+  appendEos: number | null
 }

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { createAccelerationConfig, optionValues } from './acceleration.js'
+import { embedCommand, rerankCommand } from './cli-retrieval.js'
 import type { ChatMessage } from './chat.js'
 import { NanoQwenError } from './errors.js'
 import { defaultModelDir, ModelRunner } from './model-runner.js'
@@ -16,6 +17,8 @@ Usage:
   nano-qwen3-serving info [options]                   model, acceleration plan and memory
   nano-qwen3-serving quantize [options] -o out.gguf   write the model, as loaded, to GGUF (llama.cpp's format)
   nano-qwen3-serving serve [options]                  OpenAI-compatible HTTP server (/v1/chat/completions, ...)
+  nano-qwen3-serving embed [options] [text...]        embeddings, one JSON line per text (texts: arguments or stdin lines)
+  nano-qwen3-serving rerank [options] <query> [doc...] documents best first: score, index, text (docs: arguments or stdin lines)
   nano-qwen3-serving <command> --help
 
 Common options:
@@ -30,6 +33,9 @@ Generation options (generate, chat):
   --max-tokens <n>  --temperature <t>  --top-p <p>  --top-k <k>  --min-p <p>
   --repetition-penalty <r>  --seed <n>  --stop <text> (repeatable)  --ignore-eos
 Chat options:   --system <text>  --no-think
+Embed options:  --instruction <task> (a query: "Instruct: <task>\nQuery:<text>")  --dimensions <n>  --no-normalize
+Rerank options: --instruction <task>  --top-n <n>
+Model kind:     --model-kind auto | generate | embedding | reranker (default auto: from the checkpoint's files)
 Bench options:  --iterations <n> (default 5)  --decode-tokens <n> (default 32)  --sample-text <text>
 Serve options:
   --host <addr>             address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
@@ -80,6 +86,11 @@ const options = {
   'max-batch-tokens': { type: 'string' },
   'max-concurrent-sequences': { type: 'string' },
   'no-prefix-caching': { type: 'boolean' },
+  instruction: { type: 'string' },
+  dimensions: { type: 'string' },
+  'no-normalize': { type: 'boolean' },
+  'top-n': { type: 'string' },
+  'model-kind': { type: 'string' },
 } as const
 
 function num(name: string, v: string | undefined): number | undefined {
@@ -102,7 +113,7 @@ function readCalibrationTexts(file: string): string[] {
 export async function main(argv: string[]): Promise<number> {
   const { values: o, positionals } = parseArgs({ args: argv, options, allowPositionals: true })
   const [command, ...rest] = positionals
-  if (!command || o.help || !['generate', 'chat', 'bench', 'info', 'quantize', 'serve'].includes(command)) {
+  if (!command || o.help || !['generate', 'chat', 'bench', 'info', 'quantize', 'serve', 'embed', 'rerank'].includes(command)) {
     process.stdout.write(HELP)
     return command && !o.help ? 2 : 0
   }
@@ -116,6 +127,7 @@ export async function main(argv: string[]): Promise<number> {
     maxBatchTokens: num('max-batch-tokens', o['max-batch-tokens']),
     maxConcurrentSequences: num('max-concurrent-sequences', o['max-concurrent-sequences']),
     enablePrefixCaching: o['no-prefix-caching'] ? false : undefined,
+    modelKind: o['model-kind'] as any,
     accelerationConfig: createAccelerationConfig({
       quantization: (o.quantization ?? 'none') as any,
       calibration: o.calibration ? { texts: readCalibrationTexts(o.calibration) } : undefined,
@@ -190,6 +202,10 @@ export async function main(argv: string[]): Promise<number> {
       }
       case 'serve':
         return await serve(runner, o)
+      case 'embed':
+        return await embedCommand(runner, rest, { instruction: o.instruction, dimensions: o.dimensions, normalize: !o['no-normalize'] })
+      case 'rerank':
+        return await rerankCommand(runner, rest, { instruction: o.instruction, topN: o['top-n'] })
       default: {
         console.log(JSON.stringify(runner.getModelInfo(), null, 2))
         return 0

@@ -32,7 +32,8 @@ export {
   type TensorClass,
 } from './model-runner.js'
 export { type LoadProgress, loadProgressBar } from './progress.js'
-export type { AutotuneReport, BenchmarkReport, GenerationDefaults, MemoryUsage, SiteDecision, Stats } from './native.js'
+export type { EmbedInput, EmbedOptions, EmbedOutput, RerankItem, RerankOptions, RerankOutput } from './retrieval.js'
+export type { AutotuneReport, BenchmarkReport, GenerationDefaults, MemoryUsage, RetrievalInfo, SiteDecision, Stats } from './native.js'
 export { generationParamsSchema } from './params.js'
 export type { FinishReason, GenerateResult, GenerationParams, StreamChunk, Timings, TokenAlternative, TokenLogprob, Usage } from './params.js'
 export { createServer, type NanoQwenServer, type ServerOptions } from './server/index.js'

@@ -25,10 +25,21 @@ import {
   type NativeQuantizationInfo,
   type NativeServingInfo,
   type NativeWeightCacheInfo,
+  type RetrievalInfo,
   type TensorClass,
 } from './native.js'
 import { type GenerateResult, type GenerationParams, type StreamChunk, toEngineRequest } from './params.js'
 import { type LoadProgress, loadProgressBar } from './progress.js'
+import {
+  embed as embedInputs,
+  type EmbedInput,
+  type EmbedOptions,
+  type EmbedOutput,
+  rerank as rerankDocuments,
+  type RerankItem,
+  type RerankOptions,
+  type RerankOutput,
+} from './retrieval.js'
 import { parseOrThrow } from './validation.js'
 
 const loadOptionsSchema = z
@@ -43,6 +54,7 @@ const loadOptionsSchema = z
     maxConcurrentSequences: z.number().int().positive().max(2 ** 32 - 1).optional(),
     enablePrefixCaching: z.boolean().optional(),
     weightCache: z.boolean().optional(),
+    modelKind: z.enum(['auto', 'generate', 'embedding', 'reranker']).optional(),
     revision: z.string().optional(),
     onDownloadProgress: z.union([z.function(), z.literal(false)]).optional(),
     onLoadProgress: z.union([z.function(), z.literal(false)]).optional(),
@@ -72,6 +84,10 @@ export interface ModelRunnerOptions {
    * `NANO_QWEN3_WEIGHT_CACHE=0` also turns it off, `NANO_QWEN3_WEIGHT_CACHE_DIR` moves it).
    * `getModelInfo().weightCache` says what happened. */
   weightCache?: boolean
+  /** What the checkpoint is for (default 'auto': sentence-transformers files or GGUF pooling_type
+   * say). Any kind still generates, embeds (last-token pooling) and reranks; the plan's
+   * `modelKind` item says which pooling and scoring run. */
+  modelKind?: 'auto' | 'generate' | 'embedding' | 'reranker'
   revision?: string
   onDownloadProgress?: ResolveOptions['onProgress']
   /** Quantization / calibration progress while loading. Default: a bar on stderr when it is a terminal; `false` silences it. */
@@ -185,6 +201,7 @@ export class ModelRunner {
           maxConcurrentSequences: this.options.maxConcurrentSequences,
           enablePrefixCaching: this.options.enablePrefixCaching,
           weightCache: this.options.weightCache,
+          modelKind: this.options.modelKind,
         },
         report,
       )
@@ -343,6 +360,31 @@ export class ModelRunner {
       if (tail.content || tail.reasoningContent) yield { text: '', tokenIds: [], ...tail }
     }
     return { [Symbol.asyncIterator]: iterate, result }
+  }
+
+  /** Embeds each text: last-token pooling of the final hidden state, L2-normalised (see EmbedOptions). */
+  async embed(texts: string | string[], opts?: EmbedOptions): Promise<Float32Array[]> {
+    return (await embedInputs(this.native, texts, opts)).embeddings
+  }
+
+  /** `embed` for texts or token-id arrays, with the tokens counted (the HTTP endpoint's usage). */
+  async embedWithUsage(input: EmbedInput, opts?: EmbedOptions): Promise<EmbedOutput> {
+    return embedInputs(this.native, input, opts)
+  }
+
+  /** Scores each document for `query` with Qwen3-Reranker's template; best first. */
+  async rerank(query: string, documents: string[], opts?: RerankOptions): Promise<RerankItem[]> {
+    return (await rerankDocuments(this.native, query, documents, opts)).results
+  }
+
+  /** `rerank` with the tokens counted. */
+  async rerankWithUsage(query: string, documents: string[], opts?: RerankOptions): Promise<RerankOutput> {
+    return rerankDocuments(this.native, query, documents, opts)
+  }
+
+  /** What the checkpoint is for and how it pools, as read from its files (or the modelKind option). */
+  getRetrievalInfo(): RetrievalInfo {
+    return native(() => this.native.retrievalInfo())
   }
 
   getAccelerationInfo(): ExecutionPlan {

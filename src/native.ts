@@ -18,6 +18,7 @@ export type {
   OptionValues,
   PlanItem,
   QuantizationInfo as NativeQuantizationInfo,
+  RetrievalInfo,
   ServingInfo as NativeServingInfo,
   SiteDecision,
   Stats,

@@ -9,6 +9,8 @@ import { z } from 'zod'
 import { ModelRunner, type ModelRunnerOptions } from '../model-runner.js'
 import { chatCompletions, type RequestContext, templateMessages } from './chat-completions.js'
 import { completions } from './completions.js'
+import { registerEmbeddings } from './embeddings.js'
+import { registerRerank } from './rerank.js'
 import { errorBody, HttpError, toHttpError } from './http-error.js'
 import { Metrics } from './metrics.js'
 import { chatRequestSchema, completionRequestSchema, parseBody } from './requests.js'
@@ -164,6 +166,10 @@ export async function createServer(options: ServerOptions): Promise<NanoQwenServ
     await withRequest(req, reply, prompts * (r.n ?? 1), (ctx) => completions(r, ctx, reply, (b) => (body = b)))
     return reply.sent ? reply : body
   })
+
+  const pooling = { runner, modelName, checkModel, withRequest, maxSequences: info.serving.maxConcurrentSequences }
+  registerEmbeddings(app, pooling)
+  registerRerank(app, pooling)
 
   const tokenizeSchema = z.union([
     z.object({ model: z.string().optional(), prompt: z.string(), add_special_tokens: z.boolean().optional() }).strict(),

@@ -160,3 +160,20 @@ fn the_plan_says_which_pooling_runs_and_the_kind_can_be_overridden() {
     let norm: f64 = v.embeddings[0].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
 }
+
+#[test]
+fn an_embedding_model_exported_to_gguf_is_one_there_too() {
+    let folder = load("qwen3-embedding-tiny", LoadOptions::default());
+    let dir = std::env::temp_dir().join(format!("nano-qwen3-emb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("emb.gguf");
+    folder.export_gguf(&file).unwrap();
+    let gguf = Engine::load(&file, &LoadOptions { threads: Some(2), ..Default::default() }).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // pooling_type 3 and add_eos_token: the GGUF's tokenizer appends nothing itself.
+    assert_eq!((gguf.retrieval.kind, gguf.retrieval.append_eos), (ModelKind::Embedding, Some(151643)), "{:?}", gguf.retrieval);
+    let input = text("The capital of France is Paris.");
+    assert_eq!(gguf.embedding_ids(&input, None).unwrap(), folder.embedding_ids(&input, None).unwrap());
+    let (a, b) = (folder.embed(&[input.clone()], &EmbedOptions::default()).unwrap(), gguf.embed(&[input], &EmbedOptions::default()).unwrap());
+    assert!(rel_err(&b.embeddings[0], &a.embeddings[0]) < 1e-5);
+}

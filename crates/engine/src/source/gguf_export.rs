@@ -197,6 +197,18 @@ impl Engine {
             kv.kv_str("tokenizer.chat_template", t);
             n_kv += 1;
         }
+        // An embedding model says so as llama.cpp reads it: last-token pooling, and the EOS its
+        // tokenizer appends (Qwen3-Embedding's post-processor) as add_eos_token.
+        if self.retrieval.kind == crate::retrieval::ModelKind::Embedding && self.retrieval.pooling == "last_token" {
+            kv.kv_u32(&format!("{arch}.pooling_type"), 3);
+            n_kv += 1;
+            let (with, without) = (self.tokenizer.encode("a", true)?, self.tokenizer.encode("a", false)?);
+            let appends_eos = with.len() == without.len() + 1 && with.last().copied() == eos;
+            if appends_eos || self.retrieval.append_eos.is_some() {
+                kv.kv_bool("tokenizer.ggml.add_eos_token", true);
+                n_kv += 1;
+            }
+        }
 
         // Tensor infos: ggml lists dimensions fastest-varying first, i.e. HF's shape reversed.
         let mut infos = Enc::default();
