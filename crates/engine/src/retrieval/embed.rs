@@ -92,6 +92,11 @@ impl Engine {
                 self.retrieval.pooling, self.retrieval.detected_from
             )));
         }
+        // Refused before queueing: a pooling row in a GPU step would fail the step, and with it
+        // the generations sharing it.
+        if self.gpu.is_some() {
+            return Err(EngineError::Unsupported("embeddings do not run on the GPU yet: load the model with device \"cpu\" (rerank does run there)".into()));
+        }
         if inputs.is_empty() || inputs.len() > MAX_INPUTS {
             return Err(EngineError::invalid_arg("input", format!("{} inputs", inputs.len()), &format!("1 ..= {MAX_INPUTS} inputs")));
         }
