@@ -151,6 +151,8 @@ pub struct Engine {
     grammar: Mutex<Option<Arc<GrammarCompiler>>>,
     /// The weights in GPU memory when the model runs there (computeLogits uses them too).
     pub gpu: Option<Arc<GpuModel>>,
+    /// computeLogits' KV pool and buffers on the GPU, reused while they fit.
+    gpu_alone: Mutex<Option<crate::model::backend::gpu::GpuRunner>>,
     /// The engine loop (declared last: dropped first, before what it uses).
     server: Server,
 }
@@ -318,6 +320,7 @@ impl Engine {
             weight_cache: prepared_cache::WeightCacheInfo::status("not used"),
             rss_at_load: None,
             gpu: gpu_model,
+            gpu_alone: Mutex::new(None),
             exec,
             prefill_chunk,
             kv_dtype: acc.kv_cache_dtype,
@@ -422,7 +425,8 @@ impl Engine {
         let which = if all_positions { LogitsFor::AllTokens } else { LogitsFor::LastToken };
         if let Some(g) = &self.gpu {
             let chunk = self.prefill_chunk.unwrap_or(self.scheduler.max_batch_tokens);
-            return crate::model::backend::gpu::run_alone(g, &self.model, ids, which, self.kv_dtype, chunk);
+            let mut slot = self.gpu_alone.lock().unwrap();
+            return crate::model::backend::gpu::run_alone(g, &self.model, &mut slot, ids, which, self.kv_dtype, chunk);
         }
         self.pool.install(|| self.model.run_alone(ids, which, &self.exec, self.kv_dtype, self.prefill_chunk, None))
     }

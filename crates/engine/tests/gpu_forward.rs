@@ -45,6 +45,19 @@ fn argmax(v: &[f32]) -> u32 {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }
 
+/// The largest logit minus the second largest.
+fn top2_gap(v: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in v {
+        if x > a {
+            (a, b) = (x, a);
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
+}
+
 /// A prompt of `n` ids from the model's vocabulary.
 fn prompt(n: usize, seed: u32, vocab: usize) -> Vec<u32> {
     (0..n as u32).map(|i| (seed * 7919 + i * 104_729) % vocab as u32).collect()
@@ -65,12 +78,17 @@ impl Pair {
         Self { cpu, gpu, ws: Workspace::default() }
     }
 
-    fn step(&mut self, e: &Engine, batch: &[SeqChunk]) -> (Vec<f32>, Vec<f32>) {
+    /// `cpu` runs the CPU side, `gpu` (the model uploaded) the GPU side.
+    fn step2(&mut self, cpu: &Engine, gpu: &Engine, batch: &[SeqChunk]) -> (Vec<f32>, Vec<f32>) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let pool = nano_qwen3_kernels::pool::ThreadPool::new(2).unwrap();
-        pool.install(|| e.model.forward(&mut self.cpu, batch, &e.exec, &mut self.ws, &mut a, None)).unwrap();
-        self.gpu.forward(&e.model, batch, &mut b).unwrap();
+        pool.install(|| cpu.model.forward(&mut self.cpu, batch, &cpu.exec, &mut self.ws, &mut a, None)).unwrap();
+        self.gpu.forward(&gpu.model, batch, &mut b).unwrap();
         (a, b)
+    }
+
+    fn step(&mut self, e: &Engine, batch: &[SeqChunk]) -> (Vec<f32>, Vec<f32>) {
+        self.step2(e, e, batch)
     }
 }
 
@@ -78,18 +96,25 @@ impl Pair {
 /// decode steps; every step's logits on the GPU within `tol` (relative L2) of the CPU's, and the
 /// greedy tokens identical.
 fn compare(path: &str, q: Quantization, tol: f64) {
+    compare_to(path, q, q, tol)
+}
+
+/// [`compare`] with the GPU running the model loaded as `q` and the CPU as `q_cpu`.
+fn compare_to(path: &str, q: Quantization, q_cpu: Quantization, tol: f64) {
     let Some(ctx) = ctx() else { return };
     let e = load(path, q);
+    let cpu_engine = (q_cpu != q).then(|| load(path, q_cpu));
+    let c = cpu_engine.as_ref().unwrap_or(&e);
     let vocab = e.model.config.vocab_size;
     let g = Arc::new(GpuModel::upload(ctx, &e.model, 128).unwrap());
     let mut p = Pair::new(&e, &g, 16);
     let tables: [[u32; 3]; 3] = [[7, 2, 11], [0, 9, 4], [13, 5, 1]];
     let mut tokens: Vec<Vec<u32>> = [5usize, 17, 30].iter().enumerate().map(|(i, &n)| prompt(n, i as u32 + 1, vocab)).collect();
-    let mut worst = 0f64;
+    let (mut worst, mut near_ties) = (0f64, 0);
     let mut starts = vec![0; 3];
     for step in 0..7 {
         let batch: Vec<SeqChunk> = (0..3).map(|s| SeqChunk { tokens: &tokens[s][starts[s]..], start: starts[s], table: &tables[s], logits: LogitsFor::LastToken }).collect();
-        let (cpu, gpu) = p.step(&e, &batch);
+        let (cpu, gpu) = p.step2(c, &e, &batch);
         assert_eq!(cpu.len(), 3 * vocab);
         assert_eq!(gpu.len(), cpu.len(), "{path} {q:?} step {step}: GPU logits rows");
         for s in 0..3 {
@@ -97,7 +122,14 @@ fn compare(path: &str, q: Quantization, tol: f64) {
             let err = rel_l2(g, c);
             worst = worst.max(err);
             assert!(err < tol, "{path} {q:?} step {step} sequence {s}: relative L2 {err} over {tol}");
-            assert_eq!(argmax(g), argmax(c), "{path} {q:?} step {step} sequence {s}: greedy token");
+            // Greedy tokens agree wherever the CPU's top two logits are apart by more than the
+            // two devices' largest difference on this row could bridge.
+            let diff = g.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            if top2_gap(c) > 2.0 * diff.max(1e-3) {
+                assert_eq!(argmax(g), argmax(c), "{path} {q:?} step {step} sequence {s}: greedy token (gap {}, diff {diff})", top2_gap(c));
+            } else {
+                near_ties += 1;
+            }
         }
         for s in 0..3 {
             starts[s] = tokens[s].len();
@@ -105,7 +137,11 @@ fn compare(path: &str, q: Quantization, tol: f64) {
             tokens[s].push(next);
         }
     }
-    eprintln!("{path} {q:?}: worst relative L2 GPU vs CPU over 7 steps of 3 sequences: {worst:.2e}");
+    eprintln!("{path} {q:?}: worst relative L2 GPU vs CPU over 7 steps of 3 sequences: {worst:.2e}; greedy compared on {} of 21 rows", 21 - near_ties);
+    // f32 paths differ by rounding only: every row's greedy token is compared.
+    if tol <= 1e-4 {
+        assert_eq!(near_ties, 0, "{path} {q:?}: rows too close to compare greedy tokens");
+    }
 }
 
 #[test]
@@ -128,6 +164,32 @@ fn gguf_q8_0_and_q4_0_weights_match_the_cpu_within_its_activation_rounding() {
     // difference is the CPU's own activation rounding, which its fixture tests bound at 2e-2.
     compare("qwen2-tiny/tiny-Q8_0.gguf", Quantization::None, 2e-2);
     compare("qwen2-tiny/tiny-Q4_0.gguf", Quantization::None, 2e-2);
+}
+
+#[test]
+fn gguf_q8_0_and_q4_0_blocks_match_the_cpu_on_their_dequantized_weights_within_1e4() {
+    // The GPU reads the blocks as stored; the CPU's fp32 mode dequantizes the same blocks to f32
+    // at load and keeps activations in f32: the two differ only by the order of the sums.
+    compare_to("qwen2-tiny/tiny-Q8_0.gguf", Quantization::None, Quantization::Fp32, 1e-4);
+    compare_to("qwen2-tiny/tiny-Q4_0.gguf", Quantization::None, Quantization::Fp32, 1e-4);
+}
+
+#[test]
+fn engine_int8_and_int4_weights_match_the_cpu_within_its_activation_rounding() {
+    // Quantized at load (int4 groups of 128 reach the GPU as Q4_0 blocks with the scale
+    // repeated), repacked for the CPU kernels and exported row-major for the GPU.
+    // The CPU's int8 activations: its own tests bound these modes at 5e-2 against transformers.
+    compare("qwen3-tiny", Quantization::DynamicInt8, 5e-2);
+    compare("qwen3-tiny", Quantization::Int4, 5e-2);
+    let Some(ctx) = ctx() else { return };
+    let acceleration = AccelerationConfig { quantization: Quantization::Int4, int4_group_size: 128, ..Default::default() };
+    let e = Engine::load(&fixture("qwen3-tiny"), &LoadOptions { acceleration, device: "cpu".into(), threads: Some(2), weight_cache: false, ..Default::default() }).unwrap();
+    let g = Arc::new(GpuModel::upload(ctx, &e.model, 64).unwrap());
+    let mut p = Pair::new(&e, &g, 4);
+    let toks = prompt(21, 3, e.model.config.vocab_size);
+    let (cpu, gpu) = p.step(&e, &[SeqChunk { tokens: &toks, start: 0, table: &[2, 0], logits: LogitsFor::LastToken }]);
+    let err = rel_l2(&gpu, &cpu);
+    assert!(err < 5e-2, "int4 groups of 128: relative L2 {err}");
 }
 
 #[test]

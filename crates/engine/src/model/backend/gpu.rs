@@ -167,6 +167,10 @@ pub struct GpuRunner {
     rows: Vec<usize>,
     rows32: Vec<u32>,
     ids: Vec<u32>,
+    /// The last step's CPU time recording its ops, and the time `run` took (encode, submit,
+    /// wait for the GPU, read back): figures for the benches.
+    pub last_record: std::time::Duration,
+    pub last_run: std::time::Duration,
 }
 
 fn kv_dtype(d: KvDtype) -> nano_qwen3_gpu::KvDtype {
@@ -198,7 +202,8 @@ impl GpuRunner {
             logits: ctx.zeros(DType::F32, logit_rows, c.vocab_size)?,
             logit_rows,
         };
-        Ok(Self { model, kv, blocks, acts, rows: Vec::new(), rows32: Vec::new(), ids: Vec::new() })
+        let zero = std::time::Duration::ZERO;
+        Ok(Self { model, kv, blocks, acts, rows: Vec::new(), rows32: Vec::new(), ids: Vec::new(), last_record: zero, last_run: zero })
     }
 
     /// Tokens one step may hold.
@@ -217,6 +222,7 @@ impl GpuRunner {
             return Err(EngineError::Internal(format!("a GPU step of {t} tokens is over the {} its buffers hold", self.acts.cap)));
         }
         let spans: Vec<SeqSpan> = batch.iter().map(|s| SeqSpan { start: s.start, len: s.tokens.len(), table: s.table }).collect();
+        let started = std::time::Instant::now();
         let mut step = self.model.ctx.step();
         step.set_batch(&spans)?;
         self.ids.clear();
@@ -241,6 +247,9 @@ impl GpuRunner {
             hd: c.head_dim,
             inter: c.intermediate_size,
             vocab: c.vocab_size,
+            started,
+            record: &mut self.last_record,
+            run: &mut self.last_run,
         };
         m.run(&mut b, logits)
     }
@@ -266,6 +275,9 @@ pub struct GpuStep<'a> {
     hd: usize,
     inter: usize,
     vocab: usize,
+    started: std::time::Instant,
+    record: &'a mut std::time::Duration,
+    run: &'a mut std::time::Duration,
 }
 
 impl<'a> GpuStep<'a> {
@@ -405,7 +417,10 @@ impl Backend for GpuStep<'_> {
             return Err(e.into());
         }
         let step = self.step.take().ok_or_else(|| EngineError::Internal("a GPU step ran twice".into()))?;
+        let ran = std::time::Instant::now();
+        *self.record = ran - self.started;
         let done = self.g.ctx.run(step)?;
+        *self.run = ran.elapsed();
         for (h, _) in reads {
             out.extend_from_slice(&done.f32(h));
         }
@@ -428,12 +443,29 @@ pub fn check_shapes(m: &Qwen3Model) -> Result<()> {
 }
 
 /// One sequence from position 0 on the GPU in a KV pool of its own (computeLogits), in chunks of
-/// at most `chunk` tokens; returns the logits `which` asks for.
-pub fn run_alone(g: &Arc<GpuModel>, m: &Qwen3Model, tokens: &[u32], which: crate::model::LogitsFor, kv: KvDtype, chunk: usize) -> Result<Vec<f32>> {
+/// at most `chunk` tokens; returns the logits `which` asks for. The pool and buffers live in
+/// `slot` and are reused by the next call that fits them; when they are replaced, the bind groups
+/// that held the old ones are dropped too (else they would keep their GPU memory).
+#[allow(clippy::too_many_arguments)]
+pub fn run_alone(
+    g: &Arc<GpuModel>,
+    m: &Qwen3Model,
+    slot: &mut Option<GpuRunner>,
+    tokens: &[u32],
+    which: crate::model::LogitsFor,
+    kv: KvDtype,
+    chunk: usize,
+) -> Result<Vec<f32>> {
     use crate::model::LogitsFor;
     let blocks = tokens.len().div_ceil(crate::model::BLOCK_TOKENS);
     let chunk = chunk.clamp(1, tokens.len().max(1));
-    let mut runner = GpuRunner::new(g.clone(), m, kv, blocks, chunk)?;
+    if !slot.as_ref().is_some_and(|r| r.blocks >= blocks && r.capacity() >= chunk) {
+        if slot.take().is_some() {
+            g.ctx.clear_bind_group_cache();
+        }
+        *slot = Some(GpuRunner::new(g.clone(), m, kv, blocks, chunk)?);
+    }
+    let runner = slot.as_mut().expect("made above");
     let table: Vec<u32> = (0..blocks as u32).collect();
     let mut logits = Vec::new();
     let mut start = 0;
