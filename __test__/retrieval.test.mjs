@@ -5,9 +5,11 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { getLlama } from 'node-llama-cpp'
 import OpenAI from 'openai'
 import { createServer, ModelRunner } from '../dist/index.mjs'
 import { fixtureDir, relL2, root } from './helpers.mjs'
+import { scratchDir } from './scratch.mjs'
 
 const embDir = join(root, 'fixtures', 'qwen3-embedding-tiny')
 const embRef = JSON.parse(readFileSync(join(embDir, 'reference.json'), 'utf8'))
@@ -217,4 +219,23 @@ test('/v1/rerank and /v1/score answer in vLLM\'s shape with the reference scores
     t.is(r.status, 400)
     t.regex(r.body.error.message, message)
   }
+})
+
+test("llama.cpp's embedding mode on our GGUF export: it pools the last token, appends the EOS itself, and agrees with the reference", async (t) => {
+  const runner = await ModelRunner.load({ modelName: embDir, threads: 2, accelerationConfig: { quantization: 'fp32' } })
+  const file = join(scratchDir('emb-gguf'), 'emb-f32.gguf')
+  await runner.export(file)
+  await runner.dispose()
+  const llama = await getLlama({ gpu: false, logLevel: 'error' })
+  const model = await llama.loadModel({ modelPath: file })
+  const ctx = await model.createEmbeddingContext({ contextSize: 1024, threads: 2 })
+  for (const c of embRef.cases.slice(0, 5)) {
+    const text = c.instruction ? `Instruct: ${c.instruction}\nQuery:${c.text}` : c.text
+    // From the text: its tokenizer (rebuilt from our metadata) must append <|endoftext|> (add_eos_token).
+    const v = (await ctx.getEmbeddingFor(text)).vector
+    // llama.cpp keeps its KV cache in f16: ~1e-3 of the scale.
+    t.true(maxRel(v, c.pooled) < 5e-3, `${JSON.stringify(c.text.slice(0, 20))}: ${maxRel(v, c.pooled)}`)
+  }
+  await ctx.dispose()
+  await model.dispose()
 })
