@@ -210,3 +210,36 @@ fn all_positions_and_chunked_prefill_match() {
         assert!(err < 1e-4, "position {}: relative L2 {err}", 23 + r);
     }
 }
+
+#[test]
+fn a_warm_decode_step_is_one_submit_and_creates_no_buffers_or_bind_groups() {
+    let Some(ctx) = ctx() else { return };
+    let e = load("qwen3-tiny", Quantization::Fp32);
+    let vocab = e.model.config.vocab_size;
+    let g = Arc::new(GpuModel::upload(ctx.clone(), &e.model, 64).unwrap());
+    let mut r = GpuRunner::new(g, &e.model, e.kv_dtype, 8, 32).unwrap();
+    let tables: [[u32; 2]; 2] = [[5, 1], [0, 6]];
+    let mut toks: Vec<Vec<u32>> = (0..2).map(|s| prompt(9 + s, s as u32 + 4, vocab)).collect();
+    let mut logits = Vec::new();
+    let batch: Vec<SeqChunk> = (0..2).map(|s| SeqChunk { tokens: &toks[s], start: 0, table: &tables[s], logits: LogitsFor::LastToken }).collect();
+    r.forward(&e.model, &batch, &mut logits).unwrap();
+    let mut before = ctx.counters();
+    for step in 0..4 {
+        if step == 1 {
+            before = ctx.counters(); // the first decode step may size the step's arenas
+        }
+        for (s, t) in toks.iter_mut().enumerate() {
+            t.push(argmax(&logits[s * vocab..][..vocab]));
+        }
+        let batch: Vec<SeqChunk> = (0..2).map(|s| SeqChunk { tokens: &toks[s][toks[s].len() - 1..], start: toks[s].len() - 1, table: &tables[s], logits: LogitsFor::LastToken }).collect();
+        logits.clear();
+        let at = ctx.counters();
+        r.forward(&e.model, &batch, &mut logits).unwrap();
+        let now = ctx.counters();
+        assert_eq!(now.submits - at.submits, 1, "step {step}: one submit");
+        assert_eq!(logits.len(), 2 * vocab, "step {step}: only the two wanted rows come back");
+    }
+    let after = ctx.counters();
+    assert_eq!(after.buffers_created - before.buffers_created, 0, "warm decode steps created GPU buffers");
+    assert_eq!(after.bind_groups_created - before.bind_groups_created, 0, "warm decode steps created bind groups");
+}
