@@ -10,6 +10,8 @@ const { values: o } = parseArgs({
   options: {
     model: { type: 'string' },
     quantization: { type: 'string', default: 'none' },
+    // cpu by default, so the CPU rows stay CPU rows on a machine with a GPU.
+    device: { type: 'string', default: 'cpu' },
     threads: { type: 'string', default: '2' },
     'prefill-tokens': { type: 'string', default: '512' },
     'decode-tokens': { type: 'string', default: '128' },
@@ -26,11 +28,14 @@ const ids = (n) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919) % 1000
 const t0 = performance.now()
 const runner = await ModelRunner.load({
   modelName: o.model,
+  device: o.device,
   threads: Number(o.threads),
   accelerationConfig: { quantization: o.quantization, ...JSON.parse(o.accel) },
   onLoadProgress: false,
 })
 const loadMs = performance.now() - t0
+const plan = runner.getAccelerationInfo()
+console.error(`device: ${plan.deviceDetail}${plan.gpu?.software ? ' (figures on a software adapter are not GPU speed)' : ''}`)
 
 const decodeRates = []
 const bench = new Bench({ iterations: Number(o.iterations), warmupIterations: 1, time: 0, warmupTime: 0 })
@@ -50,6 +55,7 @@ console.log(
   JSON.stringify({
     engine: 'nano-qwen3-serving',
     quantization: o.quantization,
+    device: plan.deviceDetail,
     accel: JSON.parse(o.accel),
     weightDtype: runner.getModelInfo().dtype,
     threads: Number(o.threads),

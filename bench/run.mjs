@@ -8,6 +8,8 @@
 //   BENCH_PEER=0 (skip llama.cpp)  BENCH_ABLATION=0 (skip ablations)  BENCH_ABLATION_MODE=dynamic_int8
 //   BENCH_FILES=0 (skip: our engine on llama.cpp's own GGUF files, peak RSS and load; the second
 //   load of int4 / static_int8 from the prepared-weights cache)
+// `npm run bench -- --device gpu` (or gpu:N, vulkan, metal, dx12, auto): our rows on that device, the
+// adapter printed (on a software adapter such as lavapipe the figures are not GPU speed).
 // `npm run bench -- --real`: the real Qwen2.5-Coder 0.5B / 1.5B GGUF files instead (bench/real-bench.mjs).
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -27,6 +29,8 @@ const here = dirname(fileURLToPath(import.meta.url))
 const model = process.env.BENCH_MODEL ?? makeSyntheticCheckpoint()
 const modes = (process.env.BENCH_MODES ?? 'none,bf16,fp16,dynamic_int8,static_int8,int4').split(',')
 const threads = process.env.BENCH_THREADS ?? '2'
+const deviceAt = process.argv.indexOf('--device')
+const device = deviceAt > 0 ? process.argv[deviceAt + 1] : 'cpu'
 const iterations = process.env.BENCH_ITERATIONS ?? '2'
 const withPeer = process.env.BENCH_PEER !== '0'
 // Our mode -> the llama.cpp type of the same weights.
@@ -60,7 +64,8 @@ process.env.NANO_QWEN3_WEIGHT_CACHE_DIR = mkdtempSync(join(tmpdir(), 'nano-qwen3
 const rows = []
 for (const quantization of modes) {
   console.error(`measuring nano-qwen3-serving ${quantization} ...`)
-  const ours = measure('engine-bench.mjs', ['--model', model, '--quantization', quantization])
+  const ours = measure('engine-bench.mjs', ['--model', model, '--quantization', quantization, '--device', device])
+  console.error(`  on ${ours.device}`)
   let peer
   if (withPeer && peerType[quantization]) {
     const type = peerType[quantization]
