@@ -93,9 +93,28 @@ export interface CalibrationReport {
   timeMs: number
 }
 
+/** What `embed` / `rerank`'s callback receives, once: the result, or an error ("[CODE] message"). */
+export interface EmbedEvent {
+  result?: EmbedResult
+  error?: string
+}
+
+/** Embeddings of one `embed` call: `count` vectors of `dims` values, row after row in `data`. */
+export interface EmbedResult {
+  data: Float32Array
+  dims: number
+  count: number
+  /** Tokens of all inputs together. */
+  promptTokens: number
+}
+
 /** What a config does on a device: each option applied or skipped (with the reason). */
 export interface ExecutionPlan {
+  /** "cpu" or "gpu". */
   device: string
+  /** Which device and why (the adapter; or why `auto` took the CPU). */
+  deviceDetail: string
+  gpu?: GpuPlan
   /** One of `optionValues().quantization`. */
   quantization: string
   computeDtype: string
@@ -140,6 +159,25 @@ export interface GenerationDefaults {
   minP: number | null
   repetitionPenalty: number | null
   eosTokenIds: Array<number>
+}
+
+/** The GPU a plan runs on: the adapter, the features the kernels use, and what runs where. */
+export interface GpuPlan {
+  adapter: string
+  /** "vulkan", "metal" or "dx12". */
+  backend: string
+  driver: string
+  driverInfo: string
+  /** "discrete", "integrated", "virtual", "cpu" or "other". */
+  deviceType: string
+  /** A software adapter (lavapipe, WARP, SwiftShader): correct, not fast. */
+  software: boolean
+  featuresUsed: Array<string>
+  /** Smallest and largest subgroup size the adapter reports. */
+  subgroupSizes: Array<number>
+  maxStorageBinding: number
+  onGpu: Array<string>
+  onCpu: Array<string>
 }
 
 /**
@@ -269,6 +307,39 @@ export interface QuantizationInfo {
   calibration: CalibrationReport | null
 }
 
+export interface RerankEvent {
+  result?: RerankResult
+  error?: string
+}
+
+export interface RerankItem {
+  /** The document's position in the call. */
+  index: number
+  /** softmax([no, yes])[1] at the last position, in [0, 1]. */
+  score: number
+}
+
+/** A ranking, best first (equal scores keep the documents' order), cut to `topN`. */
+export interface RerankResult {
+  results: Array<RerankItem>
+  promptTokens: number
+}
+
+/** What the checkpoint is for and how it pools (see the plan's `modelKind` item). */
+export interface RetrievalInfo {
+  kind: 'generate' | 'embedding' | 'reranker'
+  /** Which file (or the modelKind option) said so. */
+  detectedFrom: string
+  /** The pooling the checkpoint asks for; only "last_token" embeds. */
+  pooling: string
+  /** Whether the checkpoint's own pipeline L2-normalises. */
+  normalize: boolean
+  /** Named prompt prefixes (config_sentence_transformers.json), e.g. `query`. */
+  prompts: Record<string, string>
+  /** A token appended to every embedded text (GGUF add_eos_token), if any. */
+  appendEos: number | null
+}
+
 /** The serving loop as of its last step: KV pool, batch limits, sequences, prefix cache. */
 export interface ServingInfo {
   blockTokens: number
@@ -373,52 +444,4 @@ export interface WeightCacheInfo {
   status: string
   path: string | null
   error: string | null
-}
-
-/** What `embed` / `rerank`'s callback receives, once: the result, or an error ("[CODE] message"). */
-export interface EmbedEvent {
-  result?: EmbedResult
-  error?: string
-}
-
-/** Embeddings of one `embed` call: `count` vectors of `dims` values, row after row in `data`. */
-export interface EmbedResult {
-  data: Float32Array
-  dims: number
-  count: number
-  /** Tokens of all inputs together. */
-  promptTokens: number
-}
-
-export interface RerankEvent {
-  result?: RerankResult
-  error?: string
-}
-
-export interface RerankItem {
-  /** The document's position in the call. */
-  index: number
-  /** softmax([no, yes])[1] at the last position, in [0, 1]. */
-  score: number
-}
-
-/** A ranking, best first (equal scores keep the documents' order), cut to `topN`. */
-export interface RerankResult {
-  results: Array<RerankItem>
-  promptTokens: number
-}
-
-/** What the checkpoint is for and how it pools (see the plan's `modelKind` item). */
-export interface RetrievalInfo {
-  kind: 'generate' | 'embedding' | 'reranker'
-  /** Which file (or the modelKind option) said so. */
-  detectedFrom: string
-  /** The pooling the checkpoint asks for; only "last_token" embeds. */
-  pooling: string
-  /** Whether the checkpoint's own pipeline L2-normalises. */
-  normalize: boolean
-  /** Named prompt prefixes (config_sentence_transformers.json), e.g. `query`. */
-  prompts: Record<string, string>
-  /** A token appended to every embedded text (GGUF add_eos_token), if any. */
-  appendEos: number | null
 }
