@@ -252,3 +252,23 @@ test.serial('stop as a string and as an array, seed, user and n: alone and toget
   t.deepEqual(chat.choices.map((c) => c.index), [0, 1, 2])
   t.is(chat.usage.completion_tokens, 18)
 })
+
+test.serial("grammars are compiled off the caller's thread: the first (the vocabulary's trie) and a long choice list", async (t) => {
+  const fresh = await ModelRunner.load({ modelName: fixtureDir, threads: 2 })
+  try {
+    // The first grammar builds the trie of Qwen3's 151,669 tokens (about a second); then ~200 KB of
+    // alternatives (tens to hundreds of milliseconds), within llguidance's limits.
+    for (const n of [2, 1024]) {
+      const pattern = Array.from({ length: n }, (_, i) => `${'x'.repeat(200)}${i}`).join('|')
+      const started = performance.now()
+      const result = fresh.generate('x', { maxTokens: 1, grammar: { type: 'regex', pattern } })
+      const returned = performance.now() - started
+      await result
+      const total = performance.now() - started
+      // Compiled on the caller's thread, the call itself would take (nearly) all of it.
+      t.true(returned < total / 4, `${n} choices: the call took ${returned.toFixed(0)} ms of ${total.toFixed(0)} ms`)
+    }
+  } finally {
+    await fresh.dispose()
+  }
+})

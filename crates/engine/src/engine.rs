@@ -148,7 +148,7 @@ pub struct Engine {
     /// What compile mode max-autotune measured or read from its cache at load.
     pub autotune: Option<crate::model::autotune::AutotuneReport>,
     /// Structured outputs: the vocabulary's trie, built by the first request with a grammar.
-    grammar: Mutex<Option<Arc<GrammarCompiler>>>,
+    grammar: Arc<Mutex<Option<Arc<GrammarCompiler>>>>,
     /// The weights in GPU memory when the model runs there (computeLogits uses them too).
     pub gpu: Option<Arc<GpuModel>>,
     /// computeLogits' KV pool and buffers on the GPU, reused while they fit.
@@ -343,7 +343,7 @@ impl Engine {
             pool,
             _load_pool: load_pool,
             autotune: tuned,
-            grammar: Mutex::new(None),
+            grammar: Default::default(),
             server,
         };
         engine.weight_cache = match (lookup, cache_dir, cache_key) {
@@ -459,21 +459,32 @@ impl Engine {
         if let Some((id, _)) = opts.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
             return Err(EngineError::invalid_arg("logitBias key", id, &format!("a token id 0 <= id < {vocab}")));
         }
-        let grammar = opts.grammar.as_ref().map(|g| self.grammar_compiler()?.matcher(g)).transpose()?;
         let budget = opts.max_tokens.min(self.max_seq_length - prompt.len());
-        let seq = Sequence::new(prompt, opts, budget, self.eos_ids(opts), grammar, sink);
+        let seq = Sequence::new(prompt, opts, budget, self.eos_ids(opts), None, sink);
         let cancel = seq.cancel.clone();
-        self.server.submit(seq);
+        let Some(spec) = opts.grammar.clone() else {
+            self.server.submit(seq);
+            return Ok(cancel);
+        };
+        // Compiling a grammar can take hundreds of milliseconds (a long choice list, a large
+        // schema, within llguidance's limits): not on the caller's thread (Node's event loop) nor
+        // on the serving loop. The request joins the batch once it is ready; a grammar the engine
+        // cannot use ends it with the error before it is ever queued. The vocabulary's trie, built
+        // by the first such request (about a second for Qwen3's), is built there too.
+        let (slot, tokenizer, eos, queue) = (self.grammar.clone(), self.tokenizer.clone(), self.grammar_eos(), self.server.queue());
+        std::thread::Builder::new()
+            .name("nq3-grammar".into())
+            .spawn(move || match grammar_compiler(&slot, &tokenizer, eos).and_then(|c| c.matcher(&spec)) {
+                Ok(m) => crate::serve::server::queue(queue.as_ref(), seq.with_grammar(m)),
+                Err(e) => seq.fail(e),
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start a grammar thread: {e}")))?;
         Ok(cancel)
     }
 
-    fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>> {
-        let mut slot = self.grammar.lock().unwrap();
-        if slot.is_none() {
-            let eos = self.generation_defaults.eos_token_ids.first().or(self.model.config.eos_token_ids.first()).copied().unwrap_or(0);
-            *slot = Some(Arc::new(GrammarCompiler::new(&self.tokenizer, eos)?));
-        }
-        Ok(slot.as_ref().unwrap().clone())
+    /// The token a finished grammar allows: the first end-of-sequence token.
+    fn grammar_eos(&self) -> u32 {
+        self.generation_defaults.eos_token_ids.first().or(self.model.config.eos_token_ids.first()).copied().unwrap_or(0)
     }
 
     /// [`Self::submit`] and wait for the end, passing chunks to `on_chunk`; `cancel` aborts.
@@ -518,4 +529,13 @@ impl Engine {
     pub fn checkpoint_bytes(&self) -> usize {
         self.checkpoint_bytes
     }
+}
+
+/// The engine's grammar compiler, built by the first caller (the others wait for it).
+fn grammar_compiler(slot: &Mutex<Option<Arc<GrammarCompiler>>>, tokenizer: &Tokenizer, eos: u32) -> Result<Arc<GrammarCompiler>> {
+    let mut slot = slot.lock().unwrap();
+    if slot.is_none() {
+        *slot = Some(Arc::new(GrammarCompiler::new(tokenizer, eos)?));
+    }
+    Ok(slot.as_ref().unwrap().clone())
 }

@@ -169,6 +169,12 @@ impl Sequence {
         self.pooled = Some(row.to_vec());
     }
 
+    /// The structured-output constraint, compiled once the sequence exists (see `Engine::submit`).
+    pub fn with_grammar(mut self, grammar: Matcher) -> Self {
+        self.grammar = Some(grammar);
+        self
+    }
+
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }

@@ -29,6 +29,13 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Queue `seq` on the serving loop behind `tx` (fails it when the loop is gone: shutting down).
+pub fn queue(tx: Option<&Sender<Sequence>>, seq: Sequence) {
+    if let Some(Err(e)) = tx.map(|tx| tx.send(seq)) {
+        e.0.fail(EngineError::Aborted);
+    }
+}
+
 /// A step with pooling rows (embeddings), which read hidden states: on the CPU only for now.
 fn pooled(device: &mut Executor, rt: &Runtime, chunks: &[crate::model::SeqChunk], hidden: &[usize], logits: &mut Vec<f32>) -> Result<()> {
     match device.cpu_kv() {
@@ -98,9 +105,12 @@ impl Server {
 
     /// Queue a request; it joins the batch at the next step.
     pub fn submit(&self, seq: Sequence) {
-        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(seq)) {
-            e.0.fail(EngineError::Aborted); // the loop is gone (shutting down)
-        }
+        queue(self.tx.as_ref(), seq);
+    }
+
+    /// Where requests are queued, for a thread that readies a request before it joins ([`queue`]).
+    pub fn queue(&self) -> Option<Sender<Sequence>> {
+        self.tx.clone()
     }
 
     /// The scheduler's counters after the last step.
