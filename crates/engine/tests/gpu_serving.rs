@@ -103,3 +103,28 @@ fn greedy_tokens_are_the_same_alone_batched_after_a_prefix_hit_and_a_preemption(
         assert_eq!(w, &g.token_ids, "sequence {i} after a preemption");
     }
 }
+
+#[test]
+fn a_kv_pool_past_the_adapters_binding_limit_is_refused_saying_what_would_fit() {
+    // One block more than one layer's K pool can hold in a binding of the adapter 'gpu' takes.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+    let Ok(ctx) = nano_qwen3_gpu::GpuContext::new(nano_qwen3_gpu::DeviceRequest::Any(None)) else {
+        return assert!(load(Quantization::Fp32, ServeOptions::default()).is_none());
+    };
+    let limit = ctx.report().max_storage_binding as usize;
+    let cfg = nano_qwen3_engine::model::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let block = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * BLOCK_TOKENS * cfg.head_dim * 4;
+    let layer_block = block / (2 * cfg.num_hidden_layers);
+    let serving = ServeOptions { kv_cache_memory: Some((limit / layer_block + 1) * block), ..Default::default() };
+    let r = Engine::load(&dir, &LoadOptions { device: "gpu".into(), threads: Some(2), serving, weight_cache: false, ..Default::default() });
+    let e = match r {
+        Err(e) if e.to_string().contains("no GPU adapter") && std::env::var("NANO_QWEN3_REQUIRE_GPU").as_deref() != Ok("1") => {
+            return eprintln!("SKIPPED: no GPU adapter: {e}");
+        }
+        Err(e) => e,
+        Ok(_) => panic!("a KV pool one block past the binding limit ({limit} bytes per layer) loaded"),
+    };
+    let m = e.to_string();
+    assert_eq!(e.code(), "UNSUPPORTED", "{m}");
+    assert!(m.contains("KV pool does not fit") && m.contains("use kvCacheMemory <="), "{m}");
+}

@@ -266,7 +266,12 @@ impl Scheduler {
                 if *n > 0 {
                     let seq = self.running.remove(i - k);
                     k += 1;
-                    self.retire(seq, Outcome::Failed(EngineError::Internal(format!("forward step failed: {e}"))), tok);
+                    // A GPU failure (lost device, out of memory) stays typed as one.
+                    let err = match &e {
+                        EngineError::Gpu(m) => EngineError::Gpu(format!("forward step failed: {m}")),
+                        e => EngineError::Internal(format!("forward step failed: {e}")),
+                    };
+                    self.retire(seq, Outcome::Failed(err), tok);
                 }
             }
             self.publish();
