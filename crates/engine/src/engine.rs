@@ -173,11 +173,18 @@ impl Engine {
         // Where the model runs: decided here, once (an adapter opened, or the CPU).
         let device = DeviceRequest::parse(&opts.device)?;
         let mut placement = gpu_device::place(device)?;
-        let plan = plan_on(&opts.acceleration, &opts.device, &placement)?;
         let format = opts.acceleration.weight_format()?;
         let opened = crate::source::open(path)?;
         let config = opened.config;
         let retrieval = crate::retrieval::kind::detect(&opened.files, opts.model_kind)?;
+        // Pooled rows (embeddings) are not read from the GPU yet: `auto` keeps those models on the CPU.
+        if let (DeviceRequest::Auto, Placement::Gpu(c)) = (device, &placement) {
+            if retrieval.kind != crate::retrieval::kind::ModelKind::Generate {
+                let why = format!("{} not used: embedding and reranker models run on the CPU (pooled rows are not read from the GPU yet)", c.report().name);
+                placement = Placement::Cpu { why: Some(why) };
+            }
+        }
+        let plan = plan_on(&opts.acceleration, &opts.device, &placement)?;
         let max_seq_length = match opts.max_seq_length {
             None => config.max_position_embeddings,
             Some(n) if n >= 1 && n <= config.max_position_embeddings => n,
