@@ -297,7 +297,7 @@ impl Engine {
         // not fit (the plan says why); an explicit GPU request fails with what does not fit.
         let mut gpu = None;
         if let Placement::Gpu(ctx) = &placement {
-            match gpu_device::upload(ctx, &model, acc.kv_cache_dtype, block_bytes, kv_blocks, max_seq_length, scheduler.max_batch_tokens) {
+            match gpu_device::upload(ctx, &model, acc.kv_cache_dtype, block_bytes, kv_blocks, max_seq_length, scheduler.max_batch_tokens.max(scheduler.max_sequences)) {
                 Ok(g) => gpu = Some(g),
                 Err(e) if device == DeviceRequest::Auto => {
                     placement = Placement::Cpu { why: Some(format!("{} was not used: {e}", ctx.report().name)) };

@@ -2,7 +2,7 @@
 //! the repository's fixtures. Runs on any adapter (`device: 'gpu'`: lavapipe in CI, with
 //! `WGPU_BACKEND=vulkan`). Without one the tests skip and say so, unless NANO_QWEN3_REQUIRE_GPU=1.
 use nano_qwen3_engine::model::backend::gpu::{GpuModel, GpuRunner};
-use nano_qwen3_engine::model::{KvPool, LogitsFor, SeqChunk, Workspace};
+use nano_qwen3_engine::model::{KvDtype, KvPool, LogitsFor, SeqChunk, Workspace};
 use nano_qwen3_engine::{AccelerationConfig, Engine, LoadOptions, Quantization};
 use nano_qwen3_gpu::{DeviceRequest, GpuContext};
 use std::path::PathBuf;
@@ -29,7 +29,11 @@ fn fixture(p: &str) -> PathBuf {
 }
 
 fn load(path: &str, q: Quantization) -> Engine {
-    let acceleration = AccelerationConfig { quantization: q, ..Default::default() };
+    load_kv(path, q, KvDtype::F32)
+}
+
+fn load_kv(path: &str, q: Quantization, kv_cache_dtype: KvDtype) -> Engine {
+    let acceleration = AccelerationConfig { quantization: q, kv_cache_dtype, ..Default::default() };
     Engine::load(&fixture(path), &LoadOptions { acceleration, device: "cpu".into(), threads: Some(2), weight_cache: false, ..Default::default() }).unwrap()
 }
 
@@ -101,9 +105,14 @@ fn compare(path: &str, q: Quantization, tol: f64) {
 
 /// [`compare`] with the GPU running the model loaded as `q` and the CPU as `q_cpu`.
 fn compare_to(path: &str, q: Quantization, q_cpu: Quantization, tol: f64) {
+    compare_kv(path, q, q_cpu, KvDtype::F32, tol)
+}
+
+/// [`compare_to`] with a KV cache of `kv` elements on both devices.
+fn compare_kv(path: &str, q: Quantization, q_cpu: Quantization, kv: KvDtype, tol: f64) {
     let Some(ctx) = ctx() else { return };
-    let e = load(path, q);
-    let cpu_engine = (q_cpu != q).then(|| load(path, q_cpu));
+    let e = load_kv(path, q, kv);
+    let cpu_engine = (q_cpu != q).then(|| load_kv(path, q_cpu, kv));
     let c = cpu_engine.as_ref().unwrap_or(&e);
     let vocab = e.model.config.vocab_size;
     let g = Arc::new(GpuModel::upload(ctx, &e.model, 128).unwrap());
@@ -190,6 +199,14 @@ fn engine_int8_and_int4_weights_match_the_cpu_within_its_activation_rounding() {
     let (cpu, gpu) = p.step(&e, &[SeqChunk { tokens: &toks, start: 0, table: &[2, 0], logits: LogitsFor::LastToken }]);
     let err = rel_l2(&gpu, &cpu);
     assert!(err < 5e-2, "int4 groups of 128: relative L2 {err}");
+}
+
+#[test]
+fn f16_and_bf16_kv_caches_match_the_cpu() {
+    // Both devices round K and V to nearest even; a value on the two sides of a rounding
+    // boundary (inputs 1e-7 apart) may round apart: a looser bound than f32's, far below bf16's step.
+    compare_kv("qwen3-tiny", Quantization::Fp32, Quantization::Fp32, KvDtype::F16, 1e-3);
+    compare_kv("qwen3-tiny", Quantization::Fp32, Quantization::Fp32, KvDtype::Bf16, 1e-3);
 }
 
 #[test]
