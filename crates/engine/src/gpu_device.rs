@@ -4,7 +4,7 @@
 use crate::device::{DeviceRequest, GpuApi};
 use crate::error::{EngineError, Result};
 use nano_qwen3_gpu::{AdapterReport, GpuContext, GpuError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where the model goes, before it is loaded.
 pub enum Placement {
@@ -38,15 +38,21 @@ fn gpu_request(req: DeviceRequest) -> nano_qwen3_gpu::DeviceRequest {
 /// device cannot be opened) is the CPU, and says why; an explicit GPU request that finds none is
 /// an error naming what was found.
 pub fn place(req: DeviceRequest) -> Result<Placement> {
+    // `auto` that found no hardware adapter once does not look again in this process: every
+    // load would pay the enumeration (40-200 ms with lavapipe installed).
+    static NO_HARDWARE: OnceLock<String> = OnceLock::new();
     if req == DeviceRequest::Cpu {
         return Ok(Placement::Cpu { why: None });
+    }
+    if let (DeviceRequest::Auto, Some(why)) = (req, NO_HARDWARE.get()) {
+        return Ok(Placement::Cpu { why: Some(why.clone()) });
     }
     match GpuContext::new(gpu_request(req)) {
         Ok(c) => Ok(Placement::Gpu(Arc::new(c))),
         Err(e) if req == DeviceRequest::Auto => {
             let why = match e {
-                GpuError::NoAdapter { found, .. } if found.is_empty() => "no GPU adapter found".to_string(),
-                GpuError::NoAdapter { found, .. } => format!("no hardware GPU adapter (found: {})", found.join("; ")),
+                GpuError::NoAdapter { found, .. } if found.is_empty() => NO_HARDWARE.get_or_init(|| "no GPU adapter found".into()).clone(),
+                GpuError::NoAdapter { found, .. } => NO_HARDWARE.get_or_init(|| format!("no hardware GPU adapter (found: {})", found.join("; "))).clone(),
                 e => e.to_string(),
             };
             Ok(Placement::Cpu { why: Some(why) })
