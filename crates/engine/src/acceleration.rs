@@ -302,7 +302,7 @@ impl GpuPlan {
                 "tokenizer, chat template, scheduler, block manager and prefix cache".into(),
                 "sampling, on the logits rows read back after each step".into(),
                 "RoPE cos/sin tables (computed once at load, as the CPU path computes them)".into(),
-                "embeddings / rerank scoring (pooled rows are not read from the GPU yet)".into(),
+                "embeddings: refused on a GPU engine (pooled rows are not read from the GPU yet); rerank scores come from the logits read back".into(),
             ],
         }
     }

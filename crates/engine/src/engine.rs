@@ -177,10 +177,11 @@ impl Engine {
         let opened = crate::source::open(path)?;
         let config = opened.config;
         let retrieval = crate::retrieval::kind::detect(&opened.files, opts.model_kind)?;
-        // Pooled rows (embeddings) are not read from the GPU yet: `auto` keeps those models on the CPU.
+        // Pooled rows (embeddings) are not read from the GPU yet: `auto` keeps embedding models on
+        // the CPU (rerank scores come from logits, which the GPU reads back).
         if let (DeviceRequest::Auto, Placement::Gpu(c)) = (device, &placement) {
-            if retrieval.kind != crate::retrieval::kind::ModelKind::Generate {
-                let why = format!("{} not used: embedding and reranker models run on the CPU (pooled rows are not read from the GPU yet)", c.report().name);
+            if retrieval.kind == crate::retrieval::kind::ModelKind::Embedding {
+                let why = format!("{} not used: embedding models run on the CPU (pooled rows are not read from the GPU yet)", c.report().name);
                 placement = Placement::Cpu { why: Some(why) };
             }
         }
