@@ -37,7 +37,12 @@ test('the model worker streams two concurrent requests, each as the runner answe
   const { port1, port2, events, until } = connect()
   serveModel({ on: (listener) => port2.on('message', listener), post: (m) => port2.postMessage(m) })
   port1.postMessage({ type: 'load' })
-  t.is((await until((m) => m.type === 'ready')).model, 'embedded tiny model')
+  const ready = await until((m) => m.type === 'ready')
+  t.is(ready.model, 'embedded tiny model')
+  // device 'auto': the plan says which device it took and why; never a software adapter (lavapipe
+  // in CI, where it is the only one: so the CPU).
+  t.regex(ready.device, /^device "auto": /, JSON.stringify(ready))
+  t.notRegex(ready.device, /a software adapter: correct, not fast/)
 
   port1.postMessage({ type: 'generate', id: 1, prompt: 'Why is the sky blue?', maxTokens: 12, temperature: 0 })
   port1.postMessage({ type: 'generate', id: 2, prompt: 'Hello', maxTokens: 100000, temperature: 0 })

@@ -30,9 +30,11 @@ export function serveModel(port) {
 
   port.on((m) => {
     if (m.type === 'load') {
-      runner = new ModelRunner({ modelName: m.modelName ?? defaultModelDir() })
+      // 'auto': the machine's hardware GPU (Metal, Vulkan, DX12) when there is one and the model
+      // fits, else the CPU; never a software adapter. The plan says which it took.
+      runner = new ModelRunner({ modelName: m.modelName ?? defaultModelDir(), device: 'auto' })
       runner.ready.then(
-        () => port.post({ type: 'ready', model: m.modelName ?? 'embedded tiny model' }),
+        () => port.post({ type: 'ready', model: m.modelName ?? 'embedded tiny model', device: runner.getAccelerationInfo().deviceDetail }),
         (e) => port.post({ type: 'error', message: e.message }),
       )
     } else if (m.type === 'generate') {
