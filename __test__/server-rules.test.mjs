@@ -53,6 +53,7 @@ test.serial('grammars the client got wrong are 400s that name the field, never 5
   // Nested past the bound (2,000 levels): refused before it reaches the engine.
   t.regex(await refused(t, await post('/v1/chat/completions', schema(nested(2000))), 'response_format', 'deep schema'), /more than 64 levels/)
   t.regex(await refused(t, await post('/v1/chat/completions', { model: MODEL, messages, tools: [tool('f', nested(2000))], tool_choice: 'required' }), 'tools', 'deep tool'), /64 levels/)
+  t.regex(await refused(t, await post('/v1/completions', { model: MODEL, prompt: 'x', structured_outputs: { json: JSON.stringify(nested(2000)) } }), 'structured_outputs.json', 'deep schema as a string'), /64 levels/)
   // A schema that only refers to itself admits no output at all.
   const self = { $ref: '#' }
   t.regex(await refused(t, await post('/v1/chat/completions', schema(self)), 'response_format.json_schema.schema', 'self ref'), /^invalid response_format\.json_schema\.schema: .*admits no output/)

@@ -5,6 +5,7 @@
  */
 import type { GenerationParams } from '../params.js'
 import { badRequest, HttpError, toHttpError } from './http-error.js'
+import { MAX_JSON_DEPTH, tooDeepAt } from './json-bounds.js'
 import type { ChatRequest, CompletionRequest } from './requests.js'
 import { closeObjects } from './strict-schema.js'
 import { type FunctionTool, toolCallGrammar } from './tool-grammar.js'
@@ -36,6 +37,8 @@ function structuredOutputs(r: ChatRequest | CompletionRequest, strict: boolean):
       }
     }
     if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) throw badRequest(`invalid ${param}: a JSON schema object`, param)
+    // A schema sent as a string escaped the body's depth check.
+    if (tooDeepAt(schema, MAX_JSON_DEPTH)) throw badRequest(`invalid ${param}: nested more than ${MAX_JSON_DEPTH} levels deep`, param)
     return { grammar: { type: 'json_schema', schema: (strict ? closeObjects(schema) : schema) as Record<string, unknown> }, param }
   }
   if (s.regex != null) return { grammar: { type: 'regex', pattern: s.regex }, param }
