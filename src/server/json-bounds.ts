@@ -10,14 +10,19 @@ export const MAX_JSON_DEPTH = 64
 
 /** The path (keys and indices) to the first value nested deeper than `limit`, or null. */
 export function tooDeepAt(value: unknown, limit: number): (string | number)[] | null {
-  // Iterative: a recursive walk would itself overflow on the bodies it is meant to refuse.
-  const stack: { v: unknown; path: (string | number)[] }[] = [{ v: value, path: [] }]
+  // Iterative: a recursive walk would itself overflow on the bodies it is meant to refuse. Each
+  // entry links to its parent, so the path is built only for the one that fails.
+  type Entry = { v: unknown; depth: number; key: string | number; up: Entry | null }
+  const stack: Entry[] = [{ v: value, depth: 0, key: '', up: null }]
   while (stack.length) {
-    const { v, path } = stack.pop()!
-    if (v === null || typeof v !== 'object') continue
-    if (path.length >= limit) return path
-    const entries: [string | number, unknown][] = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v)
-    for (const [k, x] of entries) if (x !== null && typeof x === 'object') stack.push({ v: x, path: [...path, k] })
+    const e = stack.pop()!
+    if (e.depth >= limit) {
+      const path: (string | number)[] = []
+      for (let at: Entry | null = e; at?.up; at = at.up) path.unshift(at.key)
+      return path
+    }
+    const entries: [string | number, unknown][] = Array.isArray(e.v) ? e.v.map((x, i) => [i, x]) : Object.entries(e.v as object)
+    for (const [k, x] of entries) if (x !== null && typeof x === 'object') stack.push({ v: x, depth: e.depth + 1, key: k, up: e })
   }
   return null
 }
