@@ -4,8 +4,8 @@
 // each OpenAI field with an alias or a precedence does what OpenAI says, alone and in conflict.
 import test from 'ava'
 import OpenAI from 'openai'
-import { createServer, ModelRunner } from '../dist/index.mjs'
-import { fixtureDir } from './helpers.mjs'
+import { createServer } from '../dist/index.mjs'
+import { loadTestRunner } from './helpers.mjs'
 
 const MODEL = 'qwen3-tiny'
 const KEY = 'rules-key'
@@ -14,7 +14,7 @@ let server
 let client
 
 test.before(async () => {
-  runner = await ModelRunner.load({ modelName: fixtureDir, threads: 2 })
+  runner = await loadTestRunner()
   server = await createServer({ runner, port: 0, apiKey: KEY, servedModelName: MODEL })
   client = new OpenAI({ baseURL: server.baseURL, apiKey: KEY, maxRetries: 0 })
 })
@@ -255,7 +255,7 @@ test.serial('stop as a string and as an array, seed, user and n: alone and toget
 })
 
 test.serial("grammars are compiled off the caller's thread: the first (the vocabulary's trie) and a long choice list", async (t) => {
-  const fresh = await ModelRunner.load({ modelName: fixtureDir, threads: 2 })
+  const fresh = await loadTestRunner()
   try {
     // The first grammar builds the trie of Qwen3's 151,669 tokens (about a second); then ~200 KB of
     // alternatives (tens to hundreds of milliseconds), within llguidance's limits.

@@ -3,16 +3,17 @@
 // enforced by the grammar, logprobs, n, aborts, every error status, and a bounded load run.
 import test from 'ava'
 import OpenAI from 'openai'
-import { createServer, ModelRunner } from '../dist/index.mjs'
-import { fixtureDir } from './helpers.mjs'
+import { createServer } from '../dist/index.mjs'
+import { fixtureDir, loadTestRunner, testDevice } from './helpers.mjs'
 
 const MODEL = 'qwen3-tiny'
+const onTestDevice = testDevice !== 'auto'
 const KEY = 'test-key-123'
 let server
 let client
 
 test.before(async () => {
-  const runner = await ModelRunner.load({ modelName: fixtureDir, threads: 2 })
+  const runner = await loadTestRunner()
   server = await createServer({ runner, port: 0, apiKey: KEY, servedModelName: MODEL, maxQueue: 64 })
   client = new OpenAI({ baseURL: server.baseURL, apiKey: KEY, maxRetries: 0 })
 })
@@ -293,10 +294,10 @@ test.serial('errors: OpenAI shapes and statuses, and a wrong key never reaches t
 })
 
 test.serial('429 once the waiting queue is full', async (t) => {
-  const runner = await ModelRunner.load({ modelName: fixtureDir, threads: 2, maxConcurrentSequences: 1 })
+  const runner = await loadTestRunner({ maxConcurrentSequences: 1 })
   const small = await createServer({ runner, port: 0, maxQueue: 1, servedModelName: MODEL })
   const c = new OpenAI({ baseURL: small.baseURL, apiKey: 'x', maxRetries: 0 })
-  const long = { model: MODEL, messages, max_tokens: 400, temperature: 0, ignore_eos: true }
+  const long = { model: MODEL, messages, max_tokens: onTestDevice ? 40 : 400, temperature: 0, ignore_eos: true }
   const first = [c.chat.completions.create(long), c.chat.completions.create(long)]
   // Both in the engine (one running, one waiting) before the third is sent, however slow the machine.
   const inEngine = () => runner.getModelInfo().serving
@@ -326,11 +327,14 @@ test.serial('tokenize, detokenize, models and metrics with vLLM names', async (t
 })
 
 test.serial('load: 500 requests from 32 clients, 10% disconnecting; completed ones equal their solo run', async (t) => {
+  // On the GPU test run (lavapipe: each step costs ~100x the CPU path's on this tiny model) 120
+  // requests; the same rules.
+  const N = onTestDevice ? 120 : 500
   const prompts = Array.from({ length: 16 }, (_, i) => `Request number ${i}: ${'word '.repeat(i % 5)}`)
   const body = (i) => ({ model: MODEL, prompt: prompts[i % 16], max_tokens: 4 + (i % 7), temperature: 0 })
   // body(i) repeats every 112 requests (16 prompts x 7 lengths).
   const solo = []
-  for (let i = 0; i < 112; i++) solo[i] = (await client.completions.create(body(i))).choices[0].text
+  for (let i = 0; i < Math.min(112, N); i++) solo[i] = (await client.completions.create(body(i))).choices[0].text
   // Warm-up at the same concurrency (32 connections, their buffers, the heap's working size), so
   // "before" is the steady state and growth past it would be a leak.
   await Promise.all(Array.from({ length: 64 }, (_, i) => post('/v1/completions', { ...body(i), stream: i % 2 === 0 }).then((r) => r.text())))
@@ -342,7 +346,7 @@ test.serial('load: 500 requests from 32 clients, 10% disconnecting; completed on
   const worker = async (w) => {
     for (;;) {
       const i = next++
-      if (i >= 500) return
+      if (i >= N) return
       const stream = i % 2 === 0
       if ((i * 7919 + w) % 10 === 0) {
         // Gone at a point that varies: before the answer, between chunks, or just after it.
@@ -373,7 +377,7 @@ test.serial('load: 500 requests from 32 clients, 10% disconnecting; completed on
   // Server-side, the disconnects are 499s (client closed), never 5xx.
   const metrics = await (await fetch(origin() + '/metrics')).text()
   t.notRegex(metrics, /nano_qwen3:http_responses_total\{[^}]*status="5\d\d"\}/)
-  t.true(disconnected >= 40 && completed + disconnected === 500, `${completed} completed, ${disconnected} disconnected`)
+  t.true(disconnected >= N * 0.08 && completed + disconnected === N, `${completed} completed, ${disconnected} disconnected`)
   const after = await settled()
   t.is(after.blocksUsed, 0)
   const rssAfter = process.memoryUsage().rss

@@ -1,5 +1,7 @@
 // The peer: llama.cpp through node-llama-cpp on a GGUF file, measured like engine-bench.mjs in
-// its own process: node bench/llama-bench.mjs --gguf FILE --threads 2
+// its own process: node bench/llama-bench.mjs --gguf FILE --threads 2 [--gpu vulkan]
+// `--gpu auto|vulkan|metal|cuda`: every layer on llama.cpp's GPU backend (node-llama-cpp's linux-x64-vulkan build);
+// on Mesa's lavapipe it needs GGML_VK_VISIBLE_DEVICES=0 (llama.cpp skips CPU-type devices otherwise).
 import { parseArgs } from 'node:util'
 import { getLlama } from 'node-llama-cpp'
 
@@ -10,6 +12,7 @@ const { values: o } = parseArgs({
     'prefill-tokens': { type: 'string', default: '512' },
     'decode-tokens': { type: 'string', default: '128' },
     iterations: { type: 'string', default: '2' },
+    gpu: { type: 'string' },
   },
 })
 const threads = Number(o.threads)
@@ -17,9 +20,13 @@ const prefillTokens = Number(o['prefill-tokens'])
 const decodeTokens = Number(o['decode-tokens'])
 const ids = (n) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919) % 100000)) // same as engine-bench
 
-const llama = await getLlama({ gpu: false, logLevel: 'error' })
+const gpus = ['auto', 'vulkan', 'metal', 'cuda']
+if (o.gpu !== undefined && !gpus.includes(o.gpu)) throw new Error(`--gpu ${o.gpu}: allowed: ${gpus.join(', ')}`)
+const llama = await getLlama({ gpu: o.gpu ?? false, logLevel: 'error' })
+const gpuNames = o.gpu ? await llama.getGpuDeviceNames() : []
+if (o.gpu && (!llama.gpu || !gpuNames.length)) throw new Error(`--gpu ${o.gpu}: llama.cpp found no GPU device (lavapipe: set GGML_VK_VISIBLE_DEVICES=0)`)
 const t0 = performance.now()
-const model = await llama.loadModel({ modelPath: o.gguf, gpuLayers: 0 })
+const model = await llama.loadModel({ modelPath: o.gguf, gpuLayers: o.gpu ? 'max' : 0 })
 const loadMs = performance.now() - t0
 const context = await model.createContext({ contextSize: 1024, threads, batchSize: 512, sequences: 1 })
 
@@ -62,6 +69,7 @@ console.log(
     engine: 'node-llama-cpp',
     gguf: o.gguf,
     threads,
+    device: o.gpu ? `${llama.gpu}: ${gpuNames.join(', ')}` : 'cpu',
     loadMs,
     prefillTokens,
     prefillTokensPerSecond: avg(p),

@@ -33,6 +33,11 @@ const deviceAt = process.argv.indexOf('--device')
 const device = deviceAt > 0 ? process.argv[deviceAt + 1] : 'cpu'
 const iterations = process.env.BENCH_ITERATIONS ?? '2'
 const withPeer = process.env.BENCH_PEER !== '0'
+// BENCH_PREFILL_TOKENS / BENCH_DECODE_TOKENS (default 512 / 128): shorter runs for slow devices (lavapipe).
+const tokenArgs = [
+  ...(process.env.BENCH_PREFILL_TOKENS ? ['--prefill-tokens', process.env.BENCH_PREFILL_TOKENS] : []),
+  ...(process.env.BENCH_DECODE_TOKENS ? ['--decode-tokens', process.env.BENCH_DECODE_TOKENS] : []),
+]
 // Our mode -> the llama.cpp type of the same weights.
 const peerType = { bf16: 'F16', fp16: 'F16', dynamic_int8: 'Q8_0', static_int8: 'Q8_0', int4: 'Q4_0' }
 const peerCache = {}
@@ -64,7 +69,7 @@ process.env.NANO_QWEN3_WEIGHT_CACHE_DIR = mkdtempSync(join(tmpdir(), 'nano-qwen3
 const rows = []
 for (const quantization of modes) {
   console.error(`measuring nano-qwen3-serving ${quantization} ...`)
-  const ours = measure('engine-bench.mjs', ['--model', model, '--quantization', quantization, '--device', device])
+  const ours = measure('engine-bench.mjs', ['--model', model, '--quantization', quantization, '--device', device, ...tokenArgs])
   console.error(`  on ${ours.device}`)
   let peer
   if (withPeer && peerType[quantization]) {
@@ -72,7 +77,9 @@ for (const quantization of modes) {
     if (!peerCache[type]) {
       const gguf = await ensureGguf(quantization)
       console.error(`measuring node-llama-cpp ${type} ...`)
-      peerCache[type] = { ...measure('llama-bench.mjs', ['--gguf', gguf]), type }
+      // On a GPU run the peer runs on llama.cpp's own GPU backend (Vulkan / Metal / CUDA, all layers).
+      peerCache[type] = { ...measure('llama-bench.mjs', ['--gguf', gguf, ...(device === 'cpu' ? [] : ['--gpu', 'auto']), ...tokenArgs]), type }
+      console.error(`  llama.cpp on ${peerCache[type].device}`)
     }
     peer = peerCache[type]
   }

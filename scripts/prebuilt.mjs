@@ -58,8 +58,14 @@ function build(p) {
   if (p.libc === 'musl') env[`CARGO_TARGET_${triple}_RUSTFLAGS`] = '-C target-feature=-crt-static'
   if (p.macosMin) env.MACOSX_DEPLOYMENT_TARGET = p.macosMin
   if (p.os === 'win32') env.LIBNODE_PATH = windowsNodeStub()
+  // A target with `buildOn` links its OS's own SDK (macOS: the Metal framework wgpu uses), which zig
+  // does not ship: plain cargo on that OS, never a cross build.
+  const native = Boolean(p.buildOn)
+  if (native && process.platform !== p.os) {
+    fail(`${p.suffix} links ${p.os}'s GPU framework, which needs its SDK: build it on ${p.os} (the release workflow uses ${p.buildOn})`)
+  }
   execFileSync('rustup', ['target', 'add', p.rustTarget], { stdio: 'inherit' })
-  const args = ['zigbuild', '--locked', '--profile', 'prebuilt', '-p', 'nano-qwen3-node', '--target', p.zigTarget]
+  const args = [native ? 'build' : 'zigbuild', '--locked', '--profile', 'prebuilt', '-p', 'nano-qwen3-node', '--target', native ? p.rustTarget : p.zigTarget]
   console.error(`prebuilt: cargo ${args.join(' ')}`)
   const started = Date.now()
   execFileSync('cargo', args, { cwd: root, env, stdio: 'inherit' })
@@ -126,7 +132,8 @@ const run = (file, args) =>
 const allowedLibraries = {
   'linux-glibc': /^(libc\.so\.6|libm\.so\.6|libdl\.so\.2|libpthread\.so\.0|librt\.so\.1|libgcc_s\.so\.1|ld-linux-(x86-64|aarch64)\.so\.[12])$/,
   'linux-musl': /^(libc\.so|libc\.musl-(x86_64|aarch64)\.so\.1)$/,
-  darwin: /^\/usr\/lib\/(libSystem\.B|libiconv\.2|libcharset\.1|libresolv\.9|libc\+\+\.1)\.dylib$/,
+  // macOS: its system libraries, and (wgpu's Metal backend) system frameworks and the ObjC runtime.
+  darwin: /^(\/usr\/lib\/(libSystem\.B|libiconv\.2|libcharset\.1|libresolv\.9|libc\+\+\.1|libobjc\.A)\.dylib|\/System\/Library\/Frameworks\/[A-Za-z0-9]+\.framework\/Versions\/[A-Z]\/[A-Za-z0-9]+)$/,
   win32:
     /^(kernel32|ntdll|advapi32|bcrypt|bcryptprimitives|userenv|ws2_32|msvcrt|ucrtbase|api-ms-win-[a-z0-9-]+|synchronization|shell32|ole32|oleaut32|secur32|crypt32)\.dll$/i,
 }

@@ -18,6 +18,16 @@ pub enum MatmulKind {
     Tiled,
 }
 
+/// Weight rows per matvec workgroup: many for the lm_head (fewer, fuller workgroups), few for the
+/// layers' matrices (enough workgroups to fill a GPU), and never under ~4K weights per workgroup:
+/// a workgroup has a fixed cost (large on lavapipe, which runs each one as a CPU task), so short
+/// rows (the test fixtures' k = 32) take more of them (measured on lavapipe, qwen3-tiny's 151,936 x
+/// 32 lm_head: 16 rows per workgroup cost ~200 ms a step).
+fn rows_per_workgroup(n: usize, k: usize) -> u32 {
+    let base = if n >= 32_768 { 16 } else { 4 };
+    base.max(4096 / k.max(1)).min(1024) as u32
+}
+
 impl Step<'_> {
     /// `y[i, n] = x[i, :] · w[n, :]` for `rows` rows of x (`w`: `[n, k]`, any weight format,
     /// split or not; `k % 4 == 0`, and `k % 32 == 0` for the block formats).
@@ -34,9 +44,7 @@ impl Step<'_> {
         check_view("matmul x", &x, rows, k)?;
         check_view("matmul y", &y, rows, n)?;
         for part in &w.parts {
-            // Rows per matvec workgroup: many for the lm_head (fewer, fuller workgroups), few for
-            // the layers' matrices (enough workgroups to fill a GPU).
-            let rpw = if part.rows >= 32_768 { 16 } else { 4 };
+            let rpw = rows_per_workgroup(part.rows, k);
             let p = [u(rows), u(part.rows), u(k), u(x.offset), u(x.stride), u(y.offset), u(y.stride), u(part.first_row), rpw];
             let binds = vec![(1, Bind::part(part)), (2, Bind::part(x.t.single())), (3, Bind::part(y.t.single()))];
             match kind {
@@ -68,7 +76,7 @@ impl Step<'_> {
         check_view("matmul_swiglu x", &x, rows, k)?;
         check_view("matmul_swiglu out", &out, rows, inter)?;
         if rows <= MATVEC_MAX_ROWS && w.parts.len() == 1 {
-            let rpw = 4u32;
+            let rpw = rows_per_workgroup(inter, k);
             let p = [u(rows), u(inter), u(k), u(x.offset), u(x.stride), u(out.offset), u(out.stride), rpw];
             let binds = vec![(1, Bind::part(w.single())), (2, Bind::part(x.t.single())), (3, Bind::part(out.t.single()))];
             let (gx, gy) = grid2(u(inter.div_ceil(rpw as usize)));
@@ -78,7 +86,7 @@ impl Step<'_> {
         self.scratch_floats = self.scratch_floats.max(rows * n);
         let kind = if rows <= MATVEC_MAX_ROWS { MatmulKind::MatVec } else { MatmulKind::Tiled };
         for part in &w.parts {
-            let rpw = if part.rows >= 32_768 { 16 } else { 4 };
+            let rpw = rows_per_workgroup(part.rows, k);
             let binds = vec![(1, Bind::part(part)), (2, Bind::part(x.t.single())), (3, Bind::Scratch)];
             match kind {
                 MatmulKind::MatVec => {
