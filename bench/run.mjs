@@ -90,7 +90,9 @@ const cpu = cpus()[0]?.model ?? 'unknown CPU'
 const f = (x, d = 1) => (x === undefined ? '-' : x.toFixed(d))
 const ratio = (a, b) => (b ? `${(a / b).toFixed(2)}x` : '-')
 console.log(`\nQwen3-0.6B shapes (synthetic weights), ${threads} threads, ${cpu}`)
-console.log('prefill: 512-token prompt; decode: 128 tokens after a 32-token prompt, greedy, EOS ignored\n')
+console.log(`prefill: ${process.env.BENCH_PREFILL_TOKENS ?? 512}-token prompt; decode: ${process.env.BENCH_DECODE_TOKENS ?? 128} tokens after a 32-token prompt, greedy, EOS ignored`)
+if (device !== 'cpu') console.log(`ours on ${rows[0]?.ours.device}; llama.cpp on ${Object.values(peerCache)[0]?.device ?? '-'}`)
+console.log('')
 console.log('| ours | weights | prefill tok/s | decode tok/s | load s | peak RSS MB | llama.cpp | prefill tok/s | decode tok/s | load s | peak RSS MB | prefill ratio | decode ratio |')
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for (const { ours: o, peer: p } of rows) {
@@ -173,5 +175,8 @@ const chartRows = rows.map(({ ours: o, peer: p }) => ({
   ours: { prefill: o.prefillTokensPerSecond, decode: o.decodeTokensPerSecond },
   peer: p && { label: p.type, prefill: p.prefillTokensPerSecond, decode: p.decodeTokensPerSecond },
 }))
-writeFileSync(join(here, 'comparison.svg'), comparisonSvg(chartRows, `Qwen3-0.6B shapes, ${threads} threads, ${cpu}`))
-console.error('wrote bench/results/latest.json and bench/comparison.svg')
+// The README's chart is the CPU comparison at the default lengths; other runs leave it alone.
+if (device === 'cpu' && !tokenArgs.length) {
+  writeFileSync(join(here, 'comparison.svg'), comparisonSvg(chartRows, `Qwen3-0.6B shapes, ${threads} threads, ${cpu}`))
+  console.error('wrote bench/results/latest.json and bench/comparison.svg')
+} else console.error('wrote bench/results/latest.json')

@@ -134,8 +134,10 @@ const allowedLibraries = {
   'linux-musl': /^(libc\.so|libc\.musl-(x86_64|aarch64)\.so\.1)$/,
   // macOS: its system libraries, and (wgpu's Metal backend) system frameworks and the ObjC runtime.
   darwin: /^(\/usr\/lib\/(libSystem\.B|libiconv\.2|libcharset\.1|libresolv\.9|libc\+\+\.1|libobjc\.A)\.dylib|\/System\/Library\/Frameworks\/[A-Za-z0-9]+\.framework\/Versions\/[A-Z]\/[A-Za-z0-9]+)$/,
+  // Windows: system DLLs; dxgi, user32 and setupapi come with wgpu (DX12 / Vulkan adapter discovery;
+  // d3d12.dll and vulkan-1.dll are opened at run time).
   win32:
-    /^(kernel32|ntdll|advapi32|bcrypt|bcryptprimitives|userenv|ws2_32|msvcrt|ucrtbase|api-ms-win-[a-z0-9-]+|synchronization|shell32|ole32|oleaut32|secur32|crypt32)\.dll$/i,
+    /^(kernel32|ntdll|advapi32|bcrypt|bcryptprimitives|userenv|ws2_32|msvcrt|ucrtbase|api-ms-win-[a-z0-9-]+|synchronization|shell32|ole32|oleaut32|secur32|crypt32|dxgi|d3d12|user32|setupapi)\.dll$/i,
 }
 const expected = {
   'linux-x64': /Format: elf64-x86-64/,
