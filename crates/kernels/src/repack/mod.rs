@@ -49,11 +49,11 @@ use std::cell::Cell;
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(crate) mod neon;
 
 /// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows; with `[GB]`,
 /// `$tile::<MR, GB>` (int4: blocks per shared scale, a constant so the tile's loops are static).
@@ -503,7 +503,7 @@ pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
 /// writes `act[i, j] = silu(y[i, j]) * y[i, inter + j]` for its columns, while they are in cache.
 /// `wide`: tiles of up to [`MR_WIDE`] rows instead of [`MR`].
 #[allow(clippy::too_many_arguments)]
-fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act: Option<&mut [f32]>, wide: bool, tile: impl Fn(Tile) + Sync) {
+pub(crate) fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act: Option<&mut [f32]>, wide: bool, tile: impl Fn(Tile) + Sync) {
     let groups = n.div_ceil(ROWS);
     let inter = n / 2;
     assert!(act.as_ref().is_none_or(|a| n % (2 * ROWS) == 0 && a.len() >= m * inter), "swiglu epilogue: n = {n}");
