@@ -29,6 +29,21 @@ pub use layout::{Format, ROWS};
 use layout::{decode, pack, unpack, Row};
 use rayon::prelude::*;
 
+/// GGUF blocks of `format` to f32 with GGUF's reference dequantizers (`kquants`,
+/// `legacy_quants`); `out.len()` values.
+pub fn dequantize_gguf(format: Format, bytes: &[u8], out: &mut [f32]) {
+    use crate::{kquants as kq, legacy_quants as lq};
+    let f = match format {
+        Format::Q4K => kq::dequantize_q4_k,
+        Format::Q5K => kq::dequantize_q5_k,
+        Format::Q6K => kq::dequantize_q6_k,
+        Format::Q5_0 => lq::dequantize_q5_0,
+        Format::Q4_1 => lq::dequantize_q4_1,
+        Format::Q5_1 => lq::dequantize_q5_1,
+    };
+    f(bytes, out)
+}
+
 /// A `[n, k]` matrix of GGUF blocks in 8-row units, `[group][block]`.
 pub struct GgmlMatrix {
     pub format: Format,

@@ -1,21 +1,8 @@
-//! Every GGUF-block format on every path against GGUF's own dequantizers (`kquants`,
-//! `legacy_quants`) times f32 activations, summed in f64, on fresh random blocks.
+//! Every GGUF-block format on every path against GGUF's own dequantizers
+//! ([`dequantize_gguf`]: `kquants`, `legacy_quants`) times f32 activations, summed in f64, on fresh random blocks.
 use super::*;
 use crate::quant::test_data;
 use half::f16;
-
-/// GGUF's reference dequantizer of each format.
-fn reference(f: Format) -> fn(&[u8], &mut [f32]) {
-    use crate::{kquants as kq, legacy_quants as lq};
-    match f {
-        Format::Q4K => kq::dequantize_q4_k,
-        Format::Q5K => kq::dequantize_q5_k,
-        Format::Q6K => kq::dequantize_q6_k,
-        Format::Q5_0 => lq::dequantize_q5_0,
-        Format::Q4_1 => lq::dequantize_q4_1,
-        Format::Q5_1 => lq::dequantize_q5_1,
-    }
-}
 
 /// `blocks` random valid GGUF blocks: random bytes (every code, 6-bit scale / min and high bit
 /// pattern is valid), then finite f16 scales in the ranges trained files have.
@@ -57,7 +44,7 @@ fn layout_round_trips_and_values_match_gguf() {
         let bytes = random_blocks(f, n * bpr, 11);
         let q = GgmlMatrix::from_gguf(f, n, k, &bytes).unwrap();
         let mut want = vec![0f32; n * k];
-        reference(f)(&bytes, &mut want);
+        dequantize_gguf(f, &bytes, &mut want);
         let mut row = vec![0f32; k];
         for j in 0..n {
             for b in 0..bpr {
@@ -84,7 +71,7 @@ fn every_path_matches_the_f64_reference_within_the_activation_rounding() {
             let bytes = random_blocks(f, n * bpr, (n * 31 + bpr) as u64);
             let q = GgmlMatrix::from_gguf(f, n, k, &bytes).unwrap();
             let mut w = vec![0f32; n * k];
-            reference(f)(&bytes, &mut w);
+            dequantize_gguf(f, &bytes, &mut w);
             for m in [1usize, 2, 3, 7, 33] {
                 let x: Vec<f32> = test_data(m * k, (m * 7 + n) as u64).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
                 let mut portable = vec![0f32; m * n];
