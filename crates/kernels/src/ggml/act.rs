@@ -108,7 +108,7 @@ impl ActBlock for X32 {
 /// Runs `f` on the rows of `x` (length `k`, a multiple of `A::LEN`) quantized block by block, in
 /// this thread's reusable buffer (quantized in parallel over rows).
 pub(crate) fn with_quantized<A: ActBlock, R>(x: &[f32], k: usize, f: impl FnOnce(&[A]) -> R) -> R {
-    assert!(k % A::LEN == 0 && x.len() % k.max(1) == 0, "activations: row length {k} is not a multiple of {}", A::LEN);
+    assert!(k.is_multiple_of(A::LEN) && x.len().is_multiple_of(k.max(1)), "activations: row length {k} is not a multiple of {}", A::LEN);
     with_buffer(A::slot(), x.len() / A::LEN, A::ZERO, |out| {
         crate::pool::parallel_chunks_mut(out, k / A::LEN, |r, blocks| {
             for (b, chunk) in blocks.iter_mut().zip(x[r * k..(r + 1) * k].chunks_exact(A::LEN)) {

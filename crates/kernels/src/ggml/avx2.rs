@@ -7,8 +7,19 @@
 //! `maddubs` pair sums stay within 2·63·127 (no i16 saturation); a k-quant sub-block's sum
 //! times its 6-bit (or i8) scale, over 256 values, stays far inside i32.
 use super::act::{X32, XK};
-use crate::repack::avx2::{bcast4, prefetch_next_group, scales, store};
+use crate::repack::avx2::{bcast4, scales, store};
 use std::arch::x86_64::*;
+
+/// How far ahead of the unit in use the tiles ask for weights: a task's units are contiguous
+/// (groups one after the other), and the unpacking keeps too few loads in flight for the
+/// hardware prefetcher alone to stream them.
+const AHEAD: usize = 2048;
+
+/// Ask for the `unit` bytes [`AHEAD`] past `u` (a hint: past the matrix's end it loads nothing).
+#[inline(always)]
+pub(super) fn prefetch_ahead(u: *const u8, unit: usize) {
+    crate::simd::prefetch_bytes(u.wrapping_add(AHEAD), unit)
+}
 
 /// `acc + Σ u·x` per 32-bit lane (4 products each): `u` unsigned codes, `x` signed activations.
 pub(super) trait Dot {
@@ -64,7 +75,7 @@ pub(super) unsafe fn q4k_with<D: Dot, const MR: usize, const FIVE: bool>(
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
         let u = w.add(b * unit);
-        prefetch_next_group::<MR, _>(u.wrapping_add(blocks * unit), unit);
+        prefetch_ahead(u, unit);
         let mut isum = [zero; MR];
         for g in 0..4 {
             let (sc_lo, sc_hi) = (bytes_u(u.add(32 + 16 * g)), bytes_u(u.add(40 + 16 * g)));
@@ -118,7 +129,7 @@ pub(super) unsafe fn q6k_with<D: Dot, const MR: usize>(x: *const XK, w: *const u
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
         let u = w.add(b * UNIT);
-        prefetch_next_group::<MR, _>(u.wrapping_add(blocks * UNIT), UNIT);
+        prefetch_ahead(u, UNIT);
         let mut isum = [zero; MR];
         for j in 0..16 {
             let sc = bytes_i(u.add(16 + 8 * j));
@@ -130,7 +141,7 @@ pub(super) unsafe fn q6k_with<D: Dot, const MR: usize>(x: *const XK, w: *const u
                 _mm256_or_si256(_mm256_and_si256(l1, mask), _mm256_and_si256(h, m30)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), mask), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30)),
             ];
-            for i in 0..MR {
+            for (i, isum) in isum.iter_mut().enumerate() {
                 let xb = &*x.add(i * blocks + b);
                 let xq = xb.qs.as_ptr().add(16 * j);
                 let mut a = zero;
@@ -138,7 +149,7 @@ pub(super) unsafe fn q6k_with<D: Dot, const MR: usize>(x: *const XK, w: *const u
                     a = D::dot(a, *q, bcast4(xq.add(4 * t)));
                 }
                 let a = _mm256_sub_epi32(a, _mm256_set1_epi32(32 * xb.s16[j]));
-                isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(a, sc));
+                *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(a, sc));
             }
         }
         let dw = scales(u as *const u16);
@@ -175,7 +186,7 @@ pub(super) unsafe fn legacy_with<D: Dot, const MR: usize, const KIND: u8>(
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
         let u = w.add(b * unit);
-        prefetch_next_group::<MR, _>(u.wrapping_add(blocks * unit), unit);
+        prefetch_ahead(u, unit);
         let mut h = if high > 0 { load(u.add(high)) } else { zero };
         let mut s = [zero; MR];
         for v in 0..4 {

@@ -180,13 +180,17 @@ pub fn decode(f: Format, b: &[u8]) -> Row {
             for (j, s) in sc.iter().enumerate() {
                 r.sc[j] = *s as i8 as i32;
             }
-            for i in 0..256 {
-                let (half, l) = (i / 128, i % 128);
-                let (t, ll) = (l / 32, l % 32);
-                let low = ql[64 * half + 32 * (t & 1) + ll];
-                let low = if t < 2 { low & 0xF } else { low >> 4 };
-                let high = (qh[32 * half + ll] >> (2 * t)) & 3;
-                r.q[i] = low | (high << 4);
+            // Per half of 128: byte l of ql holds values l (low nibble) and l + 64 (high), byte
+            // l + 32 values l + 32 and l + 96; byte l of qh their 2 high bits, in that order.
+            for half in 0..2 {
+                for l in 0..32 {
+                    let (a, c, h) = (ql[64 * half + l], ql[64 * half + 32 + l], qh[32 * half + l]);
+                    let q = &mut r.q[128 * half + l..];
+                    q[0] = (a & 0xF) | (h & 3) << 4;
+                    q[32] = (c & 0xF) | ((h >> 2) & 3) << 4;
+                    q[64] = (a >> 4) | ((h >> 4) & 3) << 4;
+                    q[96] = (c >> 4) | ((h >> 6) & 3) << 4;
+                }
             }
         }
         Format::Q5_0 => {
@@ -336,4 +340,32 @@ pub fn unpack(f: Format, unit: &[u8], r: usize) -> Row {
         }
     }
     row
+}
+
+/// [`pack`] of 8 GGUF blocks (None: a padding row), without decoding where the unit keeps the
+/// file's bytes as they are (Q4_K: scales unpacked, nibbles copied 4 bytes at a time); the other
+/// formats go through [`decode`]. The load of a Q4_K_M file is mostly this.
+pub fn pack_gguf(f: Format, blocks: &[Option<&[u8]>; ROWS], out: &mut [u8]) {
+    if f != Format::Q4K {
+        let rows = blocks.map(|b| b.map_or(Row::ZERO, |b| decode(f, b)));
+        return pack(f, &rows, out);
+    }
+    assert_eq!(out.len(), f.unit_bytes());
+    out.fill(0);
+    let o = offsets(f);
+    for (r, b) in blocks.iter().enumerate() {
+        let Some(b) = b else { continue };
+        assert_eq!(b.len(), f.gguf_bytes(), "{}: block bytes", f.name());
+        out[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+        out[o.dmin + 2 * r..o.dmin + 2 * r + 2].copy_from_slice(&b[2..4]);
+        for j in 0..8 {
+            let (sc, mn) = scale_min(j, &b[4..16]);
+            out[o.sc + 8 * j + r] = sc as u8;
+            out[o.mn + 8 * j + r] = mn as u8;
+        }
+        // Vector v (0..32) of the unit: lane r is the row's GGUF bytes qs[4v..4v + 4].
+        for (v, q) in b[16..144].chunks_exact(4).enumerate() {
+            out[o.qs + 32 * v + 4 * r..][..4].copy_from_slice(q);
+        }
+    }
 }

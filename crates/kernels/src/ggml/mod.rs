@@ -26,8 +26,22 @@ use crate::quant::{swiglu_unfused, QuantMatrix};
 use crate::simd::Isa;
 use act::{with_quantized, ActBlock, X32, XK};
 pub use layout::{Format, ROWS};
-use layout::{decode, pack, unpack, Row};
+use layout::{pack_gguf, unpack, Row};
+#[cfg(test)]
+use layout::{decode, pack};
 use rayon::prelude::*;
+
+/// `$f::<MR, ..>(args)` for a tile of `mr` (1..=4) activation rows.
+macro_rules! by_rows {
+    ($($f:ident)::+ $(, $c:expr)?; $mr:expr, $($arg:expr),*) => {
+        match $mr {
+            1 => $($f)::+::<1 $(, {$c})?>($($arg),*),
+            2 => $($f)::+::<2 $(, {$c})?>($($arg),*),
+            3 => $($f)::+::<3 $(, {$c})?>($($arg),*),
+            _ => $($f)::+::<4 $(, {$c})?>($($arg),*),
+        }
+    };
+}
 
 /// GGUF blocks of `format` to f32 with GGUF's reference dequantizers (`kquants`,
 /// `legacy_quants`); `out.len()` values.
@@ -63,7 +77,7 @@ impl GgmlMatrix {
     /// checked before anything is read.
     pub fn from_gguf(format: Format, n: usize, k: usize, bytes: &[u8]) -> Result<Self, String> {
         let (bv, bb) = (format.block_values(), format.gguf_bytes());
-        if k == 0 || k % bv != 0 {
+        if k == 0 || !k.is_multiple_of(bv) {
             return Err(format!("{}: row length {k} is not a whole number of {bv}-value blocks", format.name()));
         }
         let bpr = k / bv;
@@ -76,12 +90,12 @@ impl GgmlMatrix {
         // One 8-row group per task (the 150k-row embedding is most of the load).
         data.par_chunks_mut(bpr * unit).enumerate().for_each(|(g, out)| {
             for (b, out) in out.chunks_exact_mut(unit).enumerate() {
-                let mut rows = [Row::ZERO; ROWS];
+                let mut rows = [None; ROWS];
                 for (r, row) in rows.iter_mut().enumerate().take(n - g * ROWS) {
                     let at = ((g * ROWS + r) * bpr + b) * bb;
-                    *row = decode(format, &bytes[at..at + bb]);
+                    *row = Some(&bytes[at..at + bb]);
                 }
-                pack(format, &rows, out);
+                pack_gguf(format, &rows, out);
             }
         });
         Ok(Self { format, n, k, data })
@@ -122,30 +136,36 @@ impl GgmlMatrix {
 
     fn drive<A: ActBlock>(&self, xq: &[A], m: usize, y: &mut [f32], act: Option<&mut [f32]>, isa: Isa) {
         let (n, bpr, unit, f) = (self.n, self.blocks_per_row(), self.format.unit_bytes(), self.format);
-        crate::repack::drive(self.name(), m, n, self.k, y, act, false, |t| unsafe {
-            let (x, w, mr, out) = (xq.as_ptr().add(t.i * bpr), self.data.as_ptr().add(t.j * bpr * unit), t.mr, t.y);
-            let cols = (n - t.j * ROWS).min(ROWS);
-            if simd_tile(f, isa, mr, x as *const u8, w, bpr, out, n, cols) {
-                return;
+        let two = two_group_tiles(f, isa);
+        crate::repack::drive(self.name(), m, n, self.k, y, act, false, two, |t| unsafe {
+            let (x, mr) = (xq.as_ptr().add(t.i * bpr) as *const u8, t.mr);
+            let w = |j: usize| self.data.as_ptr().add(j * bpr * unit);
+            let cols = |j: usize, groups: usize| (n - j * ROWS).min(groups * ROWS);
+            if two && t.nr == 2 {
+                #[cfg(target_arch = "x86_64")]
+                return match f {
+                    Format::Q4K => by_rows!(avx512::q4k_x2; mr, x as *const XK, w(t.j), bpr, t.y, n, cols(t.j, 2)),
+                    _ => by_rows!(avx512::q6k_x2; mr, x as *const XK, w(t.j), bpr, t.y, n, cols(t.j, 2)),
+                };
             }
-            for a in 0..mr {
-                let acc = portable(f, x.add(a * bpr) as *const u8, w, bpr, cols);
-                std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols);
+            for j in t.j..t.j + t.nr {
+                let out = t.y.add((j - t.j) * ROWS);
+                if simd_tile(f, isa, mr, x, w(j), bpr, out, n, cols(j, 1)) {
+                    continue;
+                }
+                for a in 0..mr {
+                    let acc = portable(f, (x as *const A).add(a * bpr) as *const u8, w(j), bpr, cols(j, 1));
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(a * n), cols(j, 1));
+                }
             }
         })
     }
 }
 
-/// `$f::<MR, ..>(args)` for a tile of `mr` (1..=4) activation rows.
-macro_rules! by_rows {
-    ($($f:ident)::+ $(, $c:expr)?; $mr:expr, $($arg:expr),*) => {
-        match $mr {
-            1 => $($f)::+::<1 $(, {$c})?>($($arg),*),
-            2 => $($f)::+::<2 $(, {$c})?>($($arg),*),
-            3 => $($f)::+::<3 $(, {$c})?>($($arg),*),
-            _ => $($f)::+::<4 $(, {$c})?>($($arg),*),
-        }
-    };
+/// Whether this format has 512-bit tiles of two 8-row groups on this ISA (AVX-512 VNNI: Q4_K,
+/// Q6_K, the Q4_K_M files' formats).
+fn two_group_tiles(f: Format, isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa.uses_vnni() && matches!(f, Format::Q4K | Format::Q6K)
 }
 
 /// The SIMD tile for this format and ISA, if there is one; false: run the portable code.
@@ -266,7 +286,7 @@ impl QuantMatrix for GgmlMatrix {
     }
 
     fn linear_swiglu(&self, x: &[f32], m: usize, gu: &mut [f32], act: &mut [f32], isa: Isa) {
-        if self.n % (2 * ROWS) != 0 {
+        if !self.n.is_multiple_of(2 * ROWS) {
             return swiglu_unfused(self, x, m, gu, act, isa);
         }
         self.run(x, m, gu, Some(act), isa)

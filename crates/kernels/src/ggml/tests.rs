@@ -4,6 +4,7 @@ use super::*;
 use crate::quant::test_data;
 use half::f16;
 
+
 /// `blocks` random valid GGUF blocks: random bytes (every code, 6-bit scale / min and high bit
 /// pattern is valid), then finite f16 scales in the ranges trained files have.
 fn random_blocks(f: Format, blocks: usize, seed: u64) -> Vec<u8> {
@@ -59,6 +60,20 @@ fn layout_round_trips_and_values_match_gguf() {
     }
 }
 
+/// The load's direct packing writes the units that decoding and packing each row write.
+#[test]
+fn direct_packing_equals_decode_then_pack() {
+    for f in Format::ALL {
+        let bytes = random_blocks(f, 7, 5);
+        let blocks: Vec<&[u8]> = bytes.chunks_exact(f.gguf_bytes()).collect();
+        let given: [Option<&[u8]>; ROWS] = std::array::from_fn(|r| blocks.get(r).copied());
+        let (mut direct, mut generic) = (vec![1u8; f.unit_bytes()], vec![2u8; f.unit_bytes()]);
+        pack_gguf(f, &given, &mut direct);
+        pack(f, &given.map(|b| b.map_or(Row::ZERO, |b| decode(f, b))), &mut generic);
+        assert_eq!(direct, generic, "{}", f.name());
+    }
+}
+
 /// `y = x · Wᵀ` on every path within the error of rounding activations to int8: per block of
 /// `L` activations (256 or 32) with scale `d = max|x| / 127`, each `|x − d·q| <= d / 2`, so
 /// `|y − y_ref| <= Σ_blocks d/2 · Σ|w|` over the row, plus f32 rounding (1e-5 of `Σ|w·x|`).
@@ -66,7 +81,8 @@ fn layout_round_trips_and_values_match_gguf() {
 fn every_path_matches_the_f64_reference_within_the_activation_rounding() {
     for f in Format::ALL {
         let bv = f.block_values();
-        for (n, bpr) in [(37usize, 3usize), (3, 1), (16, 2)] {
+        // 37 and 12 rows: a last 8-row group of 5 and 4 rows, alone and inside a two-group tile.
+        for (n, bpr) in [(37usize, 3usize), (3, 1), (16, 2), (12, 2)] {
             let k = bpr * bv;
             let bytes = random_blocks(f, n * bpr, (n * 31 + bpr) as u64);
             let q = GgmlMatrix::from_gguf(f, n, k, &bytes).unwrap();

@@ -50,7 +50,7 @@ unsafe fn store<const MR: usize>(acc: &[(float32x4_t, float32x4_t); MR], y: *mut
 
 /// `MR` activation rows by one 8-row int8 group.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mut acc = [(zero, zero); MR];
     for b in 0..blocks {
@@ -79,7 +79,7 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
 /// `MR` activation rows by one 8-row int4 group: the unsigned nibbles are dotted as they are
 /// (0..15 fit a signed byte) and the `-8` offset is taken off once per block as `8 Σx`.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mask = vdupq_n_u8(0x0F);
     let mut acc = [(zero, zero); MR];
