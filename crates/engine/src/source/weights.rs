@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nano_qwen3_kernels::ggml::Format;
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantMatrix};
 
-/// A tensor as a model source stores it: dense, or in one of the block formats we run natively.
+/// A tensor as a model source stores it: dense, or in one of the block formats we run as stored.
 pub enum StoredTensor {
     Dense(Tensor),
     Q8(Q8Matrix),

@@ -18,6 +18,8 @@ pub struct XK {
     pub d: f32,
     pub s32: [i32; 8],
     pub s16: [i32; 16],
+    /// `s32[2p]` and `s32[2p + 1]` as the low and high i16 of one i32 (|sum| <= 32·127 fits).
+    pub s32_pairs: [i32; 4],
     pub qs: [i8; QK_K],
 }
 
@@ -31,7 +33,7 @@ pub struct X32 {
 }
 
 impl XK {
-    pub const ZERO: XK = XK { d: 0.0, s32: [0; 8], s16: [0; 16], qs: [0; QK_K] };
+    pub const ZERO: XK = XK { d: 0.0, s32: [0; 8], s16: [0; 16], s32_pairs: [0; 4], qs: [0; QK_K] };
 }
 
 impl X32 {
@@ -58,6 +60,9 @@ pub fn quantize_k(x: &[f32]) -> XK {
     }
     for (j, s) in b.s32.iter_mut().enumerate() {
         *s = b.s16[2 * j] + b.s16[2 * j + 1];
+    }
+    for (p, s) in b.s32_pairs.iter_mut().enumerate() {
+        *s = (b.s32[2 * p] as u16 as u32 | (b.s32[2 * p + 1] as u16 as u32) << 16) as i32;
     }
     b
 }

@@ -24,6 +24,10 @@ pub(super) fn prefetch_ahead(u: *const u8, unit: usize) {
 /// `acc + Σ u·x` per 32-bit lane (4 products each): `u` unsigned codes, `x` signed activations.
 pub(super) trait Dot {
     unsafe fn dot(acc: __m256i, u: __m256i, x: __m256i) -> __m256i;
+    /// `acc + a·b` over i16 pairs per 32-bit lane (`pmaddwd`; VNNI: `vpdpwssd`).
+    unsafe fn pairs(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
 }
 
 pub(super) struct Maddubs;
@@ -104,11 +108,12 @@ pub(super) unsafe fn q4k_with<D: Dot, const MR: usize, const FIVE: bool>(
             }
         }
         let (dw, dm) = (scales(u as *const u16), scales(u.add(16) as *const u16));
+        let mins: [__m256i; 4] = std::array::from_fn(|p| _mm256_cvtepu8_epi16(_mm_loadu_si128(u.add(96 + 16 * p) as *const __m128i)));
         for i in 0..MR {
             let xb = &*x.add(i * blocks + b);
             let mut imin = zero;
-            for j in 0..8 {
-                imin = _mm256_add_epi32(imin, _mm256_mullo_epi32(bytes_u(u.add(96 + 8 * j)), _mm256_set1_epi32(xb.s32[j])));
+            for (p, &pair) in xb.s32_pairs.iter().enumerate() {
+                imin = D::pairs(imin, mins[p], _mm256_set1_epi32(pair));
             }
             let dx = _mm256_set1_ps(xb.d);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, dx), acc[i]);

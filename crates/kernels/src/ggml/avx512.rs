@@ -12,6 +12,11 @@ impl Dot for Dpbusd {
     unsafe fn dot(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, x)
     }
+
+    #[inline(always)]
+    unsafe fn pairs(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, a, b)
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -113,11 +118,16 @@ pub unsafe fn q4k_x2<const MR: usize>(x: *const XK, w: *const u8, blocks: usize,
             }
         }
         let (dw, dm) = (scales2(u, stride), scales2(u.add(16), stride));
+        // Each group's 16 bytes of min pairs widened to i16 (layout docs: `[pair][row][2]`).
+        let mins: [__m512i; 4] = std::array::from_fn(|p| {
+            let m = |at: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(u.add(at + 96 + 16 * p) as *const __m128i));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(m(0)), m(stride))
+        });
         for i in 0..MR {
             let xb = &*x.add(i * blocks + b);
             let mut imin = zero;
-            for j in 0..8 {
-                imin = _mm512_add_epi32(imin, _mm512_mullo_epi32(bytes2(u.add(96 + 8 * j), stride, false), _mm512_set1_epi32(xb.s32[j])));
+            for (p, &pair) in xb.s32_pairs.iter().enumerate() {
+                imin = _mm512_dpwssd_epi32(imin, mins[p], _mm512_set1_epi32(pair));
             }
             let dx = _mm512_set1_ps(xb.d);
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(dw, dx), acc[i]);

@@ -9,7 +9,8 @@
 //! last group is padded with zero rows (scales 0).
 //!
 //! Units, byte offsets (`d`, `dmin`, `m`: 8 f16, row r at 2r; per-sub-block bytes: `[sub][row]`):
-//! - Q4_K (1184 = 148 per row-block, GGUF 144): d 0, dmin 16, scales 32 (8x8 u8), mins 96,
+//! - Q4_K (1184 = 148 per row-block, GGUF 144): d 0, dmin 16, scales 32 (8x8 u8), mins 96
+//!   (`[pair of sub-blocks][row][2]` u8),
 //!   then for each pair of sub-blocks g (0..4) 8 vectors v at `160 + 32 (8g + v)`: lane r holds
 //!   row r's GGUF bytes `qs[32g + 4v..][..4]`, whose low nibbles are values `64g + 4v + e` and
 //!   high nibbles values `64g + 32 + 4v + e` (e: 0..4).
@@ -209,6 +210,13 @@ pub fn decode(f: Format, b: &[u8]) -> Row {
     r
 }
 
+/// Byte of sub-block j's min for row r (Q4_K / Q5_K): mins in pairs of sub-blocks, so that
+/// 16 bytes widened to i16 hold `(mn[2p], mn[2p + 1])` of each row in its 32-bit lane (one
+/// `pmaddwd` / `vpdpwssd` with the activations' sums per pair).
+fn min_at(base: usize, j: usize, r: usize) -> usize {
+    base + 16 * (j / 2) + 2 * r + j % 2
+}
+
 /// Where a unit's parts start, per format.
 struct Offsets {
     dmin: usize,
@@ -260,7 +268,7 @@ pub fn pack(f: Format, rows: &[Row; ROWS], out: &mut [u8]) {
         for j in 0..subs {
             out[o.sc + 8 * j + r] = row.sc[j] as u8;
             if o.mn > 0 {
-                out[o.mn + 8 * j + r] = row.mn[j] as u8;
+                out[min_at(o.mn, j, r)] = row.mn[j] as u8;
             }
         }
         if f == Format::Q6K {
@@ -305,7 +313,7 @@ pub fn unpack(f: Format, unit: &[u8], r: usize) -> Row {
         Format::Q4K | Format::Q5K => {
             for j in 0..8 {
                 row.sc[j] = unit[o.sc + 8 * j + r] as i32;
-                row.mn[j] = unit[o.mn + 8 * j + r] as i32;
+                row.mn[j] = unit[min_at(o.mn, j, r)] as i32;
             }
         }
         Format::Q6K => {
@@ -361,7 +369,7 @@ pub fn pack_gguf(f: Format, blocks: &[Option<&[u8]>; ROWS], out: &mut [u8]) {
         for j in 0..8 {
             let (sc, mn) = scale_min(j, &b[4..16]);
             out[o.sc + 8 * j + r] = sc as u8;
-            out[o.mn + 8 * j + r] = mn as u8;
+            out[min_at(o.mn, j, r)] = mn as u8;
         }
         // Vector v (0..32) of the unit: lane r is the row's GGUF bytes qs[4v..4v + 4].
         for (v, q) in b[16..144].chunks_exact(4).enumerate() {

@@ -143,12 +143,21 @@ pub unsafe fn q4k<const MR: usize, const FIVE: bool>(x: *const XK, w: *const u8,
             }
         }
         let (dw, dm) = (scales(u), scales(u.add(16)));
+        // Mins in pairs of sub-blocks (`[pair][row][2]`): de-interleaved into each sub-block's 8 rows.
+        let mut mins = [zero(); 8];
+        for p in 0..4 {
+            let pair = vld2_u8(u.add(96 + 16 * p));
+            for (j, v) in [(2 * p, pair.0), (2 * p + 1, pair.1)] {
+                let w = vmovl_u8(v);
+                mins[j] = (vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(w))), vreinterpretq_s32_u32(vmovl_high_u16(w)));
+            }
+        }
         for i in 0..MR {
             let xb = &*x.add(i * blocks + b);
             let mut imin = zero();
-            for j in 0..8 {
+            for (j, mn) in mins.iter().enumerate() {
                 let s = vdupq_n_s32(xb.s32[j]);
-                imin = add(imin, mul(bytes_u(u.add(96 + 8 * j)), (s, s)));
+                imin = add(imin, mul(*mn, (s, s)));
             }
             acc[i] = fma(acc[i], isum[i], dw, xb.d, false);
             acc[i] = fma(acc[i], imin, dm, xb.d, true);
