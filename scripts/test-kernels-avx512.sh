@@ -18,6 +18,6 @@ bin=$(cargo test -p nano-qwen3-kernels --lib --no-run --target x86_64-unknown-li
   "$bin" --test-threads 1 --skip tuning:: --skip pool:: "$@"
 # Sapphire Rapids (adds AVX512_BF16; Bochs 3.0): the bf16 dense path and the VNNI tiles under it.
 ./scripts/test-avx512.sh --cpu sapphire_rapids --env NANO_QWEN3_REQUIRE_ISA=avx512-bf16 --env NANO_QWEN3_EXPECT_ISA=avx512-bf16 \
-  "$bin" --test-threads 1 simd:: linear:: repack:: q4:: q8::
+  "$bin" --test-threads 1 simd:: linear:: repack:: q4:: q8:: ggml::
 # Skylake-X (AVX-512 without VNNI): detection must fall back to AVX2.
-./scripts/test-avx512.sh --cpu corei7_skylake_x --env NANO_QWEN3_REQUIRE_ISA=avx2 --env NANO_QWEN3_EXPECT_ISA=avx2 "$bin" --test-threads 1 simd:: repack::
+./scripts/test-avx512.sh --cpu corei7_skylake_x --env NANO_QWEN3_REQUIRE_ISA=avx2 --env NANO_QWEN3_EXPECT_ISA=avx2 "$bin" --test-threads 1 simd:: repack:: ggml::

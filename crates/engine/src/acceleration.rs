@@ -230,7 +230,7 @@ fn on_the_gpu(cfg: &AccelerationConfig, kv: &str, items: &mut [PlanItem]) {
     for i in items.iter_mut() {
         let (applied, detail): (bool, String) = match i.option.as_str() {
             "quantization" => (true, match cfg.quantization {
-                Quantization::None => "weights uploaded in the checkpoint's dtype (f32 / f16 / bf16, or GGUF Q8_0 / Q4_0 blocks as stored), widened to f32 in the matmul kernels; f32 activations and accumulation".into(),
+                Quantization::None => "weights uploaded in the checkpoint's dtype (f32 / f16 / bf16, or GGUF Q8_0 / Q4_0 blocks as stored; a GGUF's Q4_K / Q5_K / Q6_K / Q5_0 / Q4_1 / Q5_1 matrices dequantized to f32 for the upload: the GPU has no kernels for them, so they take 4 bytes per weight there; quantization 'int4' or 'dynamic_int8' keeps them small), widened to f32 in the matmul kernels; f32 activations and accumulation".into(),
                 Quantization::Fp32 | Quantization::Fp16 | Quantization::Bf16 => format!("{} weights in GPU memory, f32 activations and accumulation", cfg.quantization.name()),
                 Quantization::DynamicInt8 => "int8 weights as Q8_0 blocks in GPU memory, dequantized in the matmul kernels; activations stay f32 on the GPU (not quantized per token as on the CPU)".into(),
                 Quantization::StaticInt8 => "int8 weights (SmoothQuant-folded, as Q8_0 blocks) in GPU memory; the calibrated activation scales are not used on the GPU: activations stay f32".into(),
@@ -326,7 +326,7 @@ pub fn plan_on(cfg: &AccelerationConfig, requested: &str, placement: &Placement)
     let q = cfg.quantization.name();
     let calibration = cfg.calibration.clone().unwrap_or_default();
     let mut items = vec![match cfg.quantization {
-        Quantization::None => item("quantization", q, true, "weights kept in the checkpoint's dtype, f32 activations and accumulation"),
+        Quantization::None => item("quantization", q, true, "weights kept as stored: the checkpoint's dtype (f32 activations and accumulation), or a GGUF's blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) in the block kernels with activations rounded to int8 per block (f32 accumulation); Q2_K / Q3_K dequantized to f32 at load"),
         Quantization::Fp32 => item("quantization", q, true, "every matrix widened or dequantized to f32 at load, f32 activations and accumulation"),
         Quantization::DynamicInt8 => item(
             "quantization",

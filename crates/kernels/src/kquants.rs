@@ -1,6 +1,6 @@
-//! llama.cpp's k-quant formats (super-blocks of 256 values), dequantized to f32. GGUF files quantized
-//! with Q2_K ... Q6_K load through these; the engine then runs the f32 values (or re-quantizes
-//! them into a format it has kernels for).
+//! llama.cpp's k-quant formats (super-blocks of 256 values), dequantized to f32: the reference of
+//! the Q4_K / Q5_K / Q6_K kernels ([`crate::ggml`] runs them as stored), the load path of Q2_K /
+//! Q3_K (run as f32), and of every k-quant when a mode re-quantizes into our formats.
 use half::f16;
 
 pub const QK_K: usize = 256;

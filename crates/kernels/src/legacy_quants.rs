@@ -1,6 +1,6 @@
-//! llama.cpp's older 32-value block formats that we do not run natively, dequantized to f32 at
-//! GGUF import: Q4_1, Q5_0, Q5_1 (Q4_0 and Q8_0 are our own run formats, see [`crate::q4`] and
-//! [`crate::q8`]). In every one, byte `j` of `qs` holds value `j` in its low nibble and value
+//! llama.cpp's older 32-value block formats Q4_1, Q5_0, Q5_1 dequantized to f32: the reference
+//! of their kernels ([`crate::ggml`] runs them as stored) and the import path of the modes that
+//! re-quantize (Q4_0 and Q8_0 are our own run formats, see [`crate::q4`] and [`crate::q8`]). In every one, byte `j` of `qs` holds value `j` in its low nibble and value
 //! `j + 16` in its high nibble; Q5 formats keep each value's fifth bit in a 32-bit `qh`
 //! (bit `j` for value `j`).
 use half::f16;

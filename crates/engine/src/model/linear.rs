@@ -3,7 +3,7 @@
 //! fused kernels are on so one matmul (and one activation quantization) serves all of them.
 use candle_core::{Storage, Tensor};
 use nano_qwen3_kernels::repack::{Q4x8Matrix, Q8x8Matrix};
-use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
+use nano_qwen3_kernels::{active_isa, BlockQ4, BlockQ8, GgmlMatrix, Q4Matrix, Q8Matrix, QuantLinearOp, QuantMatrix, Weights};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -19,6 +19,9 @@ pub enum Linear {
     /// same 4 input features of 8 rows, so 8 outputs accumulate in one register.
     Q8x8(Arc<Q8x8Matrix>),
     Q4x8(Arc<Q4x8Matrix>),
+    /// A GGUF block format run as stored (Q4_K, Q5_K, Q6_K, Q5_0, Q4_1, Q5_1), always in 8-row
+    /// units; int8 activations per block of 256 (k-quants) or 32.
+    Ggml(Arc<GgmlMatrix>),
 }
 
 /// A loaded tensor as `export` sees it: the data in its current format.
@@ -68,6 +71,7 @@ impl Linear {
             Linear::Q4(q) => Some(q.clone()),
             Linear::Q8x8(q) => Some(q.clone()),
             Linear::Q4x8(q) => Some(q.clone()),
+            Linear::Ggml(q) => Some(q.clone()),
         }
     }
 
@@ -143,6 +147,7 @@ impl Linear {
             Linear::Q8(_) | Linear::Q8x8(_) => "q8_0".into(),
             Linear::Q4x8(q) if q.group_blocks > 1 => format!("q4_0 (one scale per {} weights)", q.group_blocks * 32),
             Linear::Q4(_) | Linear::Q4x8(_) => "q4_0".into(),
+            Linear::Ggml(q) => q.format.name().into(),
         }
     }
 
@@ -181,6 +186,12 @@ impl Linear {
             // Repacked: back to row-major blocks (exact inverse), then the rows.
             Linear::Q8x8(q) => ExportData::Q8 { blocks: Cow::Owned(block_rows(&q.to_q8().blocks, q.k, QK8, start, n).to_vec()), n, k: q.k },
             Linear::Q4x8(q) => ExportData::Q4 { blocks: Cow::Owned(block_rows(&q.to_q4().blocks, q.k, QK4, start, n).to_vec()), n, k: q.k },
+            // No export format of ours holds these blocks: their values, dequantized.
+            Linear::Ggml(q) => {
+                let mut v = vec![0f32; n * q.k];
+                v.chunks_exact_mut(q.k).enumerate().for_each(|(j, row)| q.dequantize_row(start + j, row));
+                ExportData::Dense(Tensor::from_vec(v, (n, q.k), &candle_core::Device::Cpu)?)
+            }
         })
     }
 
@@ -210,12 +221,14 @@ impl Linear {
     }
 
     /// Stack row-major matrices with the same input into one (rows concatenated), when their
-    /// formats allow: all dense of one dtype, all Q4, or all Q8 with the same activation scales
-    /// (they read the same input). Runs before repacking.
+    /// formats allow: all dense of one dtype, all Q4, all Q8 with the same activation scales
+    /// (they read the same input), or all of one GGUF block format in whole 8-row groups. Runs
+    /// before repacking.
     fn stack(parts: Vec<Linear>) -> Result<Linear, Vec<Linear>> {
         let dense: Vec<&Tensor> = parts.iter().filter_map(|p| if let Linear::Dense(t) = p { Some(t) } else { None }).collect();
         let q8: Vec<&Q8Matrix> = parts.iter().filter_map(|p| if let Linear::Q8(q) = p { Some(q.as_ref()) } else { None }).collect();
         let q4: Vec<&Q4Matrix> = parts.iter().filter_map(|p| if let Linear::Q4(q) = p { Some(q.as_ref()) } else { None }).collect();
+        let ggml: Vec<&GgmlMatrix> = parts.iter().filter_map(|p| if let Linear::Ggml(q) = p { Some(q.as_ref()) } else { None }).collect();
         let stacked = if dense.len() == parts.len() && dense.windows(2).all(|w| w[0].dtype() == w[1].dtype()) {
             Tensor::cat(&dense, 0).ok().map(Linear::Dense)
         } else if q8.len() == parts.len() && q8.windows(2).all(|w| w[0].act_scales == w[1].act_scales) {
@@ -227,6 +240,8 @@ impl Linear {
         } else if q4.len() == parts.len() {
             stack_blocks(&q4.iter().map(|q| (&q.blocks[..], q.n, q.k)).collect::<Vec<_>>())
                 .map(|(blocks, n, k)| Linear::Q4(Arc::new(Q4Matrix { n, k, blocks })))
+        } else if ggml.len() == parts.len() {
+            GgmlMatrix::stack(&ggml).map(|q| Linear::Ggml(Arc::new(q)))
         } else {
             None
         };

@@ -18,7 +18,8 @@ use crate::source::weights::{StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use crate::model::linear::{ExportData, Linear, Proj};
 use nano_qwen3_kernels::q4::{GROUP_SIZES, QK4};
-use nano_qwen3_kernels::{Q4Matrix, Q8Matrix};
+use nano_qwen3_kernels::{GgmlMatrix, Q4Matrix, Q8Matrix};
+use crate::error::EngineError;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -137,6 +138,11 @@ impl Qwen3Model {
             let l = match (format, stored) {
                 (WeightFormat::Checkpoint, StoredTensor::Q8(q)) | (WeightFormat::Q8, StoredTensor::Q8(q)) => Linear::Q8(Arc::new(q)),
                 (WeightFormat::Checkpoint, StoredTensor::Q4(q)) | (WeightFormat::Q4 { .. }, StoredTensor::Q4(q)) => Linear::Q4(Arc::new(q)),
+                // GGUF k-quants and legacy blocks: repacked into the block kernels' 8-row units.
+                (WeightFormat::Checkpoint, StoredTensor::Blocks { format, n, k, bytes }) => {
+                    let q = GgmlMatrix::from_gguf(format, n, k, &bytes).map_err(|e| EngineError::Internal(format!("{name}: {e}")))?;
+                    Linear::Ggml(Arc::new(q))
+                }
                 (WeightFormat::Checkpoint, s) => Linear::Dense(s.into_dense(None)?),
                 (WeightFormat::Dense(d), s) => Linear::Dense(s.into_dense(Some(d))?),
                 (WeightFormat::Q8, s) if fits => Linear::Q8(Arc::new(Q8Matrix::quantize(&s.into_f32_vec()?, shape[0], shape[1]))),
@@ -179,7 +185,21 @@ impl Qwen3Model {
             Ok(RmsNorm { weight, values })
         };
         // The layers' matrices say what the mode stored (int4 may keep the output projection in Q8_0).
-        let weight_format = layers.first().map_or_else(|| embed_tokens.format(), |l| l.6.format());
+        // A GGUF file as stored mixes block formats by tensor (Q4_K_M: Q4_K and Q6_K, ...): all are named.
+        let mut weight_format = layers.first().map_or_else(|| embed_tokens.format(), |l| l.6.format());
+        type Mats = (Linear, Linear, Linear, Linear, Linear, Linear, Linear);
+        fn mats_of(l: &Mats) -> [&Linear; 7] {
+            [&l.0, &l.1, &l.2, &l.3, &l.4, &l.5, &l.6]
+        }
+        if layers.iter().flat_map(mats_of).any(|m| matches!(m, Linear::Ggml(_))) {
+            let mut names: Vec<String> = Vec::new();
+            for f in layers.iter().flat_map(mats_of).map(Linear::format) {
+                if !names.contains(&f) {
+                    names.push(f);
+                }
+            }
+            weight_format = names.join(" + ");
+        }
         let layers = layers
             .into_iter()
             .enumerate()

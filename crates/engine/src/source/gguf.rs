@@ -1,11 +1,13 @@
 //! GGUF files (v2/v3) as a model source: metadata, tensor table and data, all checked against the
 //! file size before anything is loaded. F32 / F16 / BF16 / Q8_0 / Q4_0 tensors load natively
-//! (Q8_0 and Q4_0 are our block layouts); the other common types (Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K)
-//! are dequantized at load ([`TYPES`] is the list).
+//! (Q8_0 and Q4_0 are our block layouts); Q4_K, Q5_K, Q6_K, Q5_0, Q4_1 and Q5_1 matrices come as
+//! the file's blocks, which the model runs as stored ([`nano_qwen3_kernels::ggml`]); Q2_K and
+//! Q3_K are dequantized at load ([`TYPES`] is the list).
 use crate::error::{EngineError, Result};
 use crate::source::weights::{release_pages, StoredTensor, TensorSource};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
+use nano_qwen3_kernels::ggml::{dequantize_gguf, Format};
 use nano_qwen3_kernels::{kquants, legacy_quants, BlockQ4, BlockQ8, Q4Matrix, Q8Matrix, QuantMatrix};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -48,12 +50,14 @@ impl Meta {
     }
 }
 
-/// How a ggml type becomes weights: kept in one of our run formats, or dequantized to f32 at load.
+/// How a ggml type becomes weights: kept in one of our run formats, run as stored by the GGUF
+/// block kernels, or dequantized to f32 at load.
 #[derive(Clone, Copy)]
 enum Handling {
     Dense(DType),
     Q8_0,
     Q4_0,
+    Stored(Format),
     Dequantize(fn(&[u8], &mut [f32])),
 }
 
@@ -67,26 +71,27 @@ const TYPES: &[GgmlType] = &[
     GgmlType(30, "BF16", 1, 2, Handling::Dense(DType::BF16)),
     GgmlType(8, "Q8_0", 32, 34, Handling::Q8_0),
     GgmlType(2, "Q4_0", 32, 18, Handling::Q4_0),
-    GgmlType(3, "Q4_1", 32, legacy_quants::Q4_1_BYTES, Handling::Dequantize(legacy_quants::dequantize_q4_1)),
-    GgmlType(6, "Q5_0", 32, legacy_quants::Q5_0_BYTES, Handling::Dequantize(legacy_quants::dequantize_q5_0)),
-    GgmlType(7, "Q5_1", 32, legacy_quants::Q5_1_BYTES, Handling::Dequantize(legacy_quants::dequantize_q5_1)),
+    GgmlType(3, "Q4_1", 32, legacy_quants::Q4_1_BYTES, Handling::Stored(Format::Q4_1)),
+    GgmlType(6, "Q5_0", 32, legacy_quants::Q5_0_BYTES, Handling::Stored(Format::Q5_0)),
+    GgmlType(7, "Q5_1", 32, legacy_quants::Q5_1_BYTES, Handling::Stored(Format::Q5_1)),
     GgmlType(10, "Q2_K", 256, kquants::Q2K_BYTES, Handling::Dequantize(kquants::dequantize_q2_k)),
     GgmlType(11, "Q3_K", 256, kquants::Q3K_BYTES, Handling::Dequantize(kquants::dequantize_q3_k)),
-    GgmlType(12, "Q4_K", 256, kquants::Q4K_BYTES, Handling::Dequantize(kquants::dequantize_q4_k)),
-    GgmlType(13, "Q5_K", 256, kquants::Q5K_BYTES, Handling::Dequantize(kquants::dequantize_q5_k)),
-    GgmlType(14, "Q6_K", 256, kquants::Q6K_BYTES, Handling::Dequantize(kquants::dequantize_q6_k)),
+    GgmlType(12, "Q4_K", 256, kquants::Q4K_BYTES, Handling::Stored(Format::Q4K)),
+    GgmlType(13, "Q5_K", 256, kquants::Q5K_BYTES, Handling::Stored(Format::Q5K)),
+    GgmlType(14, "Q6_K", 256, kquants::Q6K_BYTES, Handling::Stored(Format::Q6K)),
 ];
 
 fn type_info(id: u32) -> Option<&'static GgmlType> {
     TYPES.iter().find(|t| t.0 == id)
 }
 
-/// "F32, F16, BF16, Q8_0, Q4_0 (run natively); Q4_1, ... (dequantized at load)", from [`TYPES`].
+/// "F32, F16, BF16, Q8_0, Q4_0, Q4_1, ... (run as stored); Q2_K, Q3_K (dequantized at load)",
+/// from [`TYPES`].
 pub fn supported_types() -> String {
     let names = |deq: bool| {
         TYPES.iter().filter(|t| matches!(t.4, Handling::Dequantize(_)) == deq).map(|t| t.1).collect::<Vec<_>>().join(", ")
     };
-    format!("{} (run natively); {} (dequantized at load)", names(false), names(true))
+    format!("{} (run as stored); {} (dequantized at load)", names(false), names(true))
 }
 
 /// Names of the ggml types we do not load, for error messages.
@@ -362,6 +367,19 @@ impl TensorSource for GgufFile {
             Handling::Q4_0 if shape.len() == 2 => StoredTensor::Q4(Q4Matrix { n, k, blocks: blocks::<BlockQ4>(bytes) }),
             Handling::Q8_0 => dense(Q8Matrix::from_blocks(1, numel, blocks::<BlockQ8>(bytes)).dequantize())?,
             Handling::Q4_0 => dense(Q4Matrix { n: 1, k: numel, blocks: blocks::<BlockQ4>(bytes) }.dequantize())?,
+            // Sizes were checked against the type's blocks when the header was read.
+            Handling::Stored(format) if shape.len() == 2 => {
+                if k % format.block_values() != 0 {
+                    let why = format!("tensor \"{name}\": rows of {k} values do not fill whole {} blocks", ggml_type_name(t.ggml_type));
+                    return Err(EngineError::bad_file(&self.path, why));
+                }
+                StoredTensor::Blocks { format, n, k, bytes: bytes.to_vec() }
+            }
+            Handling::Stored(format) => {
+                let mut v = vec![0f32; numel];
+                dequantize_gguf(format, bytes, &mut v);
+                dense(v)?
+            }
             Handling::Dequantize(f) => {
                 let mut v = vec![0f32; numel];
                 f(bytes, &mut v);

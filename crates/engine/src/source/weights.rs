@@ -10,13 +10,17 @@ use memmap2::Mmap;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use nano_qwen3_kernels::ggml::Format;
 use nano_qwen3_kernels::{Q4Matrix, Q8Matrix, QuantMatrix};
 
-/// A tensor as a model source stores it: dense, or in one of the block formats we run natively.
+/// A tensor as a model source stores it: dense, or in one of the block formats we run as stored.
 pub enum StoredTensor {
     Dense(Tensor),
     Q8(Q8Matrix),
     Q4(Q4Matrix),
+    /// A GGUF block format we run as stored (k-quants, Q5_0, Q4_1, Q5_1): `[n, k]`, the file's
+    /// row-major blocks, sizes checked. The model repacks them, or dequantizes for other modes.
+    Blocks { format: Format, n: usize, k: usize, bytes: Vec<u8> },
 }
 
 impl StoredTensor {
@@ -26,6 +30,7 @@ impl StoredTensor {
             StoredTensor::Dense(t) => t,
             StoredTensor::Q8(q) => Tensor::from_vec(q.dequantize(), (q.n, q.k), &Device::Cpu)?,
             StoredTensor::Q4(q) => Tensor::from_vec(q.dequantize(), (q.n, q.k), &Device::Cpu)?,
+            StoredTensor::Blocks { format, n, k, bytes } => Tensor::from_vec(dequantize_blocks(format, &bytes, n * k), (n, k), &Device::Cpu)?,
         };
         Ok(match dtype {
             Some(d) if d != t.dtype() => t.to_dtype(d)?,
@@ -38,9 +43,17 @@ impl StoredTensor {
         Ok(match self {
             StoredTensor::Q8(q) => q.dequantize(),
             StoredTensor::Q4(q) => q.dequantize(),
+            StoredTensor::Blocks { format, n, k, bytes } => dequantize_blocks(format, &bytes, n * k),
             d => d.into_dense(Some(DType::F32))?.flatten_all()?.to_vec1::<f32>()?,
         })
     }
+}
+
+/// GGUF blocks to f32 with GGUF's reference dequantizers.
+fn dequantize_blocks(format: Format, bytes: &[u8], values: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values];
+    nano_qwen3_kernels::ggml::dequantize_gguf(format, bytes, &mut out);
+    out
 }
 
 /// Where model weights come from: a safetensors checkpoint, a GGUF file, or a transformed set.

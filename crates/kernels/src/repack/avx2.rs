@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 /// The 4 bytes at `p` in all 8 lanes (one `vpbroadcastd` from memory).
 #[inline(always)]
-pub(super) unsafe fn bcast4<T>(p: *const T) -> __m256i {
+pub(crate) unsafe fn bcast4<T>(p: *const T) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
@@ -15,7 +15,7 @@ pub(super) unsafe fn bcast4<T>(p: *const T) -> __m256i {
 /// prefetcher alone leaves the next group's first tile waiting for (16 decode rows: a step ~20%
 /// faster, `batch_profile`); one row streams steadily and needs no help.
 #[inline(always)]
-pub(super) fn prefetch_next_group<const MR: usize, T>(p: *const T, bytes: usize) {
+pub(crate) fn prefetch_next_group<const MR: usize, T>(p: *const T, bytes: usize) {
     if MR >= 2 {
         // Past the matrix's end (the last group) the hint loads nothing.
         crate::simd::prefetch_bytes(p, bytes);
@@ -25,7 +25,7 @@ pub(super) fn prefetch_next_group<const MR: usize, T>(p: *const T, bytes: usize)
 /// Store the accumulators of `MR` rows, only the first `cols` columns (padded rows are
 /// never written).
 #[inline(always)]
-pub(super) unsafe fn store<const MR: usize>(acc: &[__m256; MR], y: *mut f32, ldy: usize, cols: usize) {
+pub(crate) unsafe fn store<const MR: usize>(acc: &[__m256; MR], y: *mut f32, ldy: usize, cols: usize) {
     for (i, a) in acc.iter().enumerate() {
         if cols == ROWS {
             _mm256_storeu_ps(y.add(i * ldy), *a);
@@ -46,14 +46,14 @@ pub(super) unsafe fn scale_block(acc: &mut __m256, s: __m256i, dw: __m256, dx: f
 
 /// The 8 f16 row scales at `p` as f32 (one F16C instruction).
 #[inline(always)]
-pub(super) unsafe fn scales(p: *const u16) -> __m256 {
+pub(crate) unsafe fn scales(p: *const u16) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
 /// `MR` activation rows by one 8-row group: each weight vector (4 elements of 8 rows) feeds MR
 /// rows. Per 32 products: sign, maddubs, madd, add, plus two broadcast loads.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); MR];
     for b in 0..blocks {
@@ -145,6 +145,6 @@ pub(super) unsafe fn q4_tile_with<D: NibbleDot, const MR: usize, const GB: usize
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     q4_tile_with::<Maddubs, MR, GB>(x, w, blocks, y, ldy, cols)
 }

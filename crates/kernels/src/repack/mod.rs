@@ -49,11 +49,11 @@ use std::cell::Cell;
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(crate) mod neon;
 
 /// `$tile::<MR>(args)` for a register tile of `mr` (1..=4) activation rows; with `[GB]`,
 /// `$tile::<MR, GB>` (int4: blocks per shared scale, a constant so the tile's loops are static).
@@ -348,7 +348,7 @@ impl Q8x8Matrix {
         let (n, k, bpr) = (self.n, self.k, self.k / QK8);
         assert!(x.len() >= m * k && y.len() >= m * n, "q8x8 linear: buffers too small");
         with_prepared_q8(&x[..m * k], k, self.act_scales.as_deref(), |xq| {
-            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), |t| unsafe {
+            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), false, |t| unsafe {
                 let (x, w, mr, out) = (xq.as_ptr().add(t.i * bpr), self.blocks.as_ptr().add(t.j * bpr), t.mr, t.y);
                 let cols = (n - t.j * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
@@ -422,7 +422,7 @@ impl Q4x8Matrix {
         let (n, k, bpr) = (self.n, self.k, self.k / QK4);
         assert!(x.len() >= m * k && y.len() >= m * n, "q4x8 linear: buffers too small");
         with_prepared_q4(&x[..m * k], k, |xq| {
-            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), |t| unsafe {
+            drive(self.name(), m, n, k, y, act, isa.uses_vnni(), false, |t| unsafe {
                 let (x, w, mr, out) = (xq.as_ptr().add(t.i * bpr), self.rows(t.j), t.mr, t.y);
                 let cols = (n - t.j * ROWS).min(ROWS);
                 #[cfg(target_arch = "x86_64")]
@@ -501,9 +501,20 @@ pub const DEFAULT_TILING: Tiling = Tiling { tasks_per_thread: 8, m_block: 32 };
 /// With `act` (SwiGLU epilogue; rows stacked `[gate; up]`, `n = 2 inter`, `inter % 8 == 0`), a
 /// task takes gate group `g` together with up group `g + inter / 8`, and after each row block
 /// writes `act[i, j] = silu(y[i, j]) * y[i, inter + j]` for its columns, while they are in cache.
-/// `wide`: tiles of up to [`MR_WIDE`] rows instead of [`MR`].
+/// `wide`: tiles of up to [`MR_WIDE`] rows instead of [`MR`]; `two_groups`: tiles of up to 2
+/// groups (`t.nr` 1 or 2; the 512-bit GGUF-block tiles), of up to [`MR`] rows.
 #[allow(clippy::too_many_arguments)]
-fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act: Option<&mut [f32]>, wide: bool, tile: impl Fn(Tile) + Sync) {
+pub(crate) fn drive(
+    kernel: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    act: Option<&mut [f32]>,
+    wide: bool,
+    two_groups: bool,
+    tile: impl Fn(Tile) + Sync,
+) {
     let groups = n.div_ceil(ROWS);
     let inter = n / 2;
     assert!(act.as_ref().is_none_or(|a| n % (2 * ROWS) == 0 && a.len() >= m * inter), "swiglu epilogue: n = {n}");
@@ -523,7 +534,9 @@ fn drive(kernel: &'static str, m: usize, n: usize, k: usize, y: &mut [f32], act:
         }
     };
     let epilogue = act.is_some().then_some(Epilogue { pair: groups / 2, f: &swiglu });
-    if wide {
+    if two_groups {
+        crate::tiling::drive::<MR, 2, ROWS>(&split, y, epilogue, tile)
+    } else if wide {
         crate::tiling::drive::<MR_WIDE, 1, ROWS>(&split, y, epilogue, tile)
     } else {
         crate::tiling::drive::<MR, 1, ROWS>(&split, y, epilogue, tile)

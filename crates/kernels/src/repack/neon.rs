@@ -8,21 +8,21 @@ use std::arch::aarch64::*;
 
 /// `acc += dot4(a, b)` per lane.
 #[inline(always)]
-unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     std::arch::asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) a, in(vreg) b, options(pure, nomem, nostack));
     acc
 }
 
 /// The 4 bytes at `p` in all 4 lanes.
 #[inline(always)]
-unsafe fn bcast4<T>(p: *const T) -> int8x16_t {
+pub(crate) unsafe fn bcast4<T>(p: *const T) -> int8x16_t {
     vreinterpretq_s8_s32(vdupq_n_s32(std::ptr::read_unaligned(p as *const i32)))
 }
 
 /// 4 finite f16 scales to f32 without the (unstable) f16 vector types: the exponent and mantissa
 /// moved into f32 position, rescaled by 2^112 (exact for normals and subnormals), sign restored.
 #[inline(always)]
-unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+pub(crate) unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
     let h = vmovl_u16(h);
     let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
     let em = vshlq_n_u32::<13>(vandq_u32(h, vdupq_n_u32(0x7fff)));
@@ -50,7 +50,7 @@ unsafe fn store<const MR: usize>(acc: &[(float32x4_t, float32x4_t); MR], y: *mut
 
 /// `MR` activation rows by one 8-row int8 group.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mut acc = [(zero, zero); MR];
     for b in 0..blocks {
@@ -79,7 +79,7 @@ pub unsafe fn q8_tile<const MR: usize>(x: *const XQ8, w: *const BlockQ8x8, block
 /// `MR` activation rows by one 8-row int4 group: the unsigned nibbles are dotted as they are
 /// (0..15 fit a signed byte) and the `-8` offset is taken off once per block as `8 Σx`.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
+pub(super) unsafe fn q4_tile<const MR: usize, const GB: usize>(x: *const XQ4, w: Q4Rows, blocks: usize, y: *mut f32, ldy: usize, cols: usize) {
     let zero = vdupq_n_f32(0.0);
     let mask = vdupq_n_u8(0x0F);
     let mut acc = [(zero, zero); MR];
