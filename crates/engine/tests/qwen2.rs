@@ -158,4 +158,15 @@ fn gguf_blocks_run_as_stored_close_to_their_f32_values() {
             assert_eq!(unfused.compute_logits(p, false).unwrap(), a, "{ty}: fused and separate projections differ");
         }
     }
+    // The other modes still re-quantize such a file into our formats (from its f32 values).
+    let file = fixture().join("tiny-Q4_K.gguf");
+    let acceleration = AccelerationConfig { quantization: Quantization::DynamicInt8, ..Default::default() };
+    let int8 = Engine::load(&file, &LoadOptions { acceleration, threads: Some(2), ..Default::default() }).unwrap();
+    assert_eq!(int8.model.weight_format, "q8_0");
+    let acceleration = AccelerationConfig { quantization: Quantization::Fp32, ..Default::default() };
+    let wide = Engine::load(&file, &LoadOptions { acceleration, threads: Some(2), ..Default::default() }).unwrap();
+    for p in PROMPTS {
+        let err = rel_l2(&int8.compute_logits(p, false).unwrap(), &wide.compute_logits(p, false).unwrap());
+        assert!(err > 1e-6 && err < 5e-2, "dynamic_int8 from Q4_K: relative L2 {err}");
+    }
 }

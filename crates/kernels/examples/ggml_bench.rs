@@ -1,7 +1,7 @@
 //! The GGUF-block kernels (`ggml`) against the repacked Q4_0 / Q8_0 ones on Qwen2.5-1.5B's shapes
-//! (hidden 1536, ffn 8960, 28 layers, vocab 151936) inside a 2-thread pool:
+//! (hidden 1536, ffn 8960, 28 layers, vocab 151936) inside a 2-thread pool (or `threads`):
 //!
-//! `cargo run --release --example ggml_bench -p nano-qwen3-kernels [rounds] [decode|prefill] [formats]`
+//! `cargo run --release --example ggml_bench -p nano-qwen3-kernels [rounds] [decode|prefill] [formats] [threads]`
 //!
 //! formats: comma-separated from q4_k, q5_k, q6_k, q5_0, q4_0, q8_0 (default q4_k,q6_k,q4_0).
 //! Decode: every layer has its own matrices, so weights come from memory as in a real step;
@@ -73,7 +73,8 @@ fn main() {
     let prefill = args.get(2).is_some_and(|a| a == "prefill");
     let formats: Vec<String> = args.get(3).map_or("q4_k,q6_k,q4_0".into(), |s| s.clone()).split(',').map(String::from).collect();
     let isa = active_isa();
-    let pool = nano_qwen3_kernels::pool::ThreadPool::new(2).unwrap();
+    let threads: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let pool = nano_qwen3_kernels::pool::ThreadPool::new(threads).unwrap();
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let layers = if prefill { 1 } else { LAYERS };
     // Per format: [layer][shape] matrices, then lm_head.
@@ -90,7 +91,7 @@ fn main() {
     let m = if prefill { PREFILL_M } else { 1 };
     let x: Vec<f32> = (0..m * 8960).map(|_| rng.f32() * 2.0 - 1.0).collect();
     let mut y = vec![0f32; m * LM_HEAD.0];
-    println!("{} {}, isa {}, {rounds} rounds, 2 threads", if prefill { "prefill m=256, one layer's shapes" } else { "decode step (28 layers + lm_head)" }, formats.join(" / "), isa.name());
+    println!("{} {}, isa {}, {rounds} rounds, {threads} threads", if prefill { "prefill m=256, one layer's shapes" } else { "decode step (28 layers + lm_head)" }, formats.join(" / "), isa.name());
     let mut times = vec![Vec::new(); formats.len()];
     let mut per_shape = vec![[0f64; 5]; formats.len()];
     pool.install(|| {
