@@ -1,7 +1,8 @@
 // The peer: llama.cpp through node-llama-cpp on a GGUF file, measured like engine-bench.mjs in
-// its own process: node bench/llama-bench.mjs --gguf FILE --threads 2 [--gpu vulkan]
-// `--gpu auto|vulkan|metal|cuda`: every layer on llama.cpp's GPU backend (node-llama-cpp's linux-x64-vulkan build);
-// on Mesa's lavapipe it needs GGML_VK_VISIBLE_DEVICES=0 (llama.cpp skips CPU-type devices otherwise).
+// its own process: node bench/llama-bench.mjs --gguf FILE --threads 2 [--gpu auto|vulkan|metal|cuda]
+// `--gpu`: every layer on that llama.cpp GPU backend (on Linux x64 node-llama-cpp ships Vulkan and
+// CUDA builds); on Mesa's lavapipe it needs GGML_VK_VISIBLE_DEVICES=0 (llama.cpp skips CPU-type
+// devices otherwise).
 import { parseArgs } from 'node:util'
 import { getLlama } from 'node-llama-cpp'
 
