@@ -18,18 +18,9 @@ const SHAPES: [(&str, usize, usize); 4] = [("qkv", 2048, 1536), ("o_proj", 1536,
 const LM_HEAD: (usize, usize) = (151936, 1536);
 const PREFILL_M: usize = 256;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+#[path = "shared/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn bytes(len: usize, rng: &mut Rng) -> Vec<u8> {
     (0..len.div_ceil(8)).flat_map(|_| rng.next().to_le_bytes()).take(len).collect()

@@ -17,18 +17,9 @@ const SHAPES: [(&str, usize, usize); 4] = [("qkv", 4096, 1024), ("o_proj", 1024,
 const LM_HEAD: (&str, usize, usize) = ("lm_head", 151936, 1024);
 const PREFILL_M: usize = 512;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+#[path = "shared/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Random blocks straight away (quantizing 0.6 G weights would take minutes on 2 cores).
 fn q8(n: usize, k: usize, rng: &mut Rng) -> Q8Matrix {

@@ -14,15 +14,20 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// The 6-bit scale and min of sub-block `j` (0..8), packed into 12 bytes.
-fn scale_min(j: usize, q: &[u8]) -> (f32, f32) {
+/// The 6-bit scale and min of Q4_K / Q5_K sub-block `j` (0..8), packed into 12 bytes (also read by
+/// the as-stored kernels' packing, `ggml::layout`).
+pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
-        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+        (q[j] & 63, q[j + 4] & 63)
     } else {
-        let d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-        (d as f32, m as f32)
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
+}
+
+/// [`scale_min`] as f32, for the dequantizers.
+fn scale_min_f32(j: usize, q: &[u8]) -> (f32, f32) {
+    let (d, m) = scale_min(j, q);
+    (d as f32, m as f32)
 }
 
 fn check(bytes: &[u8], out: &[f32], block_bytes: usize) {
@@ -98,8 +103,8 @@ pub fn dequantize_q4_k(bytes: &[u8], out: &mut [f32]) {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (scales, qs) = (&b[4..16], &b[16..144]);
         for (g, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-            let (s1, m1) = scale_min(2 * g, scales);
-            let (s2, m2) = scale_min(2 * g + 1, scales);
+            let (s1, m1) = scale_min_f32(2 * g, scales);
+            let (s2, m2) = scale_min_f32(2 * g + 1, scales);
             for l in 0..32 {
                 y[l] = d * s1 * (q[l] & 0xF) as f32 - dmin * m1;
                 y[l + 32] = d * s2 * (q[l] >> 4) as f32 - dmin * m2;
@@ -115,8 +120,8 @@ pub fn dequantize_q5_k(bytes: &[u8], out: &mut [f32]) {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
         for (g, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-            let (s1, m1) = scale_min(2 * g, scales);
-            let (s2, m2) = scale_min(2 * g + 1, scales);
+            let (s1, m1) = scale_min_f32(2 * g, scales);
+            let (s2, m2) = scale_min_f32(2 * g + 1, scales);
             let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
             for l in 0..32 {
                 let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };

@@ -127,15 +127,10 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-/// The 6-bit scale and min of Q4_K / Q5_K sub-block `j` (0..8), packed into 12 bytes.
+/// The 6-bit scale and min of Q4_K / Q5_K sub-block `j` (0..8), as the kernels' integers.
 fn scale_min(j: usize, q: &[u8]) -> (i32, i32) {
-    if j < 4 {
-        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
-    } else {
-        let d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-        (d as i32, m as i32)
-    }
+    let (d, m) = crate::kquants::scale_min(j, q);
+    (d as i32, m as i32)
 }
 
 /// The 32 codes of a legacy block: byte j of `qs` holds value j (low nibble) and j + 16 (high),

@@ -3,8 +3,7 @@
 //! 0-3, rows 4-7), and `sdot` adds 4 products per i32 lane (codes are at most 63, so they are
 //! valid signed bytes).
 use super::act::{X32, XK};
-use crate::repack::neon::{bcast4, f16x4_to_f32, sdot};
-use crate::repack::ROWS;
+use crate::repack::neon::{bcast4, f16x4_to_f32, sdot, store};
 use std::arch::aarch64::*;
 
 /// 8 i32 lanes (rows 0-3, 4-7).
@@ -98,16 +97,6 @@ unsafe fn with_fifth(lo: U8x, hi: U8x, h: U8x) -> (U8x, U8x) {
 unsafe fn shr1(h: U8x) -> U8x {
     let s = |v: uint8x16_t| vreinterpretq_u8_u32(vshrq_n_u32::<1>(vreinterpretq_u32_u8(v)));
     (s(h.0), s(h.1))
-}
-
-#[inline(always)]
-unsafe fn store<const MR: usize>(acc: &[F8x; MR], y: *mut f32, ldy: usize, cols: usize) {
-    for (i, (lo, hi)) in acc.iter().enumerate() {
-        let mut t = [0f32; ROWS];
-        vst1q_f32(t.as_mut_ptr(), *lo);
-        vst1q_f32(t.as_mut_ptr().add(4), *hi);
-        std::ptr::copy_nonoverlapping(t.as_ptr(), y.add(i * ldy), cols);
-    }
 }
 
 /// Q4_K (`FIVE = false`) or Q5_K units.

@@ -39,7 +39,7 @@ unsafe fn scales(d: &[half::f16; ROWS]) -> (float32x4_t, float32x4_t) {
 
 /// Store the accumulators of `MR` rows, only the first `cols` columns.
 #[inline(always)]
-unsafe fn store<const MR: usize>(acc: &[(float32x4_t, float32x4_t); MR], y: *mut f32, ldy: usize, cols: usize) {
+pub(crate) unsafe fn store<const MR: usize>(acc: &[(float32x4_t, float32x4_t); MR], y: *mut f32, ldy: usize, cols: usize) {
     for (i, (lo, hi)) in acc.iter().enumerate() {
         let mut t = [0f32; ROWS];
         vst1q_f32(t.as_mut_ptr(), *lo);
