@@ -4,7 +4,6 @@ import { cpSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { scratchDir } from './scratch.mjs'
-import { ModelRunner } from '../dist/index.mjs'
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 export const fixtureDir = join(root, 'fixtures', 'qwen3-tiny')
@@ -86,19 +85,3 @@ export function logSoftmax(row) {
   return Array.from(row, (v) => v - lse)
 }
 
-/**
- * The device the server suites load their runner on: NANO_QWEN3_TEST_DEVICE (CI runs those suites a
- * second time with 'gpu', on lavapipe), else the default ('auto'). A runner that did not land on the
- * device asked for fails the suite instead of quietly testing the CPU twice.
- */
-export const testDevice = process.env.NANO_QWEN3_TEST_DEVICE || 'auto'
-
-export async function loadTestRunner(opts = {}) {
-  const runner = await ModelRunner.load({ modelName: fixtureDir, threads: 2, device: testDevice, onLoadProgress: false, ...opts })
-  const ran = runner.getAccelerationInfo().device
-  if (testDevice !== 'auto' && ran !== testDevice.replace(/:.*/, '')) {
-    await runner.dispose()
-    throw new Error(`NANO_QWEN3_TEST_DEVICE=${testDevice} but the runner loaded on ${ran}`)
-  }
-  return runner
-}

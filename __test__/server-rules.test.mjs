@@ -5,7 +5,7 @@
 import test from 'ava'
 import OpenAI from 'openai'
 import { createServer } from '../dist/index.mjs'
-import { loadTestRunner } from './helpers.mjs'
+import { loadTestRunner } from './test-device.mjs'
 
 const MODEL = 'qwen3-tiny'
 const KEY = 'rules-key'

@@ -4,7 +4,8 @@
 import test from 'ava'
 import OpenAI from 'openai'
 import { createServer } from '../dist/index.mjs'
-import { fixtureDir, loadTestRunner, testDevice } from './helpers.mjs'
+import { fixtureDir } from './helpers.mjs'
+import { loadTestRunner, testDevice } from './test-device.mjs'
 
 const MODEL = 'qwen3-tiny'
 const onTestDevice = testDevice !== 'auto'
